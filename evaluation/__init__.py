@@ -1,0 +1,5 @@
+"""Sample-quality metrics and pictures."""
+from .metrics import mixture_report
+from .plots import plot_samples
+
+__all__ = ["mixture_report", "plot_samples"]

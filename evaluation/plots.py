@@ -1,0 +1,62 @@
+"""Pictures of samples: a scatter for 2-D data, a grid for images, 2-D projections otherwise."""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_samples(x, path, reference=None, title=None, max_points=5000):
+    """Writes a PNG of samples x (N, D) or (N, C, H, W); ``reference`` points are drawn underneath in grey."""
+    x = np.asarray(x)
+    if x.ndim == 4:
+        fig = _image_grid(x)
+    else:
+        x = x.reshape(len(x), -1)[:max_points]
+        ref = None if reference is None else np.asarray(reference).reshape(len(reference), -1)[:max_points]
+        fig = _scatter(x, ref)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _scatter(x, ref):
+    d = x.shape[1]
+    pairs = [(0, 1)] if d <= 2 else [(i, i + 1) for i in range(0, min(d - 1, 8), 2)][:4]
+    if d == 1:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        if ref is not None:
+            ax.hist(ref[:, 0], bins=100, density=True, color="0.75", label="data")
+        ax.hist(x[:, 0], bins=100, density=True, histtype="step", color="C0", label="samples")
+        ax.legend()
+        return fig
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        if ref is not None:
+            ax.scatter(ref[:, i], ref[:, j], s=2, c="0.75", label="data", rasterized=True)
+        ax.scatter(x[:, i], x[:, j], s=2, c="C0", alpha=0.6, label="samples", rasterized=True)
+        ax.set_xlabel(f"x[{i}]")
+        ax.set_ylabel(f"x[{j}]")
+        ax.set_aspect("equal", adjustable="datalim")
+    axes[0][0].legend(loc="upper right", markerscale=4, fontsize=8)
+    return fig
+
+
+def _image_grid(x, max_images=64):
+    x = x[:max_images]
+    n, c, h, w = x.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    lo, hi = np.percentile(x, 0.5), np.percentile(x, 99.5)
+    x = np.clip((x - lo) / max(hi - lo, 1e-8), 0, 1)
+    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
+    for k in range(n):
+        r, q = divmod(k, cols)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[k].transpose(1, 2, 0)
+    fig, ax = plt.subplots(figsize=(cols * 0.8 + 1, rows * 0.8 + 1))
+    ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
+    ax.axis("off")
+    return fig

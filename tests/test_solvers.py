@@ -1,0 +1,132 @@
+"""With the exact oracle score, every solver recovers the mixture: weights, means and stds."""
+import pytest
+import torch
+
+from conftest import ALL_SDES, mixture_16d, mixture_2d
+from evaluation import mixture_report
+from models import MixtureScore
+from solvers import EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
+from solvers.common import check_eps
+
+SOLVERS = {
+    "em": lambda: EulerMaruyama(steps=1000),
+    "pc": lambda: PredictorCorrector(steps=1000),
+    "pc_em_langevin": lambda: PredictorCorrector(steps=1000, predictor="euler_maruyama"),
+    "pc_ancestral": lambda: PredictorCorrector(steps=1000, predictor="ancestral", corrector="none"),
+    "ode": lambda: ProbabilityFlowODE(),
+    "ode_rk4": lambda: ProbabilityFlowODE(method="rk4", steps=50),
+}
+# Langevin at snr = 0.16 (the usual default) widens narrow low-dimensional components by about 3 %.
+STD_TOLERANCE = {"pc": 0.065, "pc_em_langevin": 0.065}
+
+
+def sample(sde, solver, mixture, n, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    x_T = sde.prior_sample((n, *mixture.shape), generator=gen, dtype=dtype)
+    return solver(sde, MixtureScore(sde, mixture), x_T, gen)
+
+
+def reference(sde, solver, mixture):
+    """The exact law at the solver's end time eps: the mixture perturbed to p_eps."""
+    eps = torch.tensor(check_eps(sde, solver.eps), dtype=torch.float64)
+    return mixture.perturbed(sde.a(eps).item(), sde.s(eps).item())
+
+
+@pytest.mark.parametrize("solver_name", sorted(SOLVERS))
+@pytest.mark.parametrize("sde_name", sorted(ALL_SDES))
+def test_recovers_2d_mixture(sde_name, solver_name):
+    sde, solver, mix = ALL_SDES[sde_name](), SOLVERS[solver_name](), mixture_2d()
+    x, nfe = sample(sde, solver, mix, 20000)
+    assert x.shape == (20000, 2) and torch.isfinite(x).all()
+    report = mixture_report(reference(sde, solver, mix), x)
+    assert report["weights_tv"] < 0.025, report
+    assert report["mean_error"] < 0.1, report
+    assert report["std_ratio_error"] < STD_TOLERANCE.get(solver_name, 0.04), report
+
+
+@pytest.mark.parametrize("solver_name", sorted(SOLVERS))
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_recovers_16d_mixture(sde_name, solver_name):
+    sde, solver, mix = ALL_SDES[sde_name](), SOLVERS[solver_name](), mixture_16d()
+    x, nfe = sample(sde, solver, mix, 4000)
+    assert x.shape == (4000, 16)
+    report = mixture_report(reference(sde, solver, mix), x)
+    assert report["weights_tv"] < 0.04, report
+    assert report["mean_error"] < 0.2, report
+    assert report["std_ratio_error"] < STD_TOLERANCE.get(solver_name, 0.04), report
+
+
+def test_report_detects_a_wrong_distribution():
+    """The checks above can fail: samples with the wrong weights, or too wide, are caught."""
+    mix = mixture_2d()
+    wrong_weights = type(mix)(mix.means, mix.stds, [1, 1, 1])
+    report = mixture_report(mix, wrong_weights.sample(20000, torch.Generator().manual_seed(0)))
+    assert report["weights_tv"] > 0.1
+    too_wide = type(mix)(mix.means, mix.stds * 1.1, mix.weights)
+    report = mixture_report(mix, too_wide.sample(20000, torch.Generator().manual_seed(0)))
+    assert report["std_ratio_error"] > 0.07 and report["weights_tv"] < 0.025
+
+
+@pytest.mark.parametrize("solver_name, expected", [
+    ("em", 1000), ("pc", 2000), ("pc_ancestral", 1000), ("ode_rk4", 200),
+])
+def test_nfe_is_counted(solver_name, expected):
+    _, nfe = sample(ALL_SDES["vp"](), SOLVERS[solver_name](), mixture_2d(), 10)
+    assert nfe == expected
+
+
+def test_corrector_steps_and_denoise_add_evaluations():
+    sde, mix = ALL_SDES["vp"](), mixture_2d()
+    _, nfe = sample(sde, PredictorCorrector(steps=10, corrector_steps=3, denoise=True), mix, 10)
+    assert nfe == 10 * 4 + 1
+
+
+@pytest.mark.parametrize("solver_name", sorted(SOLVERS))
+def test_seeded_runs_are_reproducible(solver_name):
+    sde, mix = ALL_SDES["vp"](), mixture_2d()
+    a, _ = sample(sde, SOLVERS[solver_name](), mix, 50, seed=7)
+    b, _ = sample(sde, SOLVERS[solver_name](), mix, 50, seed=7)
+    c, _ = sample(sde, SOLVERS[solver_name](), mix, 50, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_denoising_step_is_tweedie():
+    """At eps, denoising maps each well-separated component N(aμ, a²σ² + s²) to std a σ² / sqrt(a²σ² + s²)."""
+    sde, mix = ALL_SDES["vp"](), mixture_2d()
+    solver = ProbabilityFlowODE(eps=0.05, denoise=True)
+    x, nfe = sample(sde, solver, mix, 20000, dtype=torch.float64)
+    eps = torch.tensor(0.05, dtype=torch.float64)
+    a, s = sde.a(eps).item(), sde.s(eps).item()
+    labels = mix.assign(x)
+    for k in range(3):
+        sigma = mix.stds[k].item()
+        expected = a * sigma**2 / (a**2 * sigma**2 + s**2) ** 0.5
+        assert x[labels == k].std(0).mean().item() == pytest.approx(expected, rel=0.03)
+        assert expected < 0.95 * sigma
+
+
+def test_images_keep_their_shape():
+    means = torch.randn(2, 1, 4, 4, dtype=torch.float64) * 2
+    mix = type(mixture_2d())(means, [0.3, 0.4], [1, 2])
+    for make in SOLVERS.values():
+        x, _ = sample(ALL_SDES["vp"](), make(), mix, 6)
+        assert x.shape == (6, 1, 4, 4)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: EulerMaruyama(steps=0), "solver.steps=0"),
+    (lambda: PredictorCorrector(predictor="heun"), "solver.predictor='heun' is unknown: choose one of ancestral"),
+    (lambda: PredictorCorrector(corrector="annealed"), "solver.corrector='annealed'"),
+    (lambda: PredictorCorrector(snr=-1), "solver.snr=-1"),
+    (lambda: ProbabilityFlowODE(method="dopri6"), "solver.method='dopri6' is unknown"),
+    (lambda: ProbabilityFlowODE(rtol=0), "solver.rtol=0"),
+])
+def test_bad_solver_options_are_named(make, message):
+    with pytest.raises(ValueError, match=message.replace("(", "\\(")):
+        make()
+
+
+def test_bad_end_time_is_named():
+    with pytest.raises(ValueError, match="solver.eps=2.0"):
+        sample(ALL_SDES["vp"](), EulerMaruyama(steps=2, eps=2.0), mixture_2d(), 3)
