@@ -8,11 +8,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_samples(x, path, reference=None, title=None, max_points=5000):
-    """Writes a PNG of samples x (N, D) or (N, C, H, W); ``reference`` points are drawn underneath in grey."""
+def plot_samples(x, path, reference=None, title=None, max_points=5000, value_range=None):
+    """Writes a PNG of samples x (N, D) or (N, C, H, W); ``reference`` points are drawn underneath in grey.
+    Images are shown over ``value_range`` (default: their own 0.5–99.5 percentiles)."""
     x = np.asarray(x)
     if x.ndim == 4:
-        fig = _image_grid(x)
+        fig = _image_grid(x, value_range)
     else:
         x = x.reshape(len(x), -1)[:max_points]
         ref = None if reference is None else np.asarray(reference).reshape(len(reference), -1)[:max_points]
@@ -45,12 +46,12 @@ def _scatter(x, ref):
     return fig
 
 
-def _image_grid(x, max_images=64):
+def _image_grid(x, value_range=None, max_images=64):
     x = x[:max_images]
     n, c, h, w = x.shape
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
-    lo, hi = np.percentile(x, 0.5), np.percentile(x, 99.5)
+    lo, hi = value_range if value_range is not None else (np.percentile(x, 0.5), np.percentile(x, 99.5))
     x = np.clip((x - lo) / max(hi - lo, 1e-8), 0, 1)
     grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
     for k in range(n):

@@ -1,4 +1,9 @@
-"""Maps (x, t) to a score: the exact mixture oracle (networks and their wrappers follow)."""
+"""Maps (x, t) to a score: networks (MLP, UNet), the wrapper that reads their output as a score, the exact
+mixture oracle, and the EMA of weights."""
+from .ema import EMA
+from .mlp import MLP
 from .oracle import MixtureScore
+from .unet import UNet
+from .wrapper import ScoreModel
 
-__all__ = ["MixtureScore"]
+__all__ = ["EMA", "MLP", "MixtureScore", "ScoreModel", "UNet"]

@@ -1,9 +1,11 @@
 """run.py end to end: composition by group, outputs, a user's own SDE, and one-line errors."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(tmp_path, *overrides, cwd=None):
-    cmd = [sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={tmp_path}", *overrides]
+def command(out, *overrides):
+    return [sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={out}", *overrides]
+
+
+def environment():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=300)
+    return env
+
+
+def run(out, *overrides, cwd=None):
+    return subprocess.run(command(out, *overrides), capture_output=True, text=True, cwd=cwd or ROOT,
+                          env=environment(), timeout=600)
+
+
+SMALL_MLP = ["model.net.hidden=64", "model.net.depth=2", "model.net.embed_dim=32", "train.progress=false"]
 
 
 def test_oracle_ode_likelihood_writes_all_outputs(tmp_path):
@@ -39,7 +52,8 @@ def test_oracle_ode_likelihood_writes_all_outputs(tmp_path):
 
 
 def test_pc_with_other_sde_and_batches(tmp_path):
-    proc = run(tmp_path, "sde=ve", "solver=pc", "solver.steps=200", "sample.num=600", "sample.batch=250")
+    proc = run(tmp_path, "model=oracle", "data=gmm", "sde=ve", "solver=pc", "solver.steps=200", "sample.num=600",
+               "sample.batch=250")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["nfe_sample"] == 400
@@ -49,7 +63,7 @@ def test_pc_with_other_sde_and_batches(tmp_path):
 
 
 def test_high_dimensional_mixture_gets_projections(tmp_path):
-    proc = run(tmp_path, "data=gmm_hd", "data.dim=16", "solver=ode", "solver.method=rk4", "solver.steps=20",
+    proc = run(tmp_path, "model=oracle", "data=gmm_hd", "data.dim=16", "solver=ode", "solver.method=rk4", "solver.steps=20",
                "sample.num=300", "likelihood=true", "eval.num=50", "eval.ode.divergence=rademacher")
     assert proc.returncode == 0, proc.stderr
     assert np.load(tmp_path / "samples.npz")["x"].shape == (300, 16)
@@ -74,7 +88,7 @@ def test_users_own_sde_by_target(tmp_path):
                 return torch.sqrt(self.beta_min + t * (self.beta_max - self.beta_min))
     """))
     out = tmp_path / "out"
-    proc = run(out, "sde._target_=my_module.MySDE", "solver=ode", "likelihood=true", "sample.num=2000",
+    proc = run(out, "model=oracle", "data=gmm", "sde._target_=my_module.MySDE", "solver=ode", "likelihood=true", "sample.num=2000",
                "eval.num=200", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -85,7 +99,7 @@ def test_users_own_sde_by_target(tmp_path):
 
 @pytest.mark.parametrize("overrides, needle", [
     (["sde=foo"], "sde='foo' is unknown: choose one of cosine, rf, subvp, ve, vp"),
-    (["solver=rk45"], "solver='rk45' is unknown: choose one of em, ode, pc"),
+    (["solver=rk45"], "solver='rk45' is unknown: choose one of"),
     (["data.stds=[0.3,0.4,0.5,0.3,-0.4,0.5,0.3,0.4]"], "data.stds contains -0.4"),
     (["data.weights=[1,2,3]"], "data.weights has 3 entries but data.means has 8 components"),
     (["solver.predictor=heun"], "solver.predictor='heun' is unknown"),
@@ -94,9 +108,125 @@ def test_users_own_sde_by_target(tmp_path):
     (["sde._target_=nowhere.Nothing"], "sde._target_=nowhere.Nothing"),
 ])
 def test_bad_config_is_one_line(tmp_path, overrides, needle):
-    proc = run(tmp_path, *overrides, "sample.num=10")
+    proc = run(tmp_path, "model=oracle", "data=gmm", *overrides, "sample.num=10")
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert needle in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_default_job_trains_samples_and_writes_everything(tmp_path):
+    """The default job (MLP on the checkerboard, PC sampling), shortened."""
+    proc = run(tmp_path, "train.steps=150", "train.ckpt_every=50", "solver.steps=50", "sample.num=300",
+               "likelihood=true", "eval.num=100", *SMALL_MLP)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_steps"] == 150 and metrics["train_seconds"] > 0
+    assert metrics["exact_nll"] == pytest.approx(np.log(8))
+    assert np.isfinite(metrics["nll"])
+    assert len((tmp_path / "train_log.csv").read_text().splitlines()) == 151
+    for name in ("checkpoint.pt", "samples.npz", "samples.png", "likelihood.npz"):
+        assert (tmp_path / name).exists()
+
+    again = tmp_path / "sample_only"
+    proc = run(again, f"ckpt={tmp_path / 'checkpoint.pt'}", "train.steps=0", "solver.steps=50", "sample.num=300",
+               *SMALL_MLP)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((again / "metrics.json").read_text())["train_steps"] == 150
+    first = np.load(tmp_path / "samples.npz")["x"]
+    assert np.allclose(np.load(again / "samples.npz")["x"], first, atol=1e-5)
+
+
+def test_unet_on_digits(tmp_path):
+    proc = run(tmp_path, "data=digits", "model=unet", "model.net.channels=16", "model.net.multipliers=[1,2]",
+               "model.net.attention_resolutions=[4]", "model.net.num_res_blocks=1", "train.steps=3",
+               "train.batch_size=8", "train.progress=false", "solver=ode", "solver.method=euler", "solver.steps=4",
+               "sample.num=9", "likelihood=true", "eval.num=4", "eval.ode.method=euler", "eval.ode.steps=3")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert np.load(tmp_path / "samples.npz")["x"].shape == (9, 1, 8, 8)
+    assert metrics["bpd"] == pytest.approx(metrics["nll"] / 64 / np.log(2) + 7)
+    lik = np.load(tmp_path / "likelihood.npz")
+    assert lik["x"].shape == (4, 1, 8, 8) and lik["nll"].shape == (4,)
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    """SIGKILL mid-run, then ckpt=... continues to the full step count."""
+    first = tmp_path / "first"
+    args = ["train.steps=3000", "train.ckpt_every=100", "solver=ode", "sample.num=100", *SMALL_MLP]
+    proc = subprocess.Popen(command(first, *args), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = first / "checkpoint.pt"
+    try:
+        deadline = time.time() + 240
+        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert proc.poll() is None, "training finished before it could be killed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    import torch
+
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 100 <= step < 3000 and step % 100 == 0
+    second = tmp_path / "second"
+    done = run(second, f"ckpt={ckpt}", *args)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((second / "metrics.json").read_text())["train_steps"] == 3000
+    rows = (second / "train_log.csv").read_text().splitlines()
+    assert rows[1].startswith(f"{step + 1},") and rows[-1].startswith("3000,")
+
+
+@pytest.mark.parametrize("setup, overrides, needle", [
+    (None, ["data=array", "data.path=missing.npy"], "data.path='missing.npy' does not exist"),
+    (lambda d: np.save(d / "empty.npy", np.zeros((0, 2))), ["data=array", "data.path={d}/empty.npy"], "is empty"),
+    (lambda d: np.save(d / "nan.npy", np.array([[0.0, 1.0], [np.nan, 0.0]])), ["data=array", "data.path={d}/nan.npy"],
+     "contains NaN or inf (first in sample 1)"),
+    (lambda d: np.save(d / "flat.npy", np.zeros(7)), ["data=array", "data.path={d}/flat.npy"], "has shape (7,)"),
+    (lambda d: (d / "imgs").mkdir(), ["data=folder", "data.path={d}/imgs"], "holds no PNG or JPEG images"),
+    (None, ["data=array"], "data.path must be set"),
+])
+def test_bad_data_is_one_line(tmp_path, setup, overrides, needle):
+    if setup is not None:
+        setup(tmp_path)
+    proc = run(tmp_path / "out", *[o.format(d=tmp_path) for o in overrides], "train.steps=5", *SMALL_MLP)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert needle in lines[0]
+
+
+def test_checkpoint_of_another_model_is_one_line(tmp_path):
+    proc = run(tmp_path / "a", "train.steps=5", "solver.steps=5", "sample.num=10", *SMALL_MLP)
+    assert proc.returncode == 0, proc.stderr
+    proc = run(tmp_path / "b", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0", "model.net.hidden=32",
+               "model.net.depth=2", "model.net.embed_dim=32")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "was written for a different model" in lines[0]
+
+
+def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path):
+    (tmp_path / "nanloss.py").write_text(textwrap.dedent("""
+        from training import DSMLoss
+
+        class NaNAfter(DSMLoss):
+            def __init__(self, bad=30, **kwargs):
+                super().__init__(**kwargs)
+                self.calls, self.bad = 0, bad
+
+            def __call__(self, model, sde, x0, generator=None):
+                self.calls += 1
+                value = super().__call__(model, sde, x0, generator)
+                return value * float("nan") if self.calls >= self.bad else value
+    """))
+    out = tmp_path / "out"
+    proc = run(out, "loss._target_=nanloss.NaNAfter", "train.steps=100", "train.ckpt_every=20", *SMALL_MLP,
+               cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "the loss became nan at step 30; the last good checkpoint is" in lines[0]
+    import torch
+
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 20

@@ -68,6 +68,10 @@ class GaussianMixture:
         x = x.to(device=device, dtype=dtype)
         return (x, labels.to(device)) if return_labels else x
 
+    def test(self, n, generator=None, device=None, dtype=torch.float32):
+        """Held-out points: fresh draws (pass a generator other than the training one)."""
+        return self.sample(n, generator, device, dtype)
+
     def perturbed(self, a, s):
         """The mixture of x_t = a x_0 + s z for scalars a, s."""
         return GaussianMixture(a * self.means, torch.sqrt(a**2 * self.stds**2 + s**2), self.weights)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf.errors import MissingMandatoryValue
 
 GROUPS = ("sde", "solver", "model", "data")
 
@@ -48,6 +49,8 @@ def build(key, node, **kwargs):
     """hydra.utils.instantiate, with a failure reduced to one line that names the config key."""
     try:
         return instantiate(node, **kwargs)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key or key} must be set: add {e.full_key or key}=VALUE to the command") from None
     except InstantiationException as e:
         cause = e.__cause__
         target = node.get("_target_", "?") if hasattr(node, "get") else "?"
@@ -66,9 +69,11 @@ def build(key, node, **kwargs):
 @contextlib.contextmanager
 def one_line_errors():
     """Bad input ends the run with ``error: ...`` on stderr and exit status 2 (HYDRA_FULL_ERROR=1 re-raises)."""
+    from .trainer import TrainingError
+
     try:
         yield
-    except ValueError as e:
+    except (ValueError, TrainingError) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -1,0 +1,60 @@
+"""A residual MLP for vector (or flattened) data, conditioned on time."""
+import math
+
+import torch
+from torch import nn
+
+from .embedding import batch_times, time_embedding
+
+ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def event_shape(shape):
+    """A data shape from an int, a tuple or a Hydra ListConfig, as a tuple of positive ints."""
+    try:
+        shape = (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"model.net.shape={shape!r} is invalid: expected a tuple of positive integers") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"model.net.shape={shape!r} is invalid: expected a tuple of positive integers")
+    return shape
+
+
+def make_activation(name):
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"model.net.activation={name!r} is unknown: choose one of {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]()
+
+
+class MLP(nn.Module):
+    """net(x, t) for x of shape (N, *shape): a residual MLP on the flattened x, time added into every block.
+
+        c   = act(W_c e(t))                        e: Fourier or sinusoidal embedding of size embed_dim
+        h_0 = W_in x
+        h_l = h_{l-1} + W_l act(h_{l-1} + P_l c)   l = 1..depth   (P_l: a per-block projection of c)
+        out = W_out act(h_depth)                    W_out starts at zero, so the net starts at 0
+    """
+
+    def __init__(self, shape, hidden=256, depth=4, embedding="fourier", embed_dim=128, activation="silu"):
+        super().__init__()
+        self.shape = event_shape(shape)
+        dim, hidden, depth, embed_dim = math.prod(self.shape), int(hidden), int(depth), int(embed_dim)
+        if hidden < 1 or depth < 0:
+            raise ValueError(f"model.net.hidden={hidden!r}, model.net.depth={depth!r}: expected hidden >= 1, depth >= 0")
+        self.act = make_activation(activation)
+        self.embed = time_embedding(embedding, embed_dim)
+        self.time = nn.Linear(embed_dim, embed_dim)
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.cond = nn.ModuleList(nn.Linear(embed_dim, hidden) for _ in range(depth))
+        self.out = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, t):
+        c = self.act(self.time(self.embed(batch_times(t, x))))
+        h = self.inp(x.reshape(x.shape[0], -1))
+        for block, cond in zip(self.blocks, self.cond):
+            h = h + block(self.act(h + cond(c)))
+        return self.out(self.act(h)).reshape(x.shape)
+

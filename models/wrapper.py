@@ -1,0 +1,89 @@
+"""Turns a network's raw output into a score, for any SDE and any of four parameterizations."""
+import torch
+from torch import nn
+
+from sde import expand
+
+from .embedding import batch_times
+
+PARAMETERIZATIONS = ("eps", "score", "v", "x0")
+
+
+class ScoreModel(nn.Module):
+    """score(x, t) = ∇log p_t(x) from a network F:  raw = F(c_in x, t),  c_in = 1 / √(a² σ_data² + s²).
+
+    With x_t = a x_0 + s ε, the preconditioning gives the network unit-scale input whenever the data have
+    scale σ_data, for every process (VE's s reaches 50). The raw output is read as
+
+        'eps'    ε̂ = raw                               score = −ε̂ / s
+        'x0'     x̂_0 = c_skip x/a + c_out raw, in σ = s/a:   c_skip = σ_d² / (σ² + σ_d²),
+                 c_out = σ σ_d / √(σ² + σ_d²)   (Karras et al. 2022's denoiser; a bare x̂_0 = raw would
+                 have to reproduce x to within s at low noise)    score = (a x̂_0 − x) / s²
+        'v'      v̂ = raw, v = α ε − σ̄ x_0,  with α = a/r, σ̄ = s/r, r = √(a² + s²), x̃ = x/r:
+                 x̂_0 = α x̃ − σ̄ v̂,  ε̂ = σ̄ x̃ + α v̂       score = −ε̂ / s
+        'score'  score = raw / s  (the net predicts s · score = −ε, as score_sde's scale_by_sigma;
+                 the unscaled score grows like 1/s near t = 0 and is badly conditioned)
+
+    and every one is converted exactly into the others: x̂_0 = (x − s ε̂)/a = (x + s² score)/a.
+    ``net`` is a module net(x, t), or a callable net(shape=...) (a Hydra partial) built with ``data.shape``.
+    """
+
+    def __init__(self, net, sde, parameterization="eps", sigma_data=1.0, data=None):
+        super().__init__()
+        if not isinstance(parameterization, str) or parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"model.parameterization={parameterization!r} is unknown: "
+                             f"choose one of {', '.join(PARAMETERIZATIONS)}")
+        sigma_data = float(sigma_data)
+        if not sigma_data > 0:
+            raise ValueError(f"model.sigma_data={sigma_data!r} is invalid: expected a number > 0")
+        if not isinstance(net, nn.Module):
+            if data is None:
+                raise ValueError("model.net is not a network: give an nn.Module, or a partial and the data set")
+            net = net(shape=tuple(data.shape))
+        self.net = net
+        self.sde = sde
+        self.parameterization = parameterization
+        self.sigma_data = sigma_data
+
+    def coefficients(self, x, t):
+        """a(t), s(t) and c_in(t), shaped to broadcast against x."""
+        a, s = expand(self.sde.a(t), x), expand(self.sde.s(t), x)
+        return a, s, torch.rsqrt(a**2 * self.sigma_data**2 + s**2)
+
+    def _predict(self, x, t):
+        t = batch_times(t, x)
+        a, s, c_in = self.coefficients(x, t)
+        raw = self.net(x * c_in, t)
+        if self.parameterization == "eps":
+            return raw, (x - s * raw) / a, s
+        if self.parameterization == "score":
+            return -raw, (x + s * raw) / a, s
+        if self.parameterization == "x0":
+            sigma2 = (s / a) ** 2
+            c_skip = self.sigma_data**2 / (sigma2 + self.sigma_data**2)
+            c_out = torch.sqrt(sigma2) * self.sigma_data * torch.rsqrt(sigma2 + self.sigma_data**2)
+            x0 = c_skip * x / a + c_out * raw
+            return (x - a * x0) / s, x0, s
+        r = torch.sqrt(a**2 + s**2)
+        alpha, sigma, xt = a / r, s / r, x / r
+        return sigma * xt + alpha * raw, alpha * xt - sigma * raw, s
+
+    def predict(self, x, t):
+        """(ε̂, x̂_0) from one network evaluation."""
+        return self._predict(x, t)[:2]
+
+    def forward(self, x, t):
+        """score = −ε̂ / s."""
+        eps, _, s = self._predict(x, t)
+        return -eps / s
+
+    def denoise(self, x, t):
+        """x̂_0 = E[x_0 | x_t] = (x + s² score) / a."""
+        return self._predict(x, t)[1]
+
+    def eps(self, x, t):
+        """ε̂ = −s · score."""
+        return self._predict(x, t)[0]
+
+    def extra_repr(self):
+        return f"sde={self.sde!r}, parameterization={self.parameterization!r}, sigma_data={self.sigma_data}"
