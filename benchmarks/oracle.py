@@ -18,7 +18,7 @@ import torch
 from evaluation import mixture_report, sliced_wasserstein
 from models import MixtureScore
 from sde import VESDE, VPSDE
-from solvers import EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
+from solvers import DDIM, AdaptiveSDE, DPMSolver, EulerMaruyama, Heun, PredictorCorrector, ProbabilityFlowODE
 from solvers.common import check_eps
 from training.data import GaussianMixture, random_mixture
 
@@ -41,10 +41,15 @@ SOLVERS = {
     "ancestral": lambda n: PredictorCorrector(steps=n, predictor="ancestral", corrector="none"),
     "ode_euler": lambda n: ProbabilityFlowODE(method="euler", steps=n),
     "ode_rk4": lambda n: ProbabilityFlowODE(method="rk4", steps=n // 4) if n >= 4 else None,
+    "ddim": lambda n: DDIM(steps=n),
+    "heun": lambda n: Heun(steps=n // 2) if n >= 2 else None,
+    "dpm2": lambda n: DPMSolver(steps=n, order=2),
+    "dpm3": lambda n: DPMSolver(steps=n, order=3),
 }
 # adaptive solvers: their own NFE, one run per tolerance
 ADAPTIVE = {
     "ode_dopri5": (lambda tol: ProbabilityFlowODE(method="dopri5", rtol=tol, atol=tol), [1e-2, 1e-3, 1e-4, 1e-5]),
+    "adaptive_sde": (lambda tol: AdaptiveSDE(rtol=tol, atol=tol / 5), [0.2, 0.1, 0.05, 0.02]),
 }
 
 

@@ -1,7 +1,6 @@
 """A residual MLP for vector (or flattened) data, conditioned on time."""
 import math
 
-import torch
 from torch import nn
 
 from .embedding import batch_times, time_embedding

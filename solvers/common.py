@@ -13,13 +13,18 @@ class CountedScore:
 
     def __call__(self, x, t):
         self.nfe += 1
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        t = torch.as_tensor(t, dtype=time_dtype(x), device=x.device)
         return self.score_fn(x, t.expand(x.shape[0]) if t.ndim == 0 else t)
+
+
+def time_dtype(x):
+    """Times are held in x's dtype, but never below float32 (bfloat16 would round T = 0.999 to 1)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def time_grid(sde, steps, eps, x):
     """steps + 1 times from T down to eps, uniform in t."""
-    return torch.linspace(sde.T, eps, steps + 1, dtype=x.dtype, device=x.device)
+    return torch.linspace(sde.T, eps, steps + 1, dtype=time_dtype(x), device=x.device)
 
 
 def tweedie_denoise(sde, score, x, t):
@@ -36,7 +41,8 @@ def check_positive_int(name, value, prefix="solver"):
 
 def check_choice(name, value, choices, prefix="solver"):
     if value not in choices:
-        raise ValueError(f"{prefix}.{name}={value!r} is unknown: choose one of {', '.join(sorted(choices))}")
+        raise ValueError(f"{prefix}.{name}={value!r} is unknown: choose one of "
+                         f"{', '.join(str(c) for c in sorted(choices, key=str))}")
     return value
 
 

@@ -47,15 +47,15 @@ def hutchinson_divergence(fn, x, v):
 class ODELikelihood:
     """``likelihood(sde, score_fn, x, generator) -> (nll, nfe)``: per-sample −log p_0(x) in nats.
 
-    method, rtol, atol, steps: as for the probability-flow ODE sampler (integrated from eps up to T).
+    method, rtol, atol, steps, grid: as for the probability-flow ODE sampler (integrated from eps up to T).
     divergence: 'exact', 'gaussian' or 'rademacher' (Hutchinson, one probe vector per sample held
     through the solve), or 'auto': exact up to ``exact_max_dim`` dimensions, Rademacher above.
     """
 
-    def __init__(self, method="dopri5", rtol=1e-5, atol=1e-5, steps=100, eps=1e-5, divergence="auto",
+    def __init__(self, method="dopri5", rtol=1e-5, atol=1e-5, steps=100, grid="time", eps=1e-5, divergence="auto",
                  exact_max_dim=64):
-        check_ode_options(method, rtol, atol, steps, prefix="eval.ode")
-        self.method, self.rtol, self.atol, self.steps = method, float(rtol), float(atol), steps
+        check_ode_options(method, rtol, atol, steps, grid, prefix="eval.ode")
+        self.method, self.rtol, self.atol, self.steps, self.grid = method, float(rtol), float(atol), steps, grid
         self.eps = float(eps)
         self.divergence = check_choice("divergence", divergence, DIVERGENCES, prefix="eval.ode")
         self.exact_max_dim = int(exact_max_dim)
@@ -91,7 +91,7 @@ class ODELikelihood:
                     return exact_divergence(velocity, state[0])
                 return hutchinson_divergence(velocity, state[0], v)
 
-        ts = ode_times(self.method, self.eps, sde.T, self.steps, x)
+        ts = ode_times(sde, self.eps, self.method, self.steps, self.grid, x, forward=True)
         state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
         xs, integrals = odeint(dynamics, state, ts, method=self.method, rtol=self.rtol, atol=self.atol,
                                options=ode_options(self.method, ts))

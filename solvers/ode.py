@@ -2,24 +2,32 @@
 import torch
 from torchdiffeq import odeint
 
-from .common import Solver, check_choice, check_positive_int
+from .common import Solver, check_choice, check_positive_int, time_dtype
+from .grids import GRIDS, make_grid
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
 
 
-def check_ode_options(method, rtol, atol, steps, prefix="solver"):
+def check_ode_options(method, rtol, atol, steps, grid="time", prefix="solver"):
     check_choice("method", method, ADAPTIVE + FIXED, prefix)
+    check_choice("grid", grid, GRIDS, prefix)
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not float(tol) > 0:
             raise ValueError(f"{prefix}.{name}={tol!r} is invalid: expected a number > 0")
     check_positive_int("steps", steps, prefix)
 
 
-def ode_times(method, t0, t1, steps, like):
-    """The times handed to odeint: the two ends for an adaptive method, a uniform grid of ``steps`` for a fixed one."""
-    n = 2 if method in ADAPTIVE else steps + 1
-    return torch.linspace(t0, t1, n, dtype=like.dtype, device=like.device)
+def ode_times(sde, eps, method, steps, grid, like, forward=False):
+    """The times handed to odeint, from T to eps (eps to T when ``forward``): the two ends for an adaptive
+    method; for a fixed one, ``steps`` intervals uniform in t, in λ = log(a/s) ('logsnr') or ρ = 7-spaced
+    in σ = s/a ('karras')."""
+    if method in ADAPTIVE:
+        ts = torch.tensor([sde.T, eps], dtype=torch.float64)
+    else:
+        ts = make_grid(sde, steps, eps, grid)
+    ts = ts.flip(0) if forward else ts
+    return ts.to(device=like.device, dtype=time_dtype(like))
 
 
 def ode_options(method, ts):
@@ -29,17 +37,17 @@ def ode_options(method, ts):
 
 class ProbabilityFlowODE(Solver):
     """Integrates the probability-flow ODE from T to eps: adaptive (dopri5 by default, with rtol/atol)
-    or on a fixed uniform grid of ``steps`` (euler, midpoint, heun2, heun3, rk4)."""
+    or on a fixed grid of ``steps`` (euler, midpoint, heun2, heun3, rk4) spaced by ``grid``."""
 
-    def __init__(self, method="dopri5", rtol=1e-5, atol=1e-5, steps=100, eps=None, denoise=False):
+    def __init__(self, method="dopri5", rtol=1e-5, atol=1e-5, steps=100, grid="time", eps=None, denoise=False):
         super().__init__(eps, denoise)
-        check_ode_options(method, rtol, atol, steps)
-        self.method, self.rtol, self.atol, self.steps = method, float(rtol), float(atol), steps
+        check_ode_options(method, rtol, atol, steps, grid)
+        self.method, self.rtol, self.atol, self.steps, self.grid = method, float(rtol), float(atol), steps, grid
 
     def solve(self, sde, score, x, eps, generator):
         def velocity(t, x):
             return sde.ode_drift(x, t, score(x, t))
 
-        ts = ode_times(self.method, sde.T, eps, self.steps, x)
+        ts = ode_times(sde, eps, self.method, self.steps, self.grid, x)
         return odeint(velocity, x, ts, method=self.method, rtol=self.rtol, atol=self.atol,
                       options=ode_options(self.method, ts))[-1]

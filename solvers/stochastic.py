@@ -1,7 +1,5 @@
 """Samplers of the reverse-time SDE: Euler–Maruyama, and predictor–corrector with interchangeable pieces."""
-import torch
 
-from sde import expand
 
 from .common import Solver, check_choice, check_positive_int, randn_like, time_grid
 

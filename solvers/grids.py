@@ -1,0 +1,63 @@
+"""Time grids from T down to eps: uniform in t, uniform in λ = log(a/s), or ρ-spaced in σ = s/a."""
+import math
+
+import torch
+
+from .common import check_choice, check_positive_int
+
+GRIDS = ("time", "logsnr", "karras")
+BISECTIONS = 100
+
+
+def check_positive_number(name, value, prefix="solver"):
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{prefix}.{name}={value!r} is invalid: expected a finite number > 0")
+    return float(value)
+
+
+def _bisect(fn, target, lo, hi):
+    """t in [lo, hi] with fn(t) = target, for an increasing fn, by BISECTIONS halvings (vectorized over target)."""
+    lo, hi = torch.full_like(target, lo), torch.full_like(target, hi)
+    for _ in range(BISECTIONS):
+        mid = 0.5 * (lo + hi)
+        below = fn(mid) < target
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def _grid64(sde, steps, eps, kind, rho):
+    """make_grid in float64 on the CPU."""
+    check_choice("grid", kind, GRIDS)
+    if kind == "time":
+        return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
+    u = torch.arange(steps + 1, dtype=torch.float64) / steps
+    log_sigma = -sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
+    if kind == "logsnr":
+        if not torch.isfinite(log_sigma).all():
+            raise ValueError(f"solver.grid='logsnr' needs a finite log_snr at both ends; log_snr(eps={eps}) = "
+                             f"{-log_sigma[1].item()}: choose solver.eps > 0")
+        target = log_sigma[0] + u * (log_sigma[1] - log_sigma[0])
+    else:
+        if not torch.isfinite(log_sigma[0]):
+            raise ValueError(f"solver.grid='karras' needs a finite sigma(T) = s/a; got {log_sigma[0].exp().item()}")
+        root = torch.exp(log_sigma / rho)
+        target = rho * torch.log(root[0] + u * (root[1] - root[0]))
+    t = _bisect(lambda t: -sde.log_snr(t), target, eps, sde.T)
+    t[0], t[-1] = sde.T, eps
+    return t
+
+
+def make_grid(sde, steps, eps, kind="time", rho=7.0, like=None):
+    """steps + 1 times from sde.T down to eps: uniform in t ('time'), uniform in λ = log(a/s) ('logsnr'),
+    or ρ-spaced in σ = s/a ('karras'): σ_i = (σ_max^{1/ρ} + i/steps (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
+
+    λ and σ are inverted by vectorized bisection on the monotone σ(t), in float64 on the CPU, once per solve
+    (no device synchronization); the result has ``like``'s dtype and device (float64 on the CPU without it).
+    """
+    check_positive_int("steps", steps)
+    t = _grid64(sde, steps, float(eps), kind, check_positive_number("rho", rho))
+    return t if like is None else t.to(device=like.device, dtype=like.dtype)
