@@ -23,9 +23,12 @@ SETTINGS = [
     ("dopri5", dict(method="dopri5", rtol=1e-4, atol=1e-4)),
     ("dopri5", dict(method="dopri5", rtol=1e-3, atol=1e-3)),
     ("dopri5", dict(method="dopri5", rtol=1e-2, atol=1e-2)),
-    ("rk4", dict(method="rk4", steps=5)),
+    ("bosh3", dict(method="bosh3", rtol=1e-3, atol=1e-3)),
+    ("bosh3", dict(method="bosh3", rtol=1e-2, atol=1e-2)),
     ("rk4", dict(method="rk4", steps=10)),
     ("rk4", dict(method="rk4", steps=25)),
+    ("rk4", dict(method="rk4", steps=12, grid="logsnr")),
+    ("rk4", dict(method="rk4", steps=12, grid="karras")),
     ("midpoint", dict(method="midpoint", steps=25)),
     ("euler", dict(method="euler", steps=50)),
 ]

@@ -7,7 +7,7 @@ import torch
 from sde import expand
 
 from .common import Solver, check_choice, check_positive_int, randn_like
-from .fast import check_positive_number
+from .grids import check_positive_number
 
 REJECTIONS = ("bridge", "resample")
 
@@ -106,7 +106,7 @@ class AdaptiveSDE(Solver):
             if not bool((t > eps).any()):
                 return x
             x, x_prev, t, h = self.step(sde, score, x, x_prev, t, h, eps, memory, generator)
-        raise RuntimeError(f"solver.max_iters={self.max_iters} reached before t = eps: raise it or loosen rtol/atol")
+        raise ValueError(f"solver.max_iters={self.max_iters} reached before t = eps: raise it or loosen rtol/atol")
 
     def step(self, sde, score, x, x_prev, t, h, eps, memory, generator):
         """One attempt per sample; returns the new x, x'_prev, t and h."""

@@ -206,7 +206,7 @@ def test_adaptive_is_reproducible_and_counts_two_evaluations_per_iteration():
 
 
 def test_adaptive_max_iters_is_named():
-    with pytest.raises(RuntimeError, match="solver.max_iters=3"):
+    with pytest.raises(ValueError, match="solver.max_iters=3"):
         sample(ALL_SDES["vp"](), AdaptiveSDE(max_iters=3), mixture_2d(), 10)
 
 
