@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from models import MixtureScore
 from sde import SDE, CosineVPSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE
+from solvers.common import check_eps
 from training.data import GaussianMixture, random_mixture
 
 
@@ -65,3 +67,15 @@ def mixture_2d():
 
 def mixture_16d():
     return random_mixture(components=4, dim=16, spread=1.5, std_min=0.3, std_max=0.8, seed=3)
+
+
+def sample(sde, solver, mixture, n, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    x_T = sde.prior_sample((n, *mixture.shape), generator=gen, dtype=dtype)
+    return solver(sde, MixtureScore(sde, mixture), x_T, gen)
+
+
+def reference(sde, solver, mixture):
+    """The exact law at the solver's end time eps: the mixture perturbed to p_eps."""
+    eps = torch.tensor(check_eps(sde, solver.eps), dtype=torch.float64)
+    return mixture.perturbed(sde.a(eps).item(), sde.s(eps).item())

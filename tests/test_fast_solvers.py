@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import ALL_SDES, mixture_16d, mixture_2d
+from conftest import ALL_SDES, mixture_16d, mixture_2d, reference, sample
 from evaluation import mixture_report
 from models import MixtureScore
 from solvers import ProbabilityFlowODE
@@ -21,18 +21,6 @@ def smooth_mixture():
     """Two overlapping 2-D components of unequal weight and width: a nonlinear score whose ODE is in its asymptotic
     error regime from 16 steps on (mixture_2d's narrow, separated modes need several hundred steps for that)."""
     return GaussianMixture([[-1.0, 0.0], [1.0, 0.5]], [0.6, 0.8], [1, 2])
-
-
-def sample(sde, solver, mixture, n, seed=0, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    x_T = sde.prior_sample((n, *mixture.shape), generator=gen, dtype=dtype)
-    return solver(sde, MixtureScore(sde, mixture), x_T, gen)
-
-
-def reference(sde, solver, mixture):
-    """The exact law at the solver's end time eps: the mixture perturbed to p_eps."""
-    eps = torch.tensor(check_eps(sde, solver.eps), dtype=torch.float64)
-    return mixture.perturbed(sde.a(eps).item(), sde.s(eps).item())
 
 
 # -- order of convergence -------------------------------------------------------------------------------------

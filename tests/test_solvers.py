@@ -2,11 +2,9 @@
 import pytest
 import torch
 
-from conftest import ALL_SDES, mixture_16d, mixture_2d
+from conftest import ALL_SDES, mixture_16d, mixture_2d, reference, sample
 from evaluation import mixture_report
-from models import MixtureScore
 from solvers import EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
-from solvers.common import check_eps
 
 SOLVERS = {
     "em": lambda: EulerMaruyama(steps=1000),
@@ -18,18 +16,6 @@ SOLVERS = {
 }
 # Langevin at snr = 0.16 (the usual default) widens narrow low-dimensional components by about 3 %.
 STD_TOLERANCE = {"pc": 0.065, "pc_em_langevin": 0.065}
-
-
-def sample(sde, solver, mixture, n, seed=0, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    x_T = sde.prior_sample((n, *mixture.shape), generator=gen, dtype=dtype)
-    return solver(sde, MixtureScore(sde, mixture), x_T, gen)
-
-
-def reference(sde, solver, mixture):
-    """The exact law at the solver's end time eps: the mixture perturbed to p_eps."""
-    eps = torch.tensor(check_eps(sde, solver.eps), dtype=torch.float64)
-    return mixture.perturbed(sde.a(eps).item(), sde.s(eps).item())
 
 
 @pytest.mark.parametrize("solver_name", sorted(SOLVERS))
