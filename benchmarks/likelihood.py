@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.oracle import MIXTURES, SDES
+from benchmarks.report import sections
 from models import MixtureScore
 from solvers import ODELikelihood
 
@@ -82,15 +83,11 @@ def table(rows, args):
              f"--out {args.out}`", "",
              f"{args.num} test points; errors are NLL minus the exact −log p, per dimension; CPU "
              f"({torch.get_num_threads()} threads), torch {torch.__version__}.", ""]
-    for mix_name in args.mixtures:
-        for sde_name in args.sdes:
-            sel = [r for r in rows if r["mixture"] == mix_name and r["sde"] == sde_name]
-            lines += [f"### {mix_name} mixture, {sde_name.upper()} SDE", "",
-                      "| divergence | method | setting | NFE | seconds | mean error / dim | max per-point error / dim | per-point std / dim |",
-                      "|---|---|---|---:|---:|---:|---:|---:|"]
-            lines += [f"| {r['divergence']} | {r['method']} | {r['setting']} | {r['nfe']} | {r['seconds']:.2f} | "
-                      f"{r['mean_error']:+.5f} | {r['max_error']:.5f} | {r['std']:.5f} |" for r in sel]
-            lines.append("")
+    lines += sections(rows, args.mixtures, args.sdes, lambda sel: "",
+                      [("divergence", False), ("method", False), ("setting", False), ("NFE", True), ("seconds", True),
+                       ("mean error / dim", True), ("max per-point error / dim", True), ("per-point std / dim", True)],
+                      lambda r: [r["divergence"], r["method"], r["setting"], str(r["nfe"]), f"{r['seconds']:.2f}",
+                                 f"{r['mean_error']:+.5f}", f"{r['max_error']:.5f}", f"{r['std']:.5f}"])
     return "\n".join(lines)
 
 

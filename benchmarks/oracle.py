@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.report import sections
 from evaluation import mixture_report, sliced_wasserstein
 from models import MixtureScore
 from sde import VESDE, VPSDE
@@ -119,17 +120,11 @@ def main(argv=None):
 def table(rows, args):
     lines = [f"Command: `python -m benchmarks.oracle {' '.join(_argv(args))}`", "",
              f"{args.num} samples per run, CPU ({torch.get_num_threads()} threads), torch {torch.__version__}.", ""]
-    for mix_name in args.mixtures:
-        for sde_name in args.sdes:
-            sel = [r for r in rows if r["mixture"] == mix_name and r["sde"] == sde_name]
-            if not sel:
-                continue
-            lines += [f"### {mix_name} mixture, {sde_name.upper()} SDE (SWD noise floor {sel[0]['swd_floor']:.4f})", "",
-                      "| solver | setting | NFE | seconds | weights TV | SWD | log-density gap / dim |",
-                      "|---|---|---:|---:|---:|---:|---:|"]
-            lines += [f"| {r['solver']} | {r['setting']} | {r['nfe']} | {r['seconds']:.2f} | {r['weights_tv']:.4f} | "
-                      f"{r['swd']:.4f} | {r['logp_gap_per_dim']:+.4f} |" for r in sel]
-            lines.append("")
+    lines += sections(rows, args.mixtures, args.sdes, lambda sel: f" (SWD noise floor {sel[0]['swd_floor']:.4f})",
+                      [("solver", False), ("setting", False), ("NFE", True), ("seconds", True), ("weights TV", True),
+                       ("SWD", True), ("log-density gap / dim", True)],
+                      lambda r: [r["solver"], str(r["setting"]), str(r["nfe"]), f"{r['seconds']:.2f}",
+                                 f"{r['weights_tv']:.4f}", f"{r['swd']:.4f}", f"{r['logp_gap_per_dim']:+.4f}"])
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from evaluation import mixture_report
 from models import MixtureScore
 from sde import SDE, CosineVPSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 from solvers.common import check_eps
@@ -79,3 +80,15 @@ def reference(sde, solver, mixture):
     """The exact law at the solver's end time eps: the mixture perturbed to p_eps."""
     eps = torch.tensor(check_eps(sde, solver.eps), dtype=torch.float64)
     return mixture.perturbed(sde.a(eps).item(), sde.s(eps).item())
+
+
+def assert_recovers(sde, solver, mixture, n, tv, mean, std):
+    """Samples n points with the oracle and asserts the mixture's weights (TV < tv), component means
+    (mean_error < mean) and stds (std_ratio_error < std) at the solver's end time; returns the NFE."""
+    x, nfe = sample(sde, solver, mixture, n)
+    assert x.shape == (n, *mixture.shape) and torch.isfinite(x).all()
+    report = mixture_report(reference(sde, solver, mixture), x)
+    assert report["weights_tv"] < tv, report
+    assert report["mean_error"] < mean, report
+    assert report["std_ratio_error"] < std, report
+    return nfe

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import ALL_SDES, mixture_16d, mixture_2d, reference, sample
+from conftest import ALL_SDES, assert_recovers, mixture_16d, mixture_2d, reference, sample
 from evaluation import mixture_report
 from models import MixtureScore
 from solvers import ProbabilityFlowODE
@@ -95,26 +95,15 @@ RECOMMENDED = {  # the constructors' defaults, except DPM-3's step count
 @pytest.mark.parametrize("solver_name", sorted(RECOMMENDED))
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_recovers_2d_mixture(sde_name, solver_name):
-    sde, solver, mix = ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_2d()
-    x, nfe = sample(sde, solver, mix, 20000)
-    assert x.shape == (20000, 2) and torch.isfinite(x).all()
-    report = mixture_report(reference(sde, solver, mix), x)
-    assert report["weights_tv"] < 0.025, report
-    assert report["mean_error"] < 0.1, report
-    assert report["std_ratio_error"] < 0.04, report
+    nfe = assert_recovers(ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_2d(), 20000,
+                          tv=0.025, mean=0.1, std=0.04)
     assert nfe <= 600
 
 
 @pytest.mark.parametrize("solver_name", sorted(RECOMMENDED))
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_recovers_16d_mixture(sde_name, solver_name):
-    sde, solver, mix = ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_16d()
-    x, nfe = sample(sde, solver, mix, 4000)
-    assert x.shape == (4000, 16)
-    report = mixture_report(reference(sde, solver, mix), x)
-    assert report["weights_tv"] < 0.04, report
-    assert report["mean_error"] < 0.2, report
-    assert report["std_ratio_error"] < 0.04, report
+    assert_recovers(ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_16d(), 4000, tv=0.04, mean=0.2, std=0.04)
 
 
 # -- time grids -------------------------------------------------------------------------------------------------
