@@ -70,6 +70,8 @@ def main(cfg):
         (x, nfe), seconds = timed(lambda: in_batches(lambda c: solver(sde, model, c, gen), x_T.split(cfg.sample.batch)),
                                   device)
         metrics.update(nfe_sample=nfe, sample_seconds=seconds)
+        if getattr(solver, "tuning", None):
+            metrics["grid_tuning"] = {k: v.tolist() if torch.is_tensor(v) else v for k, v in solver.tuning.items()}
         if hasattr(data, "means"):
             metrics.update(mixture_report(data, x))
         np.savez(out / "samples.npz", x=x.cpu().numpy())

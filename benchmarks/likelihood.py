@@ -27,6 +27,7 @@ SETTINGS = [
     ("bosh3", dict(method="bosh3", rtol=1e-3, atol=1e-3)),
     ("bosh3", dict(method="bosh3", rtol=1e-2, atol=1e-2)),
     ("rk4", dict(method="rk4", steps=10)),
+    ("rk4", dict(method="rk4", steps=12)),
     ("rk4", dict(method="rk4", steps=25)),
     ("rk4", dict(method="rk4", steps=12, grid="logsnr")),
     ("rk4", dict(method="rk4", steps=12, grid="karras")),

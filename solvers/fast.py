@@ -7,8 +7,9 @@ a and s come from a numeric table. Time grids are uniform in t, uniform in λ = 
 
 import torch
 
-from .common import Solver, check_choice, check_positive_int
+from .common import CountedScore, Solver, check_choice, check_positive_int
 from .grids import GRIDS, check_positive_number, make_grid
+from .schedule import tune_grid
 
 LOWER_ORDER_FINAL_BELOW = 15
 
@@ -22,24 +23,65 @@ def _on(x, *tables):
     return [v.to(device=x.device, dtype=x.dtype) for v in tables]
 
 
-class DDIM(Solver):
+class GridSolver(Solver):
+    """A fixed-step solver on ``steps`` intervals of a time grid: 'time', 'logsnr', 'karras' (with ``rho``), or
+    'tuned': fitted to the model by ``solvers.schedule.tune_grid`` on ``pilots`` prior draws against a
+    ``reference_steps`` DPM-Solver++(3M) solve, once per model, SDE, event shape and end time. The tuning's
+    evaluations (on the pilots) are not in the NFE the call reports; ``tuning`` says what it cost.
+    """
+
+    def __init__(self, steps, grid, rho, eps, denoise, pilots=256, reference_steps=500, seed=0):
+        super().__init__(eps, denoise)
+        self.steps = check_positive_int("steps", steps)
+        self.grid = check_choice("grid", grid, GRIDS + ("tuned",))
+        self.rho = check_positive_number("rho", rho)
+        self.pilots = check_positive_int("pilots", pilots)
+        self.reference_steps = check_positive_int("reference_steps", reference_steps)
+        self.seed = int(seed)
+        self._tuned = {}
+
+    @property
+    def tuning(self):
+        """What the last tuning found and cost: times, start, loss_start, loss, solves, nfe (per pilot), pilots."""
+        return self._tuned[self._last][1] if self._tuned else None
+
+    def solve(self, sde, score, x, eps, generator):
+        return self.integrate(sde, score, x, self.times(sde, score.score_fn, x, eps))
+
+    def times(self, sde, score_fn, x, eps):
+        if self.grid != "tuned":
+            return make_grid(sde, self.steps, eps, self.grid, self.rho)
+        self._last = (id(sde), id(score_fn), tuple(x.shape[1:]), x.dtype, str(x.device), eps)
+        if self._last not in self._tuned:
+            self._tuned[self._last] = self.tune(sde, score_fn, x, eps)
+        return self._tuned[self._last][0]
+
+    def tune(self, sde, score_fn, x, eps):
+        gen = torch.Generator(x.device).manual_seed(self.seed)
+        pilots = sde.prior_sample((self.pilots, *x.shape[1:]), gen, x.device, x.dtype)
+        score = CountedScore(score_fn)
+        fine = DPMSolver(self.reference_steps, order=3, grid="logsnr")
+        t, info = tune_grid(lambda t, x: self.integrate(sde, score, x, t),
+                            lambda x: fine.integrate(sde, score, x, make_grid(sde, fine.steps, eps, "logsnr")),
+                            sde, pilots, self.steps, eps, rho=self.rho)
+        return t, dict(info, times=t, nfe=score.nfe, pilots=self.pilots)
+
+
+class DDIM(GridSolver):
     """DDIM: the deterministic first-order solver of the probability-flow ODE (exact in its linear part):
 
         ε̂ = −s_i ∇log p_{t_i}(x_i),   x̂_0 = (x_i − s_i ε̂) / a_i,   x_{i+1} = a_{i+1} x̂_0 + s_{i+1} ε̂.
 
-    ``grid``: time, logsnr or karras (with ``rho``). NFE = steps.
+    ``grid``: time, logsnr, karras (with ``rho``) or tuned (see GridSolver). NFE = steps.
     """
 
-    def __init__(self, steps=100, grid="karras", rho=7.0, eps=None, denoise=False):
-        super().__init__(eps, denoise)
-        self.steps = check_positive_int("steps", steps)
-        self.grid = check_choice("grid", grid, GRIDS)
-        self.rho = check_positive_number("rho", rho)
+    def __init__(self, steps=100, grid="karras", rho=7.0, eps=None, denoise=False, pilots=256, reference_steps=500,
+                 seed=0):
+        super().__init__(steps, grid, rho, eps, denoise, pilots, reference_steps, seed)
 
-    def solve(self, sde, score, x, eps, generator):
-        t64 = make_grid(sde, self.steps, eps, self.grid, self.rho)
+    def integrate(self, sde, score, x, t64):
         t, a, s = _on(x, t64, *_path(sde, t64))
-        for i in range(self.steps):
+        for i in range(len(t64) - 1):
             e = -s[i] * score(x, t[i])
             x = a[i + 1] * ((x - s[i] * e) / a[i]) + s[i + 1] * e
         return x
@@ -118,7 +160,7 @@ def dpm_weights(lam, a, orders):
     return torch.where(k == 1, first, torch.where(k == 2, second, third))
 
 
-class DPMSolver(Solver):
+class DPMSolver(GridSolver):
     """DPM-Solver++(2M)/(3M) (Lu et al. 2022): a multistep exponential integrator in λ = log(a/s) with the data
     prediction D = x̂_0 = (x + s² ∇log p_t)/a,
 
@@ -127,27 +169,25 @@ class DPMSolver(Solver):
     D̄ = D_i at order 1, (1 + 1/(2r)) D_i − 1/(2r) D_{i−1} with r = h_{i−1}/h at order 2, and the third-order
     multistep correction at order 3 (see dpm_weights). The first steps use orders 1, 2, ...; with
     ``lower_order_final`` and fewer than 15 steps the last steps count down the same way; a last step onto
-    s = 0 (eps = 0) is first order. NFE = steps.
+    s = 0 (eps = 0) is first order. ``grid``: logsnr, time, karras or tuned (see GridSolver). NFE = steps.
     """
 
-    def __init__(self, steps=40, order=2, grid="logsnr", rho=7.0, lower_order_final=True, eps=None, denoise=False):
-        super().__init__(eps, denoise)
-        self.steps = check_positive_int("steps", steps)
+    def __init__(self, steps=40, order=2, grid="logsnr", rho=7.0, lower_order_final=True, eps=None, denoise=False,
+                 pilots=256, reference_steps=500, seed=0):
+        super().__init__(steps, grid, rho, eps, denoise, pilots, reference_steps, seed)
         if isinstance(order, bool) or order not in (1, 2, 3):
             raise ValueError(f"solver.order={order!r} is unknown: choose one of 1, 2, 3")
         self.order = int(order)
-        self.grid = check_choice("grid", grid, GRIDS)
-        self.rho = check_positive_number("rho", rho)
         self.lower_order_final = bool(lower_order_final)
 
-    def solve(self, sde, score, x, eps, generator):
-        t64 = make_grid(sde, self.steps, eps, self.grid, self.rho)
+    def integrate(self, sde, score, x, t64):
+        steps = len(t64) - 1
         a64, s64 = _path(sde, t64)
         lam = torch.log(a64) - torch.log(s64)
-        orders = _step_orders(self.steps, self.order, self.lower_order_final, bool(torch.isinf(lam[-1])))
+        orders = _step_orders(steps, self.order, self.lower_order_final, bool(torch.isinf(lam[-1])))
         t, a, s, ratio, w = _on(x, t64, a64, s64, s64[1:] / s64[:-1], dpm_weights(lam, a64, orders))
         history = []
-        for i in range(self.steps):
+        for i in range(steps):
             history = [(x + s[i] ** 2 * score(x, t[i])) / a[i]] + history[:2]
             x = ratio[i] * x + sum(w[i, j] * d for j, d in enumerate(history[:orders[i]]))
         return x

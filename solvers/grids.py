@@ -46,7 +46,12 @@ def _grid64(sde, steps, eps, kind, rho):
             raise ValueError(f"solver.grid='karras' needs a finite sigma(T) = s/a; got {log_sigma[0].exp().item()}")
         root = torch.exp(log_sigma / rho)
         target = rho * torch.log(root[0] + u * (root[1] - root[0]))
-    t = _bisect(lambda t: -sde.log_snr(t), target, eps, sde.T)
+    return times_at_log_snr(sde, -target, eps)
+
+
+def times_at_log_snr(sde, lam, eps):
+    """The times in [eps, T] where log_snr(t) = lam (float64, CPU), by bisection; the ends are set exactly."""
+    t = _bisect(lambda t: -sde.log_snr(t), -lam.double(), eps, sde.T)
     t[0], t[-1] = sde.T, eps
     return t
 
