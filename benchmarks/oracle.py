@@ -160,13 +160,16 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["mixture"], r["sde"]) for r in rows})
+    names = sorted({r["solver"] for r in rows})
+    style = {name: dict(color=plt.get_cmap("tab20")(i % 20), marker="os^Dv"[i % 5], ms=3, label=name)
+             for i, name in enumerate(names)}
     fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False)
     for col, (mix_name, sde_name) in enumerate(panels):
         sel = [r for r in rows if (r["mixture"], r["sde"]) == (mix_name, sde_name)]
         for name in sorted({r["solver"] for r in sel}):
             pts = sorted((r["nfe"], r["weights_tv"], abs(r["logp_gap_per_dim"])) for r in sel if r["solver"] == name)
-            axes[0][col].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name, ms=3)
-            axes[1][col].plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=name, ms=3)
+            axes[0][col].plot([p[0] for p in pts], [p[1] for p in pts], "-", **style[name])
+            axes[1][col].plot([p[0] for p in pts], [p[2] for p in pts], "-", **style[name])
         for row, what in enumerate(["weights TV", "|log-density gap| / dim"]):
             ax = axes[row][col]
             ax.set_xscale("log")
