@@ -26,8 +26,9 @@ def _on(x, *tables):
 class GridSolver(Solver):
     """A fixed-step solver on ``steps`` intervals of a time grid: 'time', 'logsnr', 'karras' (with ``rho``), or
     'tuned': fitted to the model by ``solvers.schedule.tune_grid`` on ``pilots`` prior draws against a
-    ``reference_steps`` DPM-Solver++(3M) solve, once per model, SDE, event shape and end time. The tuning's
-    evaluations (on the pilots) are not in the NFE the call reports; ``tuning`` says what it cost.
+    ``reference_steps`` DPM-Solver++(3M) solve, once per model, SDE, event shape and end time (a model trained
+    further after that needs a new solver). The tuning's evaluations (on the pilots) are not in the NFE the
+    call reports; ``tuning`` says what it cost.
     """
 
     def __init__(self, steps, grid, rho, eps, denoise, pilots=256, reference_steps=500, seed=0):
