@@ -59,16 +59,17 @@ def run_one(sde, mixture, solver, num, seed):
     gen = torch.Generator().manual_seed(seed)
     oracle = MixtureScore(sde, mixture)
     x_T = sde.prior_sample((num, *mixture.shape), gen)
+    eps = check_eps(sde, solver.eps)
     tune = None
     if getattr(solver, "grid", None) == "tuned":
         start = time.perf_counter()
-        solver.times(sde, oracle, x_T, check_eps(sde, solver.eps))
+        solver.times(sde, oracle, x_T, eps)
         tune = {k: solver.tuning[k] for k in ("solves", "nfe", "pilots", "start", "loss_start", "loss")}
         tune["seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     x, nfe = solver(sde, oracle, x_T, gen)
     seconds = time.perf_counter() - start
-    eps = torch.tensor(check_eps(sde, solver.eps), dtype=torch.float64)
+    eps = torch.tensor(eps, dtype=torch.float64)
     truth = mixture.perturbed(sde.a(eps).item(), sde.s(eps).item())
     report = mixture_report(truth, x)
     exact = truth.sample(num, torch.Generator().manual_seed(seed + 1))

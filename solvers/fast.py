@@ -63,7 +63,7 @@ class GridSolver(Solver):
         score = CountedScore(score_fn)
         fine = DPMSolver(self.reference_steps, order=3, grid="logsnr")
         t, info = tune_grid(lambda t, x: self.integrate(sde, score, x, t),
-                            lambda x: fine.integrate(sde, score, x, make_grid(sde, fine.steps, eps, "logsnr")),
+                            lambda x: fine.integrate(sde, score, x, fine.times(sde, score_fn, x, eps)),
                             sde, pilots, self.steps, eps, rho=self.rho)
         return t, dict(info, times=t, nfe=score.nfe, pilots=self.pilots)
 

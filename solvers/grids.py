@@ -29,6 +29,14 @@ def _bisect(fn, target, lo, hi):
     return 0.5 * (lo + hi)
 
 
+def check_finite_log_snr(sde, eps, grid):
+    """A grid placed in λ needs λ = log_snr finite at T and at eps (eps = 0 makes it infinite)."""
+    lam = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
+    if not torch.isfinite(lam).all():
+        raise ValueError(f"solver.grid={grid!r} needs a finite log_snr at both ends; log_snr(eps={eps}) = "
+                         f"{lam[1].item()}: choose solver.eps > 0")
+
+
 def _grid64(sde, steps, eps, kind, rho):
     """make_grid in float64 on the CPU."""
     check_choice("grid", kind, GRIDS)
@@ -37,9 +45,7 @@ def _grid64(sde, steps, eps, kind, rho):
     u = torch.arange(steps + 1, dtype=torch.float64) / steps
     log_sigma = -sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
     if kind == "logsnr":
-        if not torch.isfinite(log_sigma).all():
-            raise ValueError(f"solver.grid='logsnr' needs a finite log_snr at both ends; log_snr(eps={eps}) = "
-                             f"{-log_sigma[1].item()}: choose solver.eps > 0")
+        check_finite_log_snr(sde, eps, kind)
         target = log_sigma[0] + u * (log_sigma[1] - log_sigma[0])
     else:
         if not torch.isfinite(log_sigma[0]):

@@ -11,7 +11,7 @@ pilots; the cost is paid once per model and budget.
 """
 import torch
 
-from .grids import GRIDS, make_grid, times_at_log_snr
+from .grids import GRIDS, check_finite_log_snr, make_grid, times_at_log_snr
 
 MOVES = (0.5, 0.25, 0.1)
 
@@ -24,10 +24,7 @@ def tune_grid(integrate, reference, sde, x_T, steps, eps, sweeps=5, min_gain=0.0
     than ``min_gain`` (relative). Returns (t, info): t in float64 on the CPU, and info = {start, loss_start,
     loss, solves} (``solves`` runs of ``integrate`` on the pilots, each costing ``steps`` evaluations).
     """
-    lam_end = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
-    if not torch.isfinite(lam_end).all():
-        raise ValueError(f"solver.grid='tuned' needs a finite log_snr at both ends; log_snr(eps={eps}) = "
-                         f"{lam_end[1].item()}: choose solver.eps > 0")
+    check_finite_log_snr(sde, eps, "tuned")
     target = reference(x_T)
 
     def loss(t):
