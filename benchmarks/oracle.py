@@ -21,7 +21,7 @@ from models import MixtureScore
 from sde import VESDE, VPSDE
 from solvers import DDIM, AdaptiveSDE, DPMSolver, EulerMaruyama, Heun, PredictorCorrector, ProbabilityFlowODE
 from solvers.common import check_eps
-from training.data import GaussianMixture, random_mixture
+from scoredata import GaussianMixture, RandomMixture
 
 SDES = {"vp": VPSDE, "ve": VESDE}
 
@@ -33,7 +33,7 @@ def eight_modes():
     return GaussianMixture(means, [0.3, 0.4, 0.5, 0.3, 0.4, 0.5, 0.3, 0.4], list(range(1, 9)))
 
 
-MIXTURES = {"2d": eight_modes, "64d": lambda: random_mixture(components=8, dim=64, spread=1.0, seed=0)}
+MIXTURES = {"2d": eight_modes, "64d": lambda: RandomMixture(components=8, dim=64, spread=1.0, seed=0)}
 
 # solver name -> (budget -> solver or None when the budget does not fit); budgets are NFE.
 SOLVERS = {

@@ -1,9 +1,8 @@
 """Maps (x, t) to a score: networks (MLP, UNet), the wrapper that reads their output as a score, the exact
-mixture oracle, and the EMA of weights."""
-from .ema import EMA
+mixture oracle."""
 from .mlp import MLP
 from .oracle import MixtureScore
 from .unet import UNet
 from .wrapper import ScoreModel
 
-__all__ = ["EMA", "MLP", "MixtureScore", "ScoreModel", "UNet"]
+__all__ = ["MLP", "MixtureScore", "ScoreModel", "UNet"]

@@ -4,6 +4,8 @@ import math
 import torch
 from torch import nn
 
+from sde.errors import ConfigError, check_choice
+
 
 def batch_times(t, x):
     """Times as a float tensor of shape (N,) in x's dtype and device; a 0-dim or 1-element t is repeated N times."""
@@ -14,8 +16,8 @@ def batch_times(t, x):
 def _even(dim):
     dim = int(dim)
     if dim < 2 or dim % 2:
-        raise ValueError(f"time embedding size {dim!r} is invalid: a sin/cos embedding needs an even size >= 2 "
-                         f"(model.net.embed_dim for the MLP, model.net.channels for the U-Net)")
+        raise ConfigError(f"time embedding size {dim!r} is invalid: a sin/cos embedding needs an even size >= 2 "
+                          f"(embed_dim for the MLP, channels for the U-Net)")
     return dim
 
 
@@ -59,6 +61,5 @@ EMBEDDINGS = {"fourier": FourierEmbedding, "sinusoidal": SinusoidalEmbedding}
 
 def time_embedding(kind, dim, **kwargs):
     """The embedding called ``kind`` ('fourier' or 'sinusoidal') with output size ``dim``."""
-    if not isinstance(kind, str) or kind not in EMBEDDINGS:
-        raise ValueError(f"model.net.embedding={kind!r} is unknown: choose one of {', '.join(sorted(EMBEDDINGS))}")
+    check_choice("embedding", kind, EMBEDDINGS)
     return EMBEDDINGS[kind](dim, **kwargs)

@@ -3,6 +3,8 @@ import math
 
 from torch import nn
 
+from sde.errors import check_choice, check_int, invalid
+
 from .embedding import batch_times, time_embedding
 
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
@@ -13,15 +15,14 @@ def event_shape(shape):
     try:
         shape = (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
     except (TypeError, ValueError):
-        raise ValueError(f"model.net.shape={shape!r} is invalid: expected a tuple of positive integers") from None
+        raise invalid("shape", shape, "a tuple of positive integers") from None
     if not shape or min(shape) < 1:
-        raise ValueError(f"model.net.shape={shape!r} is invalid: expected a tuple of positive integers")
+        raise invalid("shape", shape, "a tuple of positive integers")
     return shape
 
 
 def make_activation(name):
-    if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise ValueError(f"model.net.activation={name!r} is unknown: choose one of {', '.join(sorted(ACTIVATIONS))}")
+    check_choice("activation", name, ACTIVATIONS)
     return ACTIVATIONS[name]()
 
 
@@ -37,9 +38,8 @@ class MLP(nn.Module):
     def __init__(self, shape, hidden=256, depth=4, embedding="fourier", embed_dim=128, activation="silu"):
         super().__init__()
         self.shape = event_shape(shape)
-        dim, hidden, depth, embed_dim = math.prod(self.shape), int(hidden), int(depth), int(embed_dim)
-        if hidden < 1 or depth < 0:
-            raise ValueError(f"model.net.hidden={hidden!r}, model.net.depth={depth!r}: expected hidden >= 1, depth >= 0")
+        dim, hidden, depth = math.prod(self.shape), check_int("hidden", hidden), check_int("depth", depth, 0)
+        embed_dim = check_int("embed_dim", embed_dim)
         self.act = make_activation(activation)
         self.embed = time_embedding(embedding, embed_dim)
         self.time = nn.Linear(embed_dim, embed_dim)

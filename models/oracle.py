@@ -2,7 +2,8 @@
 import torch
 from torch import nn
 
-from training.data import GaussianMixture
+from scoredata import GaussianMixture
+from sde.errors import ConfigError
 
 
 class MixtureScore(nn.Module):
@@ -11,9 +12,10 @@ class MixtureScore(nn.Module):
     def __init__(self, sde, data):
         super().__init__()
         if not isinstance(data, GaussianMixture):
-            raise ValueError(f"model=oracle needs a Gaussian-mixture data set (data=gmm); got {type(data).__name__}")
+            raise ConfigError(f"the mixture oracle needs a Gaussian-mixture data set (data=gmm); got {data!r}")
         self.sde = sde
         self.mixture = data
+        self.shape = data.shape
 
     def forward(self, x, t):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])

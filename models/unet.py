@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sde.errors import ConfigError, invalid
+
 from .embedding import batch_times, time_embedding
 from .mlp import event_shape
 
@@ -139,17 +141,20 @@ class UNet(nn.Module):
     @staticmethod
     def _check(shape, channels, multipliers, groups):
         if len(shape) != 3:
-            raise ValueError(f"model.net.shape={shape} is invalid for a U-Net: expected (C, H, W)")
+            raise invalid("shape", shape, "(C, H, W) for a U-Net (vectors need the MLP)")
         if not multipliers or min(multipliers) < 1 or channels < 1:
-            raise ValueError(f"model.net.multipliers={multipliers}, channels={channels}: expected positive integers")
+            raise ConfigError(f"multipliers={multipliers}, channels={channels}: expected positive integers",
+                              ("multipliers", "channels"))
         factor = 2 ** (len(multipliers) - 1)
         if shape[1] % factor or shape[2] % factor:
-            raise ValueError(f"model.net.shape={shape} does not fit multipliers={multipliers}: H and W must be "
-                             f"divisible by 2^{len(multipliers) - 1} = {factor} (use fewer levels or pad the images)")
+            raise ConfigError(f"shape={shape} does not fit multipliers={multipliers}: H and W must be "
+                              f"divisible by 2^{len(multipliers) - 1} = {factor} (use fewer levels or pad the images)",
+                              ("shape", "multipliers"))
         widths = sorted({channels * m for m in multipliers})
         if groups < 1 or any(w % groups for w in widths):
-            raise ValueError(f"model.net.groups={groups} must divide every channel count {tuple(widths)} "
-                             f"(channels={channels} × multipliers={multipliers})")
+            raise ConfigError(f"groups={groups} must divide every channel count {tuple(widths)} "
+                              f"(channels={channels} × multipliers={multipliers})",
+                              ("groups", "channels", "multipliers"))
 
     def forward(self, x, t):
         c = self.time(self.embed(batch_times(t, x)))

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from sde import expand
+from sde.errors import ConfigError, check_choice, check_number, config_scope
 
 from .embedding import batch_times
 
@@ -25,22 +26,21 @@ class ScoreModel(nn.Module):
                  the unscaled score grows like 1/s near t = 0 and is badly conditioned)
 
     and every one is converted exactly into the others: x̂_0 = (x − s ε̂)/a = (x + s² score)/a.
-    ``net`` is a module net(x, t), or a callable net(shape=...) (a Hydra partial) built with ``data.shape``.
+    ``net`` is a module net(x, t), or a callable net(shape=...) (a Hydra partial) built with the event shape
+    of ``data`` (a scoredata.DataSet, or the DataSpec a checkpoint keeps).
     """
 
     def __init__(self, net, sde, parameterization="eps", sigma_data=1.0, data=None):
         super().__init__()
-        if not isinstance(parameterization, str) or parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"model.parameterization={parameterization!r} is unknown: "
-                             f"choose one of {', '.join(PARAMETERIZATIONS)}")
-        sigma_data = float(sigma_data)
-        if not sigma_data > 0:
-            raise ValueError(f"model.sigma_data={sigma_data!r} is invalid: expected a number > 0")
+        check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+        sigma_data = check_number("sigma_data", sigma_data)
         if not isinstance(net, nn.Module):
             if data is None:
-                raise ValueError("model.net is not a network: give an nn.Module, or a partial and the data set")
-            net = net(shape=tuple(data.shape))
+                raise ConfigError("net is not a network: give an nn.Module, or a partial and the data set", "net")
+            with config_scope("net"):
+                net = net(shape=tuple(data.shape))
         self.net = net
+        self.shape = tuple(getattr(net, "shape", ())) or (tuple(data.shape) if data is not None else ())
         self.sde = sde
         self.parameterization = parameterization
         self.sigma_data = sigma_data

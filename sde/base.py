@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from scipy.integrate import cumulative_simpson
 
+from .errors import ConfigError
+
 
 def expand(t, x):
     """Reshape per-sample times t of shape (N,) to broadcast against x of shape (N, ...)."""
@@ -141,7 +143,7 @@ class SDE:
         f = self.f(grid).double().numpy()
         g2 = (self.g(grid).double() ** 2).numpy()
         if not (np.isfinite(f).all() and np.isfinite(g2).all()):
-            raise ValueError(f"{type(self).__name__}: f(t) or g(t) is not finite on [0, {self.T}]")
+            raise ConfigError(f"{type(self).__name__}: f(t) or g(t) is not finite on [0, {self.T}]")
         log_a = cumulative_simpson(f, x=grid.numpy(), initial=0.0)
         integral = cumulative_simpson(g2 * np.exp(-2 * log_a), x=grid.numpy(), initial=0.0)
         s2 = np.exp(2 * log_a) * integral

@@ -4,22 +4,18 @@ import math
 import torch
 
 from .base import SDE
+from .errors import ConfigError, check_number
 
 
-def _check(name, value, lo=0.0, strict=True):
-    bad = value <= lo if strict else value < lo
-    if bad or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} is invalid: expected a finite number {'>' if strict else '>='} {lo}")
-    return float(value)
 
 
 class VPSDE(SDE):
     """Variance preserving (DDPM limit): f = −β/2, g² = β, β(t) = β_min + t (β_max − β_min)."""
 
     def __init__(self, beta_min=0.1, beta_max=20.0, T=1.0):
-        self.beta_min = _check("beta_min", beta_min)
-        self.beta_max = _check("beta_max", beta_max)
-        self.T = _check("T", T)
+        self.beta_min = check_number("beta_min", beta_min)
+        self.beta_max = check_number("beta_max", beta_max)
+        self.T = check_number("T", T)
         super().__init__()
 
     def beta(self, t):
@@ -64,11 +60,11 @@ class VESDE(SDE):
     sampling_eps = 1e-5
 
     def __init__(self, sigma_min=0.01, sigma_max=50.0, T=1.0):
-        self.sigma_min = _check("sigma_min", sigma_min)
-        self.sigma_max = _check("sigma_max", sigma_max)
+        self.sigma_min = check_number("sigma_min", sigma_min)
+        self.sigma_max = check_number("sigma_max", sigma_max)
         if self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max={sigma_max!r} must exceed sigma_min={sigma_min!r}")
-        self.T = _check("T", T)
+            raise ConfigError(f"sigma_max={sigma_max!r} must exceed sigma_min={sigma_min!r}", ("sigma_max", "sigma_min"))
+        self.T = check_number("T", T)
         super().__init__()
 
     def noise(self, t):
@@ -98,10 +94,8 @@ class CosineVPSDE(SDE):
     """
 
     def __init__(self, k=0.008, T=0.9946):
-        self.k = _check("k", k)
-        self.T = _check("T", T)
-        if self.T >= 1.0:
-            raise ValueError(f"T={T!r} is invalid for the cosine schedule: expected 0 < T < 1")
+        self.k = check_number("k", k)
+        self.T = check_number("T", T, maximum=1.0, strict_max=True)
         super().__init__()
 
     def theta(self, t):
@@ -132,9 +126,7 @@ class RectifiedFlow(SDE):
     """
 
     def __init__(self, T=0.999):
-        self.T = _check("T", T)
-        if self.T >= 1.0:
-            raise ValueError(f"T={T!r} is invalid for the rectified flow: expected 0 < T < 1")
+        self.T = check_number("T", T, maximum=1.0, strict_max=True)
         super().__init__()
 
     def f(self, t):

@@ -4,10 +4,10 @@ from .adaptive import AdaptiveSDE
 from .common import CountedScore, Solver
 from .fast import DDIM, DPMSolver, Heun
 from .grids import make_grid
-from .likelihood import ODELikelihood, bits_per_dim, dequantize
+from .likelihood import ODELikelihood
 from .ode import ProbabilityFlowODE
 from .stochastic import CORRECTORS, PREDICTORS, EulerMaruyama, PredictorCorrector
 
 __all__ = ["AdaptiveSDE", "CountedScore", "Solver", "DDIM", "DPMSolver", "Heun", "EulerMaruyama",
-           "PredictorCorrector", "ProbabilityFlowODE", "ODELikelihood", "PREDICTORS", "CORRECTORS", "bits_per_dim",
-           "dequantize", "make_grid"]
+           "PredictorCorrector", "ProbabilityFlowODE", "ODELikelihood", "PREDICTORS", "CORRECTORS",
+           "make_grid"]

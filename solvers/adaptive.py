@@ -6,8 +6,9 @@ import torch
 
 from sde import expand
 
-from .common import Solver, check_choice, check_positive_int, randn_like
-from .grids import check_positive_number
+from sde.errors import ConfigError, check_choice, check_int, check_number
+
+from .common import Solver, randn_like
 
 REJECTIONS = ("bridge", "resample")
 
@@ -88,14 +89,14 @@ class AdaptiveSDE(Solver):
     def __init__(self, rtol=0.05, atol=0.01, h_init=0.01, safety=0.9, exponent=0.9, rejection="bridge",
                  memory=8, max_iters=10000, eps=None, denoise=False):
         super().__init__(eps, denoise)
-        self.rtol = check_positive_number("rtol", rtol)
-        self.atol = check_positive_number("atol", atol)
-        self.h_init = check_positive_number("h_init", h_init)
-        self.safety = check_positive_number("safety", safety)
-        self.exponent = check_positive_number("exponent", exponent)
+        self.rtol = check_number("rtol", rtol)
+        self.atol = check_number("atol", atol)
+        self.h_init = check_number("h_init", h_init)
+        self.safety = check_number("safety", safety)
+        self.exponent = check_number("exponent", exponent)
         self.rejection = check_choice("rejection", rejection, REJECTIONS)
-        self.memory = check_positive_int("memory", memory)
-        self.max_iters = check_positive_int("max_iters", max_iters)
+        self.memory = check_int("memory", memory)
+        self.max_iters = check_int("max_iters", max_iters)
 
     def solve(self, sde, score, x, eps, generator):
         t = torch.full((x.shape[0],), sde.T, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
@@ -106,7 +107,8 @@ class AdaptiveSDE(Solver):
             if not bool((t > eps).any()):
                 return x
             x, x_prev, t, h = self.step(sde, score, x, x_prev, t, h, eps, memory, generator)
-        raise ValueError(f"solver.max_iters={self.max_iters} reached before t = eps: raise it or loosen rtol/atol")
+        raise ConfigError(f"max_iters={self.max_iters} reached before t = eps: raise it or loosen rtol/atol",
+                          "max_iters")
 
     def step(self, sde, score, x, x_prev, t, h, eps, memory, generator):
         """One attempt per sample; returns the new x, x'_prev, t and h."""

@@ -2,6 +2,7 @@
 import torch
 
 from sde import expand
+from sde.errors import invalid
 
 
 class CountedScore:
@@ -33,24 +34,11 @@ def tweedie_denoise(sde, score, x, t):
     return (x + expand(sde.s(t) ** 2, x) * score(x, t)) / expand(sde.a(t), x)
 
 
-def check_positive_int(name, value, prefix="solver"):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{prefix}.{name}={value!r} is invalid: expected an integer >= 1")
-    return value
-
-
-def check_choice(name, value, choices, prefix="solver"):
-    if value not in choices:
-        raise ValueError(f"{prefix}.{name}={value!r} is unknown: choose one of "
-                         f"{', '.join(str(c) for c in sorted(choices, key=str))}")
-    return value
-
-
 def check_eps(sde, eps):
     """The end time of sampling: eps if given, else the SDE's own sampling_eps."""
     eps = sde.sampling_eps if eps is None else float(eps)
     if not 0 <= eps < sde.T:
-        raise ValueError(f"solver.eps={eps!r} is invalid: expected 0 <= eps < T = {sde.T}")
+        raise invalid("eps", eps, f"0 <= eps < T = {sde.T}")
     return eps
 
 

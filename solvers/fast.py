@@ -7,8 +7,10 @@ a and s come from a numeric table. Time grids are uniform in t, uniform in λ = 
 
 import torch
 
-from .common import CountedScore, Solver, check_choice, check_positive_int
-from .grids import GRIDS, check_positive_number, make_grid
+from sde.errors import check_choice, check_int, check_number
+
+from .common import CountedScore, Solver
+from .grids import GRIDS, make_grid
 from .schedule import tune_grid
 
 LOWER_ORDER_FINAL_BELOW = 15
@@ -33,11 +35,11 @@ class GridSolver(Solver):
 
     def __init__(self, steps, grid, rho, eps, denoise, pilots=256, reference_steps=500, seed=0):
         super().__init__(eps, denoise)
-        self.steps = check_positive_int("steps", steps)
+        self.steps = check_int("steps", steps)
         self.grid = check_choice("grid", grid, GRIDS + ("tuned",))
-        self.rho = check_positive_number("rho", rho)
-        self.pilots = check_positive_int("pilots", pilots)
-        self.reference_steps = check_positive_int("reference_steps", reference_steps)
+        self.rho = check_number("rho", rho)
+        self.pilots = check_int("pilots", pilots)
+        self.reference_steps = check_int("reference_steps", reference_steps)
         self.seed = int(seed)
         self._tuned = {}
 
@@ -100,8 +102,8 @@ class Heun(Solver):
 
     def __init__(self, steps=30, rho=7.0, eps=None, denoise=False):
         super().__init__(eps, denoise)
-        self.steps = check_positive_int("steps", steps)
-        self.rho = check_positive_number("rho", rho)
+        self.steps = check_int("steps", steps)
+        self.rho = check_number("rho", rho)
 
     def solve(self, sde, score, x, eps, generator):
         t64 = make_grid(sde, self.steps, eps, "karras", self.rho)
@@ -176,9 +178,7 @@ class DPMSolver(GridSolver):
     def __init__(self, steps=40, order=2, grid="logsnr", rho=7.0, lower_order_final=True, eps=None, denoise=False,
                  pilots=256, reference_steps=500, seed=0):
         super().__init__(steps, grid, rho, eps, denoise, pilots, reference_steps, seed)
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"solver.order={order!r} is unknown: choose one of 1, 2, 3")
-        self.order = int(order)
+        self.order = check_choice("order", order, (1, 2, 3))
         self.lower_order_final = bool(lower_order_final)
 
     def integrate(self, sde, score, x, t64):

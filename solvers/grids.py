@@ -1,22 +1,10 @@
 """Time grids from T down to eps: uniform in t, uniform in λ = log(a/s), or ρ-spaced in σ = s/a."""
-import math
-
 import torch
 
-from .common import check_choice, check_positive_int
+from sde.errors import ConfigError, check_choice, check_int, check_number
 
 GRIDS = ("time", "logsnr", "karras")
 BISECTIONS = 100
-
-
-def check_positive_number(name, value, prefix="solver"):
-    try:
-        ok = not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{prefix}.{name}={value!r} is invalid: expected a finite number > 0")
-    return float(value)
 
 
 def _bisect(fn, target, lo, hi):
@@ -33,8 +21,8 @@ def check_finite_log_snr(sde, eps, grid):
     """A grid placed in λ needs λ = log_snr finite at T and at eps (eps = 0 makes it infinite)."""
     lam = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
     if not torch.isfinite(lam).all():
-        raise ValueError(f"solver.grid={grid!r} needs a finite log_snr at both ends; log_snr(eps={eps}) = "
-                         f"{lam[1].item()}: choose solver.eps > 0")
+        raise ConfigError(f"grid={grid!r} needs a finite log_snr at both ends; log_snr(eps={eps}) = "
+                          f"{lam[1].item()}: choose eps > 0", "grid")
 
 
 def _grid64(sde, steps, eps, kind, rho):
@@ -49,7 +37,7 @@ def _grid64(sde, steps, eps, kind, rho):
         target = log_sigma[0] + u * (log_sigma[1] - log_sigma[0])
     else:
         if not torch.isfinite(log_sigma[0]):
-            raise ValueError(f"solver.grid='karras' needs a finite sigma(T) = s/a; got {log_sigma[0].exp().item()}")
+            raise ConfigError(f"grid='karras' needs a finite sigma(T) = s/a; got {log_sigma[0].exp().item()}", "grid")
         root = torch.exp(log_sigma / rho)
         target = rho * torch.log(root[0] + u * (root[1] - root[0]))
     return times_at_log_snr(sde, -target, eps)
@@ -69,6 +57,6 @@ def make_grid(sde, steps, eps, kind="time", rho=7.0, like=None):
     λ and σ are inverted by vectorized bisection on the monotone σ(t), in float64 on the CPU, once per solve
     (no device synchronization); the result has ``like``'s dtype and device (float64 on the CPU without it).
     """
-    check_positive_int("steps", steps)
-    t = _grid64(sde, steps, float(eps), kind, check_positive_number("rho", rho))
+    check_int("steps", steps)
+    t = _grid64(sde, steps, float(eps), kind, check_number("rho", rho))
     return t if like is None else t.to(device=like.device, dtype=like.dtype)

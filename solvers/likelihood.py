@@ -4,12 +4,12 @@
 
 with the divergence exact (one pass per dimension, batched) or Hutchinson's E_v[vᵀ ∂h/∂x v].
 """
-import math
-
 import torch
 from torchdiffeq import odeint
 
-from .common import CountedScore, check_choice, randn_like
+from sde.errors import check_choice, invalid
+
+from .common import CountedScore, randn_like
 from .ode import check_ode_options, ode_options, ode_times
 
 DIVERGENCES = ("auto", "exact", "gaussian", "rademacher")
@@ -54,10 +54,10 @@ class ODELikelihood:
 
     def __init__(self, method="dopri5", rtol=1e-5, atol=1e-5, steps=100, grid="time", eps=1e-5, divergence="auto",
                  exact_max_dim=64):
-        check_ode_options(method, rtol, atol, steps, grid, prefix="eval.ode")
+        check_ode_options(method, rtol, atol, steps, grid)
         self.method, self.rtol, self.atol, self.steps, self.grid = method, float(rtol), float(atol), steps, grid
         self.eps = float(eps)
-        self.divergence = check_choice("divergence", divergence, DIVERGENCES, prefix="eval.ode")
+        self.divergence = check_choice("divergence", divergence, DIVERGENCES)
         self.exact_max_dim = int(exact_max_dim)
 
     def estimator(self, dim):
@@ -74,7 +74,7 @@ class ODELikelihood:
         """Carries x from eps to T along the ODE: returns x_T, ∫_eps^T ∇·h dt (= log p_eps(x) − log p_T(x_T))
         and the NFE."""
         if not 0 <= self.eps < sde.T:
-            raise ValueError(f"eval.ode.eps={self.eps!r} is invalid: expected 0 <= eps < T = {sde.T}")
+            raise invalid("eps", self.eps, f"0 <= eps < T = {sde.T}")
         score = CountedScore(score_fn)
         kind = self.estimator(x[0].numel())
         if kind != "exact":
@@ -97,17 +97,3 @@ class ODELikelihood:
                                options=ode_options(self.method, ts))
         return xs[-1], integrals[-1], score.nfe
 
-
-def bits_per_dim(nll, dim, levels=None, data_range=None):
-    """bpd = (NLL / D) / ln 2 + log2(levels / range)  for data quantized to ``levels`` bins over ``range``;
-    plain (NLL / D) / ln 2 for continuous data."""
-    bpd = nll / dim / math.log(2)
-    if levels is not None:
-        bpd = bpd + math.log2(levels / data_range)
-    return bpd
-
-
-def dequantize(x, levels, data_range, generator=None):
-    """Uniform dequantization: x sits at a bin centre; add U(−½, ½) of one bin width (range / levels)."""
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 0.5
-    return x + u * (data_range / levels)

@@ -2,20 +2,21 @@
 import torch
 from torchdiffeq import odeint
 
-from .common import Solver, check_choice, check_positive_int, time_dtype
+from sde.errors import check_choice, check_int, check_number
+
+from .common import Solver, time_dtype
 from .grids import GRIDS, make_grid
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
 
 
-def check_ode_options(method, rtol, atol, steps, grid="time", prefix="solver"):
-    check_choice("method", method, ADAPTIVE + FIXED, prefix)
-    check_choice("grid", grid, GRIDS, prefix)
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not float(tol) > 0:
-            raise ValueError(f"{prefix}.{name}={tol!r} is invalid: expected a number > 0")
-    check_positive_int("steps", steps, prefix)
+def check_ode_options(method, rtol, atol, steps, grid="time"):
+    check_choice("method", method, ADAPTIVE + FIXED)
+    check_choice("grid", grid, GRIDS)
+    check_number("rtol", rtol)
+    check_number("atol", atol)
+    check_int("steps", steps)
 
 
 def ode_times(sde, eps, method, steps, grid, like, forward=False):

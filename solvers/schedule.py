@@ -9,7 +9,6 @@ sample (in the spirit of Sabour et al. 2024, "Align Your Steps", by a direct gre
 starts from the best of the uniform-t, uniform-λ and ρ-spaced grids, so it is never worse than those on the
 pilots; the cost is paid once per model and budget.
 """
-import torch
 
 from .grids import GRIDS, check_finite_log_snr, make_grid, times_at_log_snr
 

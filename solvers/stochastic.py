@@ -1,7 +1,7 @@
 """Samplers of the reverse-time SDE: Euler–Maruyama, and predictor–corrector with interchangeable pieces."""
+from sde.errors import check_choice, check_int, check_number
 
-
-from .common import Solver, check_choice, check_positive_int, randn_like, time_grid
+from .common import Solver, randn_like, time_grid
 
 
 def euler_maruyama_step(sde, score, x, t, t_next, generator, last=False):
@@ -61,7 +61,7 @@ class EulerMaruyama(Solver):
 
     def __init__(self, steps=1000, eps=None, denoise=False):
         super().__init__(eps, denoise)
-        self.steps = check_positive_int("steps", steps)
+        self.steps = check_int("steps", steps)
 
     def solve(self, sde, score, x, eps, generator):
         ts = time_grid(sde, self.steps, eps, x)
@@ -77,15 +77,11 @@ class PredictorCorrector(Solver):
     def __init__(self, steps=1000, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
                  corrector_steps=1, eps=None, denoise=False):
         super().__init__(eps, denoise)
-        self.steps = check_positive_int("steps", steps)
+        self.steps = check_int("steps", steps)
         self.predictor = check_choice("predictor", predictor, PREDICTORS)
         self.corrector = check_choice("corrector", "none" if corrector is None else corrector, CORRECTORS)
-        if not float(snr) > 0:
-            raise ValueError(f"solver.snr={snr!r} is invalid: expected a number > 0")
-        self.snr = float(snr)
-        if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
-            raise ValueError(f"solver.corrector_steps={corrector_steps!r} is invalid: expected an integer >= 0")
-        self.corrector_steps = corrector_steps
+        self.snr = check_number("snr", snr)
+        self.corrector_steps = check_int("corrector_steps", corrector_steps, 0)
 
     def solve(self, sde, score, x, eps, generator):
         predict, correct = PREDICTORS[self.predictor], CORRECTORS[self.corrector]

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -5,7 +7,7 @@ from evaluation import mixture_report
 from models import MixtureScore
 from sde import SDE, CosineVPSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 from solvers.common import check_eps
-from training.data import GaussianMixture, random_mixture
+from scoredata import GaussianMixture, RandomMixture
 
 
 class UserVP(SDE):
@@ -61,13 +63,18 @@ def any_sde(request):
     return ALL_SDES[request.param]()
 
 
+def slow_except(fast, *axes):
+    """Every combination of the axes as a parameter set, marked slow unless it is in ``fast``."""
+    return [pytest.param(*combo, marks=() if combo in fast else pytest.mark.slow) for combo in itertools.product(*axes)]
+
+
 def mixture_2d():
     """Three components of unequal weight and width."""
     return GaussianMixture([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], [0.3, 0.5, 0.2], [0.5, 0.3, 0.2])
 
 
 def mixture_16d():
-    return random_mixture(components=4, dim=16, spread=1.5, std_min=0.3, std_max=0.8, seed=3)
+    return RandomMixture(components=4, dim=16, spread=1.5, std_min=0.3, std_max=0.8, seed=3)
 
 
 def sample(sde, solver, mixture, n, seed=0, dtype=torch.float32):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.files import ArrayFile, Digits, ImageFolder, eight_bit_to_unit
-from training.toys import Checkerboard, EightGaussians, Moons, Rings, SwissRoll
+from scoredata.files import ArrayFile, Digits, ImageFolder, eight_bit_to_unit
+from scoredata.toys import Checkerboard, EightGaussians, Moons, Rings, SwissRoll
 
 TOYS = [Checkerboard, SwissRoll, Moons, Rings, EightGaussians]
 
@@ -56,7 +56,7 @@ def test_array_file_uint8_images_are_scaled(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 256, size=(20, 1, 4, 4), dtype=np.uint8)
     np.savez(tmp_path / "imgs.npz", images=imgs)
     data = ArrayFile(tmp_path / "imgs.npz")
-    assert data.shape == (1, 4, 4) and data.levels == 256 and data.range == 2.0
+    assert data.shape == (1, 4, 4) and data.levels == 256 and data.value_range == (-1.0, 1.0)
     assert data.train_x.min() >= -1 and data.train_x.max() <= 1
     assert eight_bit_to_unit(0).item() == pytest.approx(-1 + 1 / 256)
     assert eight_bit_to_unit(255).item() == pytest.approx(1 - 1 / 256)
@@ -80,7 +80,7 @@ def test_bad_array_files(tmp_path, content, message):
 def test_npz_key(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((5, 2)), b=np.ones((6, 2)))
     assert len(ArrayFile(tmp_path / "two.npz", key="b").train_x) + 1 == 6
-    with pytest.raises(ValueError, match="data.key='c' is not in two.npz: it holds a, b"):
+    with pytest.raises(ValueError, match="key='c' is not in two.npz: it holds a, b"):
         ArrayFile(tmp_path / "two.npz", key="c")
 
 
@@ -114,7 +114,7 @@ def test_digits_bundled_and_split():
     data = Digits()
     assert data.shape == (1, 8, 8)
     assert len(data.train_x) + len(data.test_x) == 1797
-    assert data.levels == 256 and data.range == 2.0
+    assert data.levels == 256 and data.value_range == (-1.0, 1.0)
     assert -1 < data.train_x.min() < -0.99 and 0.99 < data.train_x.max() < 1
-    with pytest.raises(ValueError, match="eval.num=1000 exceeds the 180 held-out points"):
+    with pytest.raises(ValueError, match="num=1000 exceeds the 180 held-out points"):
         data.test(1000)

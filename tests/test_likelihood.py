@@ -6,9 +6,9 @@ import torch
 
 from conftest import ALL_SDES, mixture_16d, mixture_2d
 from models import MixtureScore
-from solvers import ODELikelihood, bits_per_dim, dequantize
+from scoredata import DataSpec, GaussianMixture
+from solvers import ODELikelihood
 from solvers.likelihood import exact_divergence, hutchinson_divergence
-from training.data import GaussianMixture
 
 
 def points(mixture, n, seed=0, dtype=torch.float64):
@@ -103,28 +103,29 @@ def test_fixed_grid_likelihood_converges():
 
 
 def test_bits_per_dim():
-    assert bits_per_dim(math.log(2) * 10, 10) == pytest.approx(1.0)
-    assert bits_per_dim(0.0, 3072, levels=256, data_range=2.0) == pytest.approx(7.0)
-    assert bits_per_dim(0.0, 3072, levels=256, data_range=1.0) == pytest.approx(8.0)
+    assert DataSpec((10,)).bits_per_dim(math.log(2) * 10) == pytest.approx(1.0)
+    assert DataSpec((3, 32, 32), levels=256, value_range=(-1, 1)).bits_per_dim(0.0) == pytest.approx(7.0)
+    assert DataSpec((3, 32, 32), levels=256, value_range=(0, 1)).bits_per_dim(0.0) == pytest.approx(8.0)
 
 
 def test_dequantization_stays_within_the_bin_and_matches_uniform_bpd():
     """Data uniform over 256 bin centres in [-1, 1], dequantized, has density 1/2 per dim: 8 bits/dim."""
-    levels, rng = 256, 2.0
-    k = torch.randint(0, levels, (100000, 1), generator=torch.Generator().manual_seed(0))
-    x = -1 + (k + 0.5) * rng / levels
-    y = dequantize(x.double(), levels, rng, torch.Generator().manual_seed(1))
-    assert ((y - x).abs() <= rng / levels / 2 + 1e-12).all()
+    spec = DataSpec((1,), levels=256, value_range=(-1, 1))
+    k = torch.randint(0, 256, (100000, 1), generator=torch.Generator().manual_seed(0))
+    x = -1 + (k + 0.5) * 2 / 256
+    y = spec.dequantize(x.double(), torch.Generator().manual_seed(1))
+    assert ((y - x).abs() <= 2 / 256 / 2 + 1e-12).all()
     assert y.min() >= -1 and y.max() <= 1
-    assert bits_per_dim(math.log(rng), 1, levels, rng) == pytest.approx(8.0)
+    assert spec.bits_per_dim(math.log(2.0)) == pytest.approx(8.0)
+    assert torch.equal(DataSpec((1,)).dequantize(x), x)
     counts = torch.histc(y.float(), bins=512, min=-1, max=1)
     assert (counts.std() / counts.mean()).item() < 0.08
 
 
 def test_bad_likelihood_options_are_named():
-    with pytest.raises(ValueError, match="eval.ode.divergence='hutch' is unknown"):
+    with pytest.raises(ValueError, match="divergence='hutch' is unknown"):
         ODELikelihood(divergence="hutch")
-    with pytest.raises(ValueError, match="eval.ode.eps=1.5"):
+    with pytest.raises(ValueError, match="eps=1.5"):
         ODELikelihood(eps=1.5)(ALL_SDES["vp"](), MixtureScore(ALL_SDES["vp"](), mixture_2d()), torch.zeros(2, 2))
 
 

@@ -6,7 +6,7 @@ import torch
 
 from conftest import mixture_2d
 from models import MixtureScore
-from training.data import GaussianMixture
+from scoredata import GaussianMixture
 
 
 def test_oracle_score_is_the_gradient_of_the_exact_log_density(any_sde):
@@ -47,7 +47,7 @@ def test_oracle_on_images_any_batch_shape():
 
 def test_mixture_sampling_statistics():
     mix = mixture_2d()
-    x, labels = mix.sample(40000, torch.Generator().manual_seed(0), dtype=torch.float64, return_labels=True)
+    x, labels = mix.sample(40000, torch.Generator().manual_seed(0), dtype=torch.float64, labels=True)
     freq = torch.bincount(labels, minlength=3).double() / len(labels)
     assert torch.allclose(freq, mix.weights, atol=0.01)
     for k in range(3):
@@ -57,12 +57,12 @@ def test_mixture_sampling_statistics():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(means=[[0, 0], [1, 1]], stds=[0.1, 0.2, 0.3]), "data.stds has 3 entries but data.means has 2 components"),
-    (dict(means=[[0, 0], [1, 1]], stds=[0.1, 0.2], weights=[1]), "data.weights has 1 entries"),
-    (dict(means=[[0, 0], [1, 1]], stds=[0.1, -0.2]), "data.stds contains -0.2"),
-    (dict(means=[[0, 0], [1]], stds=[0.1, 0.2]), "data.means=.* equal-length rows"),
-    (dict(means=[0, 1], stds=[0.1, 0.2]), "data.means=.* one row per component"),
-    (dict(means=[[0, 0]], stds=[0.1], weights=[-1]), "data.weights=.* must be >= 0"),
+    (dict(means=[[0, 0], [1, 1]], stds=[0.1, 0.2, 0.3]), "stds has 3 entries but means has 2 components"),
+    (dict(means=[[0, 0], [1, 1]], stds=[0.1, 0.2], weights=[1]), "weights has 1 entries"),
+    (dict(means=[[0, 0], [1, 1]], stds=[0.1, -0.2]), "stds contains -0.2"),
+    (dict(means=[[0, 0], [1]], stds=[0.1, 0.2]), "means=.* equal-length rows"),
+    (dict(means=[0, 1], stds=[0.1, 0.2]), "means=.* one row per component"),
+    (dict(means=[[0, 0]], stds=[0.1], weights=[-1]), "weights=.* must be >= 0"),
 ])
 def test_bad_mixture_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -72,5 +72,5 @@ def test_bad_mixture_is_named(kwargs, message):
 def test_oracle_rejects_other_data():
     from sde import VPSDE
 
-    with pytest.raises(ValueError, match="model=oracle needs a Gaussian-mixture"):
+    with pytest.raises(ValueError, match="the mixture oracle needs a Gaussian-mixture"):
         MixtureScore(VPSDE(), object())

@@ -5,12 +5,12 @@ from torch import nn
 
 from conftest import mixture_2d
 from models import MixtureScore
-from models.ema import EMA
+from training import EMA
 from models.embedding import FourierEmbedding, SinusoidalEmbedding, time_embedding
 from models.mlp import MLP
 from models.unet import UNet
 from models.wrapper import ScoreModel
-from sde import VESDE, VPSDE, RectifiedFlow, expand
+from sde import VESDE, VPSDE, ConfigError, RectifiedFlow, config_scope, expand
 
 DTYPES = [torch.float32, torch.float64]
 SDES = {"vp": VPSDE, "ve": VESDE, "rf": RectifiedFlow}
@@ -170,16 +170,19 @@ def test_score_model_on_images_with_a_unet():
     (lambda: UNet(shape=(1, 8, 8), embedding="gauss"), r"model\.net\.embedding='gauss' is unknown"),
     (lambda: MLP(shape=(2,), activation="swish"), r"model\.net\.activation='swish' is unknown"),
     (lambda: UNet(shape=(1, 28, 28), multipliers=(1, 2, 2, 2)),
-     r"model\.net\.shape=\(1, 28, 28\) does not fit multipliers=\(1, 2, 2, 2\)"),
+     r"model\.net\.shape=\(1, 28, 28\) does not fit model\.net\.multipliers=\(1, 2, 2, 2\)"),
     (lambda: UNet(shape=(3, 32, 30), multipliers=(1, 2, 2, 2)), r"shape=\(3, 32, 30\)"),
-    (lambda: UNet(shape=(28, 28)), r"model\.net\.shape=\(28, 28\) is invalid for a U-Net"),
+    (lambda: UNet(shape=(28, 28)), r"model\.net\.shape=\(28, 28\) is invalid: expected \(C, H, W\) for a U-Net"),
     (lambda: UNet(shape=(1, 8, 8), channels=12, groups=8), r"model\.net\.groups=8 must divide every channel count"),
     (lambda: FourierEmbedding(7), r"time embedding size 7 is invalid"),
     (lambda: MLP(shape=(2,), embed_dim=9), r"time embedding size 9 is invalid"),
 ])
 def test_bad_configuration_is_named_in_one_line(build, message):
-    with pytest.raises(ValueError, match=message) as info:
-        build()
+    """A ConfigError names the parameter; built under the key model (the wrapper) or model.net (a network), the
+    key is put in front."""
+    with pytest.raises(ConfigError, match=message) as info:
+        with config_scope("model" if "net\\." not in message and "embedding size" not in message else "model.net"):
+            build()
     assert "\n" not in str(info.value)
 
 

@@ -32,6 +32,7 @@ def run(out, *overrides, cwd=None):
 SMALL_MLP = ["model.net.hidden=64", "model.net.depth=2", "model.net.embed_dim=32", "train.progress=false"]
 
 
+@pytest.mark.slow
 def test_oracle_ode_likelihood_writes_all_outputs(tmp_path):
     proc = run(tmp_path, "model=oracle", "data=gmm", "solver=ode", "likelihood=true", "sample.num=1000",
                "eval.num=300")
@@ -51,6 +52,7 @@ def test_oracle_ode_likelihood_writes_all_outputs(tmp_path):
     assert "nll" in proc.stdout and "exact_nll" in proc.stdout
 
 
+@pytest.mark.slow
 def test_pc_with_other_sde_and_batches(tmp_path):
     proc = run(tmp_path, "model=oracle", "data=gmm", "sde=ve", "solver=pc", "solver.steps=200", "sample.num=600",
                "sample.batch=250")
@@ -62,6 +64,7 @@ def test_pc_with_other_sde_and_batches(tmp_path):
     assert "nll" not in metrics and not (tmp_path / "likelihood.npz").exists()
 
 
+@pytest.mark.slow
 def test_high_dimensional_mixture_gets_projections(tmp_path):
     proc = run(tmp_path, "model=oracle", "data=gmm_hd", "data.dim=16", "solver=ode", "solver.method=rk4", "solver.steps=20",
                "sample.num=300", "likelihood=true", "eval.num=50", "eval.ode.divergence=rademacher")
@@ -70,6 +73,7 @@ def test_high_dimensional_mixture_gets_projections(tmp_path):
     assert (tmp_path / "samples.png").exists()
 
 
+@pytest.mark.slow
 def test_users_own_sde_by_target(tmp_path):
     """A process that states only f and g, importable from the working directory."""
     (tmp_path / "my_module.py").write_text(textwrap.dedent("""
@@ -99,13 +103,13 @@ def test_users_own_sde_by_target(tmp_path):
 
 @pytest.mark.parametrize("overrides, needle", [
     (["sde=foo"], "sde='foo' is unknown: choose one of cosine, rf, subvp, ve, vp"),
-    (["solver=rk45"], "solver='rk45' is unknown: choose one of"),
-    (["data.stds=[0.3,0.4,0.5,0.3,-0.4,0.5,0.3,0.4]"], "data.stds contains -0.4"),
+    pytest.param(["solver=rk45"], "solver='rk45' is unknown: choose one of", marks=pytest.mark.slow),
+    pytest.param(["data.stds=[0.3,0.4,0.5,0.3,-0.4,0.5,0.3,0.4]"], "data.stds contains -0.4", marks=pytest.mark.slow),
     (["data.weights=[1,2,3]"], "data.weights has 3 entries but data.means has 8 components"),
-    (["solver.predictor=heun"], "solver.predictor='heun' is unknown"),
-    (["sde.beta_min=-2"], "beta_min=-2"),
-    (["device=tpu"], "device='tpu' is unknown"),
-    (["sde._target_=nowhere.Nothing"], "sde._target_=nowhere.Nothing"),
+    pytest.param(["solver.predictor=heun"], "solver.predictor='heun' is unknown", marks=pytest.mark.slow),
+    pytest.param(["sde.beta_min=-2"], "beta_min=-2", marks=pytest.mark.slow),
+    pytest.param(["device=tpu"], "device='tpu' is unknown", marks=pytest.mark.slow),
+    pytest.param(["sde._target_=nowhere.Nothing"], "sde._target_=nowhere.Nothing", marks=pytest.mark.slow),
 ])
 def test_bad_config_is_one_line(tmp_path, overrides, needle):
     proc = run(tmp_path, "model=oracle", "data=gmm", *overrides, "sample.num=10")
@@ -116,6 +120,7 @@ def test_bad_config_is_one_line(tmp_path, overrides, needle):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_default_job_trains_samples_and_writes_everything(tmp_path):
     """The default job (MLP on the checkerboard, PC sampling), shortened."""
     proc = run(tmp_path, "train.steps=150", "train.ckpt_every=50", "solver.steps=50", "sample.num=300",
@@ -138,6 +143,7 @@ def test_default_job_trains_samples_and_writes_everything(tmp_path):
     assert np.allclose(np.load(again / "samples.npz")["x"], first, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unet_on_digits(tmp_path):
     proc = run(tmp_path, "data=digits", "model=unet", "model.net.channels=16", "model.net.multipliers=[1,2]",
                "model.net.attention_resolutions=[4]", "model.net.num_res_blocks=1", "train.steps=3",
@@ -151,6 +157,7 @@ def test_unet_on_digits(tmp_path):
     assert lik["x"].shape == (4, 1, 8, 8) and lik["nll"].shape == (4,)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     """SIGKILL mid-run, then ckpt=... continues to the full step count."""
     first = tmp_path / "first"
@@ -179,6 +186,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert rows[1].startswith(f"{step + 1},") and rows[-1].startswith("3000,")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup, overrides, needle", [
     (None, ["data=array", "data.path=missing.npy"], "data.path='missing.npy' does not exist"),
     (lambda d: np.save(d / "empty.npy", np.zeros((0, 2))), ["data=array", "data.path={d}/empty.npy"], "is empty"),
@@ -197,6 +205,7 @@ def test_bad_data_is_one_line(tmp_path, setup, overrides, needle):
     assert needle in lines[0]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_one_line(tmp_path):
     proc = run(tmp_path / "a", "train.steps=5", "solver.steps=5", "sample.num=10", *SMALL_MLP)
     assert proc.returncode == 0, proc.stderr
@@ -204,9 +213,15 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path):
                "model.net.depth=2", "model.net.embed_dim=32")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "was trained with model.net.hidden=64 but this run has model.net.hidden=32" in lines[0]
+    proc = run(tmp_path / "c", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0", "model.net.hidden=32",
+               "model.net.depth=2", "model.net.embed_dim=32", "ckpt_override=true")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "was written for a different model" in lines[0]
 
 
+@pytest.mark.slow
 def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path):
     (tmp_path / "nanloss.py").write_text(textwrap.dedent("""
         from training import DSMLoss

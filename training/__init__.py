@@ -1,6 +1,8 @@
-"""Data, the denoising score-matching loss, the training loop and checkpoints."""
-from .data import GaussianMixture, random_mixture
+"""Training: the denoising score-matching loss, the EMA of weights, the training state, step and loop, and
+checkpoints."""
+from .ema import EMA
 from .loss import DSMLoss
-from .trainer import Trainer
+from .state import TrainState
+from .trainer import Trainer, TrainingError, train_step
 
-__all__ = ["GaussianMixture", "random_mixture", "DSMLoss", "Trainer"]
+__all__ = ["EMA", "DSMLoss", "TrainState", "Trainer", "TrainingError", "train_step"]

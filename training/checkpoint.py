@@ -4,6 +4,8 @@ from pathlib import Path
 
 import torch
 
+from sde.errors import CheckpointError
+
 
 def signature(model):
     """A string naming every parameter and buffer with its shape: two models match when theirs are equal."""
@@ -21,21 +23,37 @@ def save_checkpoint(path, **state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, model):
-    """The checkpoint's dict, after checking it was written for a model of ``model``'s structure."""
+def read_checkpoint(path):
+    """The checkpoint's dict (model, ema, optimizer, step, generator states, signature and ``meta``: what the
+    writer said about the model, for example its configuration)."""
     path = Path(str(path)).expanduser()
+    if path.is_dir():
+        path = path / "checkpoint.pt"
     if not path.is_file():
-        raise ValueError(f"ckpt={str(path)!r} does not exist")
+        raise CheckpointError(f"ckpt={str(path)!r} does not exist", "ckpt")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported in one line
-        raise ValueError(f"ckpt={str(path)!r} cannot be read as a checkpoint ({type(e).__name__})") from None
+        raise CheckpointError(f"ckpt={str(path)!r} cannot be read as a checkpoint ({type(e).__name__})",
+                              "ckpt") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"ckpt={str(path)!r} is not a checkpoint of this framework")
+        raise CheckpointError(f"ckpt={str(path)!r} is not a checkpoint of this framework", "ckpt")
+    state["path"] = str(path)
+    return state
+
+
+def check_fits(state, model):
+    """Raises a CheckpointError unless ``state`` was written for a model of ``model``'s structure."""
     mine, theirs = signature(model), state.get("signature", "")
     if mine != theirs:
         a, b = set(mine.split(";")), set(theirs.split(";"))
         diff = sorted(b - a)[:1] or sorted(a - b)[:1]
-        raise ValueError(f"ckpt={str(path)!r} was written for a different model (first difference: {diff[0]}); "
-                         "use the model config it was trained with")
+        raise CheckpointError(f"ckpt={state['path']!r} was written for a different model (first difference: "
+                              f"{diff[0]}); use the model config it was trained with", "ckpt")
+
+
+def load_checkpoint(path, model):
+    """The checkpoint's dict, after checking it was written for a model of ``model``'s structure."""
+    state = read_checkpoint(path)
+    check_fits(state, model)
     return state

@@ -2,6 +2,7 @@
 import torch
 
 from sde import expand
+from sde.errors import check_choice, check_number
 
 WEIGHTINGS = ("eps", "likelihood")
 REDUCTIONS = ("mean", "sum")
@@ -16,13 +17,9 @@ class DSMLoss:
     """
 
     def __init__(self, weighting="eps", reduction="mean", t_min=1e-5):
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"loss.weighting={weighting!r} is unknown: choose one of {', '.join(WEIGHTINGS)}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"loss.reduction={reduction!r} is unknown: choose one of {', '.join(REDUCTIONS)}")
-        if not 0 <= float(t_min) < 1:
-            raise ValueError(f"loss.t_min={t_min!r} is invalid: expected 0 <= t_min < T")
-        self.weighting, self.reduction, self.t_min = weighting, reduction, float(t_min)
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.t_min = check_number("t_min", t_min, strict=False, maximum=1.0, strict_max=True)
 
     def __call__(self, model, sde, x0, generator=None):
         n = x0.shape[0]

@@ -1,7 +1,11 @@
-"""Data distributions. Each gives ``sample(n, generator)``, its event ``shape`` and how it is quantized."""
+"""Gaussian mixtures: exact density, score, marginals under every linear SDE, and component labels."""
 import math
 
 import torch
+
+from sde.errors import ConfigError, check_int, check_number, short
+
+from .base import DataSet
 
 
 def _as_float_tensor(name, value, min_ndim, max_ndim):
@@ -9,28 +13,21 @@ def _as_float_tensor(name, value, min_ndim, max_ndim):
     try:
         x = value.double() if torch.is_tensor(value) else torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"data.{name}={_short(value)} is not a numeric array of equal-length rows") from None
+        raise ConfigError(f"{name}={short(value)} is not a numeric array of equal-length rows", name) from None
     if not min_ndim <= x.ndim <= max_ndim:
         what = "a list of numbers" if max_ndim == 1 else "one row per component, shape (K, D)"
-        raise ValueError(f"data.{name}={_short(value)} must be {what} (got rank {x.ndim})")
+        raise ConfigError(f"{name}={short(value)} must be {what} (got rank {x.ndim})", name)
     if not torch.isfinite(x).all():
-        raise ValueError(f"data.{name}={_short(value)} contains a non-finite value")
+        raise ConfigError(f"{name}={short(value)} contains a non-finite value", name)
     return x
 
 
-def _short(value):
-    text = str(value.tolist() if torch.is_tensor(value) else value)
-    return text if len(text) < 80 else text[:77] + "..."
-
-
-class GaussianMixture:
-    """p(x) = Σ_k w_k N(x; μ_k, σ_k² I), with means (K, *shape), stds (K,) and weights (K,).
+class GaussianMixture(DataSet):
+    """p(x) = Σ_k w_k N(x; μ_k, σ_k² I), with means (K, *shape), stds (K,) and weights (K,); a point's label
+    is its component.
 
     Under a linear SDE its marginal is again a mixture:  p_t = Σ_k w_k N(a μ_k, (a² σ_k² + s²) I).
     """
-
-    levels = None  # continuous data: no dequantization, bits/dim straight from nats
-    range = None
 
     def __init__(self, means, stds, weights=None):
         means = _as_float_tensor("means", means, 2, 8)
@@ -40,14 +37,14 @@ class GaussianMixture:
         if stds.numel() == 1 and k > 1:
             stds = stds.expand(k).clone()
         if stds.numel() != k:
-            raise ValueError(f"data.stds has {stds.numel()} entries but data.means has {k} components")
+            raise ConfigError(f"stds has {stds.numel()} entries but means has {k} components", ("stds", "means"))
         if weights.numel() != k:
-            raise ValueError(f"data.weights has {weights.numel()} entries but data.means has {k} components")
+            raise ConfigError(f"weights has {weights.numel()} entries but means has {k} components", ("weights", "means"))
         if (stds <= 0).any():
             bad = stds[stds <= 0][0].item()
-            raise ValueError(f"data.stds contains {bad:g}: every std must be > 0")
+            raise ConfigError(f"stds contains {bad:g}: every std must be > 0", "stds")
         if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"data.weights={_short(weights.tolist())} must be >= 0 with a positive sum")
+            raise ConfigError(f"weights={short(weights.tolist())} must be >= 0 with a positive sum", "weights")
         self.means = means
         self.stds = stds
         self.weights = weights / weights.sum()
@@ -57,20 +54,13 @@ class GaussianMixture:
         return tuple(self.means.shape[1:])
 
     @property
-    def dim(self):
-        return math.prod(self.shape)
+    def num_classes(self):
+        return len(self.weights)
 
-    def sample(self, n, generator=None, device=None, dtype=torch.float32, return_labels=False):
-        """Draw n points; the randomness comes from ``generator`` alone (CPU draws, then moved)."""
+    def draw(self, n, generator):
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn((n, *self.shape), generator=generator, dtype=torch.float64)
-        x = self.means[labels] + self.stds[labels].reshape(-1, *([1] * len(self.shape))) * z
-        x = x.to(device=device, dtype=dtype)
-        return (x, labels.to(device)) if return_labels else x
-
-    def test(self, n, generator=None, device=None, dtype=torch.float32):
-        """Held-out points: fresh draws (pass a generator other than the training one)."""
-        return self.sample(n, generator, device, dtype)
+        return self.means[labels] + self.stds[labels].reshape(-1, *([1] * len(self.shape))) * z, labels
 
     def perturbed(self, a, s):
         """The mixture of x_t = a x_0 + s z for scalars a, s."""
@@ -127,15 +117,15 @@ def _to_nested(value):
     return value
 
 
-def random_mixture(components=8, dim=64, spread=3.0, std_min=0.3, std_max=1.0, seed=0):
+class RandomMixture(GaussianMixture):
     """A reproducible mixture in ``dim`` dimensions: means ~ N(0, spread² I), stds ~ U(std_min, std_max),
     weights ∝ 1, 2, ..., K (unequal on purpose)."""
-    if int(components) < 1 or int(dim) < 1:
-        raise ValueError(f"data.components={components!r} and data.dim={dim!r} must both be >= 1")
-    if not 0 < std_min <= std_max:
-        raise ValueError(f"data.std_min={std_min!r}, data.std_max={std_max!r}: expected 0 < std_min <= std_max")
-    g = torch.Generator().manual_seed(int(seed))
-    means = spread * torch.randn(int(components), int(dim), generator=g, dtype=torch.float64)
-    stds = std_min + (std_max - std_min) * torch.rand(int(components), generator=g, dtype=torch.float64)
-    weights = torch.arange(1, int(components) + 1, dtype=torch.float64)
-    return GaussianMixture(means, stds, weights)
+
+    def __init__(self, components=8, dim=64, spread=3.0, std_min=0.3, std_max=1.0, seed=0):
+        components, dim = check_int("components", components), check_int("dim", dim)
+        std_min = check_number("std_min", std_min)
+        std_max = check_number("std_max", std_max, minimum=std_min, strict=False)
+        g = torch.Generator().manual_seed(int(seed))
+        means = spread * torch.randn(components, dim, generator=g, dtype=torch.float64)
+        stds = std_min + (std_max - std_min) * torch.rand(components, generator=g, dtype=torch.float64)
+        super().__init__(means, stds, torch.arange(1, components + 1, dtype=torch.float64))

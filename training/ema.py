@@ -3,6 +3,8 @@ import contextlib
 
 import torch
 
+from sde.errors import CheckpointError, check_number
+
 
 class EMA:
     """A shadow copy θ̄ of a model's parameters and buffers, updated as θ̄ ← d θ̄ + (1 − d) θ.
@@ -13,10 +15,7 @@ class EMA:
     """
 
     def __init__(self, model, decay=0.999, warmup=True):
-        decay = float(decay)
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"ema.decay={decay!r} is invalid: expected 0 <= decay <= 1")
-        self.decay = decay
+        self.decay = check_number("decay", decay, strict=False, maximum=1.0)
         self.warmup = bool(warmup)
         self.num_updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -66,7 +65,7 @@ class EMA:
     def load_state_dict(self, state):
         missing = set(self.shadow) ^ set(state["shadow"])
         if missing:
-            raise ValueError(f"EMA state does not match the model: keys {sorted(missing)[:5]} differ")
+            raise CheckpointError(f"the EMA state does not match the model: keys {sorted(missing)[:5]} differ")
         self.decay, self.warmup, self.num_updates = float(state["decay"]), bool(state["warmup"]), int(state["num_updates"])
         self.shadow = {k: state["shadow"][k].detach().clone().to(self.shadow[k].device) for k in self.shadow}
 

@@ -4,24 +4,21 @@ import math
 
 import torch
 
-from .data import GaussianMixture
+from sde.errors import check_number
+
+from .base import DataSet
+from .mixture import GaussianMixture
 
 
-class ToyData:
-    """A 2-D distribution given by ``draw(n, generator) -> (n, 2)`` float64 points."""
+class ToyData(DataSet):
+    """A 2-D distribution given by ``points(n, generator) -> (n, 2)`` float64 points."""
 
     shape = (2,)
-    dim = 2
-    levels = None
-    range = None
-
-    def sample(self, n, generator=None, device=None, dtype=torch.float32):
-        return self.draw(int(n), generator).to(device=device, dtype=dtype)
-
-    def test(self, n, generator=None, device=None, dtype=torch.float32):
-        return self.sample(n, generator, device, dtype)
 
     def draw(self, n, generator):
+        return self.points(n, generator), None
+
+    def points(self, n, generator):
         raise NotImplementedError
 
     def __repr__(self):
@@ -46,7 +43,7 @@ class Checkerboard(ToyData):
         log_density = torch.full_like(x[:, 0], -math.log(8.0))
         return torch.where(inside & dark, log_density, -math.inf)
 
-    def draw(self, n, generator):
+    def points(self, n, generator):
         u = _rand(n, generator, 2) * 4 - 2
         x, y = u[:, 0], u[:, 1]
         cell = (torch.floor(x + 2) + torch.floor(y + 2)) % 2
@@ -58,9 +55,9 @@ class SwissRoll(ToyData):
     """The 2-D Swiss roll: θ ~ 1.5π (1 + 2u), (θ cos θ, θ sin θ) / 5 plus N(0, noise²)."""
 
     def __init__(self, noise=0.05):
-        self.noise = float(noise)
+        self.noise = check_number("noise", noise, strict=False)
 
-    def draw(self, n, generator):
+    def points(self, n, generator):
         theta = 1.5 * math.pi * (1 + 2 * _rand(n, generator))
         pts = torch.stack([theta * theta.cos(), theta * theta.sin()], 1) / 5
         return pts + self.noise * _randn(n, generator, 2)
@@ -70,9 +67,9 @@ class Moons(ToyData):
     """Two interleaved half circles, centred and scaled to unit spread, plus N(0, noise²)."""
 
     def __init__(self, noise=0.05):
-        self.noise = float(noise)
+        self.noise = check_number("noise", noise, strict=False)
 
-    def draw(self, n, generator):
+    def points(self, n, generator):
         theta = math.pi * _rand(n, generator)
         upper = _rand(n, generator) < 0.5
         x = torch.where(upper, theta.cos(), 1 - theta.cos())
@@ -85,17 +82,20 @@ class Rings(ToyData):
     """Four concentric circles of radii 0.5, 1, 1.5, 2, points in proportion to length, plus N(0, noise²)."""
 
     def __init__(self, noise=0.04):
-        self.noise = float(noise)
+        self.noise = check_number("noise", noise, strict=False)
 
-    def draw(self, n, generator):
+    def points(self, n, generator):
         radii = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
         r = radii[torch.multinomial(radii, n, replacement=True, generator=generator)]
         theta = 2 * math.pi * _rand(n, generator)
         return torch.stack([r * theta.cos(), r * theta.sin()], 1) + self.noise * _randn(n, generator, 2)
 
 
-def EightGaussians(radius=2.0, std=0.1):
+class EightGaussians(GaussianMixture):
     """Eight equal Gaussians of std ``std`` on a circle of radius ``radius``: a GaussianMixture, so its
     density and entropy are exact and the oracle applies."""
-    angle = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
-    return GaussianMixture(float(radius) * torch.stack([angle.cos(), angle.sin()], 1), [float(std)] * 8)
+
+    def __init__(self, radius=2.0, std=0.1):
+        angle = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
+        radius = check_number("radius", radius)
+        super().__init__(radius * torch.stack([angle.cos(), angle.sin()], 1), [check_number("std", std)] * 8)

@@ -1,0 +1,168 @@
+"""The Python front door: a trained model (or any score) with its process, ready to sample and to score.
+
+    import scoresde
+    pipe = scoresde.load("outputs/2026-11-25/12-00-00")      # a run directory or its checkpoint.pt
+    x = pipe.sample(1000, solver="dpm", steps=20)             # any solver of conf/solver/, with its options
+    nll = pipe.nll(x_test)                                     # nats per point; pipe.bits_per_dim(nll)
+    sde, model = pipe                                          # the pieces, for a loop of your own
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from scoredata import DataSpec
+from sde.errors import CheckpointError, ConfigError, check_int, config_scope
+from solvers import ODELikelihood
+from training.checkpoint import check_fits, read_checkpoint
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def resolve_device(name):
+    """'auto' → CUDA when present, else CPU; otherwise any torch device string that exists here."""
+    if isinstance(name, torch.device):
+        return name
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is unknown: use auto, cpu, cuda or cuda:N", "device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} was asked for but CUDA is not available here: use device=auto or cpu",
+                          "device")
+    return device
+
+
+def solver_from_name(name, **options):
+    """The solver conf/solver/NAME.yaml describes, with ``options`` over its defaults."""
+    path = CONF / "solver" / f"{name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(sorted(p.stem for p in (CONF / "solver").glob("*.yaml")))
+        raise ConfigError(f"solver={name!r} is unknown: choose one of {choices}", "solver")
+    return instantiate_config("solver", OmegaConf.merge(OmegaConf.load(path), options))
+
+
+def instantiate_config(key, node, **kwargs):
+    """hydra.utils.instantiate, with a ConfigError raised inside named by its config key (``key.name``)."""
+    with config_scope(key):
+        try:
+            return instantiate(node, **kwargs)
+        except InstantiationException as e:
+            if isinstance(e.__cause__, ConfigError):
+                raise e.__cause__ from None
+            raise
+
+
+class Pipeline:
+    """A process ``sde``, a score ``model`` (x, t) → ∇log p_t(x), and the ``data`` it models (a DataSet, or
+    the DataSpec a checkpoint keeps: event shape, classes, quantization), on ``device``.
+
+    Unpacks as ``sde, model = pipe``. ``step`` and ``config`` say where a loaded model came from.
+    """
+
+    def __init__(self, sde, model, data, device="cpu", step=None, config=None):
+        self.sde, self.model, self.data = sde, model, data
+        self.device = resolve_device(device)
+        self.step, self.config = step, config or {}
+
+    def __iter__(self):
+        return iter((self.sde, self.model))
+
+    def __repr__(self):
+        return f"Pipeline({self.sde!r}, {type(self.model).__name__}, {self.data!r}, device={self.device})"
+
+    def sample(self, num, solver="dpm", seed=0, batch=10000, progress=False, info=False, generator=None,
+               **options):
+        """``num`` samples in data space, drawn from the prior and carried to t = eps by ``solver`` (a Solver, or
+        a name from conf/solver/ with ``options`` over its defaults), ``batch`` at a time, with randomness from
+        ``generator`` (default: one seeded with ``seed``). With ``info`` also {"nfe": evaluations per sample,
+        "seconds": wall time} (and "grid_tuning" for a tuned grid)."""
+        num, batch = check_int("num", num), check_int("batch", batch)
+        if isinstance(solver, str):
+            solver = solver_from_name(solver, **options)
+        gen = generator or torch.Generator(self.device).manual_seed(int(seed))
+        x_T = self.sde.prior_sample((num, *self.data.shape), gen, self.device)
+        with Clock(self.device) as clock:
+            x, nfe = _in_batches(lambda c: solver(self.sde, self.model, c, gen), x_T.split(batch), progress, "sample")
+        if not info:
+            return x
+        stats = {"nfe": nfe, "seconds": clock.seconds}
+        if getattr(solver, "tuning", None):
+            stats["grid_tuning"] = {k: v.tolist() if torch.is_tensor(v) else v for k, v in solver.tuning.items()}
+        return x, stats
+
+    def nll(self, x, seed=0, batch=1000, dequantize=True, likelihood=None, progress=False, info=False,
+            generator=None, **options):
+        """−log p(x) in nats per point through the probability-flow ODE (``likelihood``: an ODELikelihood, else
+        one built from ``options``, for example method="rk4", steps=12). Quantized data (8-bit images) are
+        dequantized first, uniformly within their bins, unless ``dequantize=False``."""
+        likelihood = likelihood or _scoped("eval.ode", ODELikelihood, **options)
+        gen = generator or torch.Generator(self.device).manual_seed(int(seed))
+        x = x.to(self.device)
+        if dequantize:
+            x = self.data.dequantize(x, gen)
+        with Clock(self.device) as clock:
+            nll, nfe = _in_batches(lambda c: likelihood(self.sde, self.model, c, gen), x.split(batch), progress, "nll")
+        nll = nll.double().cpu()
+        return (nll, {"nfe": nfe, "seconds": clock.seconds, "x": x}) if info else nll
+
+    def bits_per_dim(self, nll):
+        """The mean NLL (nats per point) in bits per dimension, on the 8-bit scale for 8-bit data."""
+        return self.data.bits_per_dim(float(torch.as_tensor(nll, dtype=torch.float64).mean()))
+
+
+def load(path, device="auto", ema=True):
+    """A Pipeline from a run directory (its checkpoint.pt) or a checkpoint file: the process, the network with
+    its EMA weights (``ema=False``: the raw weights) on ``device``, and the data's description."""
+    state = read_checkpoint(path)
+    meta = state.get("meta") or {}
+    if "sde" not in meta or "model" not in meta or "data_spec" not in meta:
+        raise CheckpointError(f"ckpt={state['path']!r} does not record its sde, model and data shape (it was "
+                              "written before checkpoints kept their config): sample it with run.py, giving the "
+                              "sde= and model= it was trained with", "ckpt")
+    spec = DataSpec(**meta["data_spec"])
+    sde = instantiate_config("sde", OmegaConf.create(meta["sde"]))
+    model = instantiate_config("model", OmegaConf.create(meta["model"]), sde=sde, data=spec)
+    check_fits(state, model)
+    model.load_state_dict(state["ema"]["shadow"] if ema else state["model"])
+    device = resolve_device(device)
+    return Pipeline(sde, model.to(device).eval(), spec, device, int(state["step"]), meta)
+
+
+def _scoped(key, cls, **options):
+    with config_scope(key):
+        return cls(**options)
+
+
+def _in_batches(fn, chunks, progress, what):
+    """fn over chunks, outputs concatenated; NFE averaged over the calls."""
+    outs, nfes = [], []
+    for chunk in tqdm(chunks, desc=what, disable=not progress or len(chunks) < 2, dynamic_ncols=True):
+        out, nfe = fn(chunk)
+        outs.append(out)
+        nfes.append(nfe)
+    return torch.cat(outs), float(np.mean(nfes))
+
+
+class Clock:
+    """Wall time of a block, with CUDA work finished before the clock stops."""
+
+    def __init__(self, device):
+        self.device, self.seconds = device, None
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
