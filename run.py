@@ -21,8 +21,9 @@ from evaluation import mixture_report, plot_samples
 from scoredata import GaussianMixture
 from scoresde import Pipeline
 from scoresde.pipeline import Clock
-from scoresde.cli import build, check_data_fits, check_group_choices, one_line_errors, reconcile, resolve_device
-from sde.errors import ConfigError, config_scope
+from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, one_line_errors, reconcile, resolve_device,
+                          run_lock, show_warnings_in_one_line, warn_about_scale)
+from sde.errors import ConfigError, check_int, config_scope
 from training.checkpoint import read_checkpoint
 from training.trainer import load_for_sampling
 
@@ -43,72 +44,90 @@ def checkpoint_meta(cfg):
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg):
-    with one_line_errors():
-        out = Path(HydraConfig.get().runtime.output_dir)
-        meta = checkpoint_meta(cfg)
-        device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        sde = build("sde", cfg.sde)
-        data = build("data", cfg.data)
-        if meta:
-            check_data_fits(meta, data)
-        model = build("model", cfg.model, sde=sde, data=data).to(device)
-        solver = build("solver", cfg.solver)
-        metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
-        if cfg.likelihood:
-            likelihood = build("eval.ode", cfg.eval.ode)
-            with config_scope("eval"):
-                x_test = data.test(cfg.eval.num, torch.Generator().manual_seed(cfg.seed + 1))
+    out = Path(HydraConfig.get().runtime.output_dir)
+    with one_line_errors(), run_lock(out):
+        run(cfg, out)
 
-        if next(model.parameters(), None) is not None:
-            trainer = build("train", cfg.train)
-            if trainer.steps > 0:
-                loss = build("loss", cfg.loss)
-                spec = {"sde": OmegaConf.to_container(cfg.sde, resolve=True),
-                        "model": OmegaConf.to_container(cfg.model, resolve=True),
-                        "data": OmegaConf.to_container(cfg.data, resolve=True), "data_spec": data.spec()}
-                with Clock(device) as clock:
-                    model, step = trainer.fit(model, loss, sde, data, out, device, cfg.ckpt, meta=spec)
-                metrics.update(train_steps=step, train_seconds=clock.seconds)
-            elif cfg.ckpt:
-                metrics["train_steps"] = load_for_sampling(model, cfg.ckpt)
-            else:
-                raise ConfigError("train.steps=0 needs ckpt=PATH: an untrained network has nothing to sample")
-        model.eval()
 
-        pipe = Pipeline(sde, model, data, device)
-        gen = torch.Generator(device).manual_seed(cfg.seed)
-        with config_scope("sample"):
-            x, stats = pipe.sample(cfg.sample.num, solver, batch=cfg.sample.batch, generator=gen, info=True)
-        metrics.update(nfe_sample=stats["nfe"], sample_seconds=stats["seconds"])
-        if "grid_tuning" in stats:
-            metrics["grid_tuning"] = stats["grid_tuning"]
-        if isinstance(data, GaussianMixture):
-            metrics.update(mixture_report(data, x))
-        np.savez(out / "samples.npz", x=x.cpu().numpy())
-        if cfg.sample.plot:
-            reference = data.sample(min(len(x), 5000), torch.Generator().manual_seed(cfg.seed + 2)).numpy()
-            plot_samples(x.cpu().numpy(), out / "samples.png", reference, title=f"{sde!r}\n{solver!r}",
-                         value_range=data.value_range)
+def run(cfg, out):
+    """Everything a run does, in order; every option is checked before training starts."""
+    meta = checkpoint_meta(cfg)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    sde = build("sde", cfg.sde)
+    data = build("data", cfg.data)
+    if meta:
+        check_data_fits(meta, data)
+    model = build("model", cfg.model, sde=sde, data=data).to(device)
+    solver = build("solver", cfg.solver)
+    metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
+    size = sum(p.numel() for p in model.parameters())
+    print(f"run {out}\n  data     {data!r}\n  model    {type(model).__name__}"
+          f"{f' ({size:,} parameters)' if size else ''}\n  process  {sde!r}\n  solver   {solver!r}\n"
+          f"  device   {device} ({torch.get_num_threads()} threads)", flush=True)
+    with config_scope("sample"):
+        check_int("num", cfg.sample.num), check_int("batch", cfg.sample.batch)
+    warn_about_scale(data, sde, torch.Generator().manual_seed(cfg.seed + 3))
+    if cfg.likelihood:
+        with config_scope("eval"):
+            check_int("batch", cfg.eval.batch)
+        likelihood = build("eval.ode", cfg.eval.ode)
+        with config_scope("eval"):
+            x_test = data.test(cfg.eval.num, torch.Generator().manual_seed(cfg.seed + 1))
 
-        if cfg.likelihood:
-            with config_scope("eval"):
-                nll, stats = pipe.nll(x_test, batch=cfg.eval.batch, likelihood=likelihood, generator=gen, info=True)
-            metrics.update(nll=nll.mean().item(), bpd=pipe.bits_per_dim(nll), nfe_likelihood=stats["nfe"],
-                           likelihood_seconds=stats["seconds"])
-            if data.has_log_prob:
-                metrics["exact_nll"] = -data.log_prob(stats["x"].double().cpu()).mean().item()
-            np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), nll=nll.numpy())
+    trainer = build("train", cfg.train)
+    if next(model.parameters(), None) is not None:
+        if trainer.steps > 0:
+            loss = build("loss", cfg.loss)
+            spec = {"sde": OmegaConf.to_container(cfg.sde, resolve=True),
+                    "model": OmegaConf.to_container(cfg.model, resolve=True),
+                    "data": OmegaConf.to_container(cfg.data, resolve=True), "data_spec": data.spec()}
+            with Clock(device) as clock:
+                model, step = trainer.fit(model, loss, sde, data, out, device, cfg.ckpt, meta=spec)
+            metrics.update(train_steps=step, train_seconds=clock.seconds)
+        elif cfg.ckpt:
+            metrics["train_steps"] = load_for_sampling(model, cfg.ckpt)
+        else:
+            raise ConfigError("train.steps=0 needs ckpt=PATH: an untrained network has nothing to sample")
+    model.eval()
 
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        for key in SUMMARY:
-            if key in metrics:
-                print(f"{key:>20s}  {metrics[key]:.6g}")
-        print(f"{'outputs':>20s}  {out}")
+    pipe = Pipeline(sde, model, data, device)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    with config_scope("sample"):
+        x, stats = pipe.sample(cfg.sample.num, solver, batch=cfg.sample.batch, generator=gen, info=True,
+                               progress=cfg.progress)
+    metrics.update(nfe_sample=stats["nfe"], sample_seconds=stats["seconds"])
+    if "grid_tuning" in stats:
+        metrics["grid_tuning"] = stats["grid_tuning"]
+    if isinstance(data, GaussianMixture):
+        metrics.update(mixture_report(data, x))
+    np.savez(out / "samples.npz", x=x.cpu().numpy())
+    if cfg.sample.plot:
+        reference = data.sample(min(len(x), 5000), torch.Generator().manual_seed(cfg.seed + 2)).numpy()
+        plot_samples(x.cpu().numpy(), out / "samples.png", reference, title=f"{sde!r}\n{solver!r}",
+                     value_range=data.value_range)
+
+    if cfg.likelihood:
+        with config_scope("eval"):
+            nll, stats = pipe.nll(x_test, batch=cfg.eval.batch, likelihood=likelihood, generator=gen, info=True,
+                              progress=cfg.progress)
+        metrics.update(nll=nll.mean().item(), bpd=pipe.bits_per_dim(nll), nfe_likelihood=stats["nfe"],
+                       likelihood_seconds=stats["seconds"])
+        if data.has_log_prob:
+            metrics["exact_nll"] = -data.log_prob(stats["x"].double().cpu()).mean().item()
+        np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), nll=nll.numpy())
+
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for key in SUMMARY:
+        if key in metrics:
+            print(f"{key:>20s}  {metrics[key]:.6g}")
+    print(f"{'outputs':>20s}  {out}")
 
 
 if __name__ == "__main__":
     sys.path.append(os.getcwd())
+    show_warnings_in_one_line()
     with one_line_errors():
         check_group_choices(sys.argv[1:], CONF)
+        check_override_keys(sys.argv[1:], CONF)
     main()

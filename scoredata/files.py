@@ -3,12 +3,13 @@
 Each holds a training and a held-out test split, in data space. 8-bit images sit at bin centres of
 [−1, 1]: x = (k + ½) / 256 · 2 − 1, so that uniform dequantization and bits/dim on the 8-bit scale are exact.
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sde.errors import ConfigError, check_choice, check_number
+from sde.errors import ConfigError, ConfigWarning, check_choice, check_number
 
 from .base import DataSet
 
@@ -23,12 +24,12 @@ class TensorData(DataSet):
         x = torch.as_tensor(x)
         test_fraction = check_number("test_fraction", test_fraction, maximum=1.0, strict_max=True)
         if len(x) < 2:
-            raise ConfigError(f"{name} holds {len(x)} sample(s): at least 2 are needed for a train/test split")
+            raise ConfigError(f"{name} holds {len(x)} sample(s): at least 2 are needed for a train/test split", "path")
         if labels is not None:
             labels = torch.as_tensor(np.asarray(labels)).reshape(-1)
             if len(labels) != len(x) or labels.is_floating_point() or (labels < 0).any():
                 raise ConfigError(f"{name}: expected {len(x)} integer labels >= 0, one per point; got "
-                                  f"{len(labels)} of type {labels.dtype}")
+                                  f"{len(labels)} of type {labels.dtype}", "path")
             labels = labels.long()
             self.num_classes = int(labels.max()) + 1
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
@@ -77,24 +78,53 @@ class Digits(ImageData):
 
 
 def _read_array(path, key, what):
-    """The array ``key`` of a .npz (or the whole .npy), checked to be a non-empty numeric array."""
+    """The array ``key`` of a .npz (by default ``x``, or its only array), or the whole .npy: a ConfigError names
+    the file and what was expected when it is anything else."""
     path = Path(str(path)).expanduser()
+    name = f"path={str(path)!r}"
+    if path.is_dir():
+        raise ConfigError(f"{name} is a folder: give a .npy or .npz file (data=folder reads a folder of images)",
+                          "path")
     if not path.is_file():
-        raise ConfigError(f"path={str(path)!r} does not exist: give a .npy or .npz file", "path")
+        raise ConfigError(f"{name} does not exist: give a .npy or .npz file", "path")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise ConfigError(f"{name} is not a .npy or .npz file (it does not start with their header; save arrays "
+                          "with numpy.save or numpy.savez)", "path")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"path={str(path)!r} is not a readable .npy/.npz file ({e})", "path") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            if what == "labels":
+                raise ConfigError(f"labels={key!r} needs a .npz file holding the labels beside the points", "labels")
+            return loaded
         keys = list(loaded.keys())
         if not keys:
-            raise ConfigError(f"path={str(path)!r} holds no arrays", "path")
+            raise ConfigError(f"{name} holds no arrays", "path")
+        if key is None and "x" not in keys and len(keys) > 1:
+            raise ConfigError(f"{name} holds {', '.join(keys)} but no array named x: choose one with key=NAME",
+                              ("path", "key"))
         if key is not None and key not in keys:
             raise ConfigError(f"{what}={key!r} is not in {path.name}: it holds {', '.join(keys)}", what)
-        return loaded[key if key is not None else ("x" if "x" in keys else keys[0])]
-    if what == "labels":
-        raise ConfigError(f"labels={key!r} needs a .npz file holding the labels beside the points", "labels")
-    return loaded
+        return loaded[key if key is not None else "x" if "x" in keys else keys[0]]
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt file, whatever numpy or zipfile raise
+        raise ConfigError(f"{name} cannot be read as a .npy/.npz file ({type(e).__name__}: {e})".splitlines()[0],
+                          "path") from None
+
+
+def _channels_first(array, name):
+    """Rank-4 arrays as (N, C, H, W) with C in 1 or 3: (N, H, W, C) is transposed (with a warning); any other
+    channel count is refused."""
+    if array.shape[1] in (1, 3):
+        return array
+    if array.shape[-1] in (1, 3):
+        warnings.warn(ConfigWarning(f"{name} has shape {array.shape}: read as channels-last (N, H, W, C) and "
+                                    "transposed to (N, C, H, W)", "path"))
+        return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+    raise ConfigError(f"{name} has shape {array.shape}: images need 1 or 3 channels, laid out (N, C, H, W) or "
+                      "(N, H, W, C)", "path")
 
 
 class ArrayFile(TensorData):
@@ -110,8 +140,10 @@ class ArrayFile(TensorData):
             raise ConfigError(f"{name} has shape {array.shape}: expected (N, D) or (N, C, H, W)", "path")
         if len(array) == 0:
             raise ConfigError(f"{name} is empty: shape {array.shape}", "path")
-        if not np.issubdtype(array.dtype, np.number):
-            raise ConfigError(f"{name} holds {array.dtype} values: expected numbers", "path")
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array) or array.dtype == np.bool_:
+            raise ConfigError(f"{name} holds {array.dtype} values: expected real numbers", "path")
+        if array.ndim == 4:
+            array = _channels_first(array, name)
         if array.dtype == np.uint8 and array.ndim == 4:
             self.levels, self.value_range = ImageData.levels, ImageData.value_range
             super().__init__(eight_bit_to_unit(array), y, test_fraction, seed, name)
@@ -139,9 +171,11 @@ class ImageFolder(ImageData):
         images = []
         for f in files:
             try:
-                with Image.open(f) as im:
-                    im = im.convert(mode).resize((int(size), int(size)), Image.BICUBIC)
-            except (UnidentifiedImageError, OSError) as e:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(f) as im:
+                        im = im.convert(mode).resize((int(size), int(size)), Image.BICUBIC)
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise ConfigError(f"image {str(f)!r} cannot be read ({e})") from None
             arr = np.asarray(im, dtype=np.uint8)
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))

@@ -1,24 +1,56 @@
 """Command-line plumbing for run.py: devices, building parts from config, checkpoints against the composed
 config, and one-line errors."""
 import contextlib
+import difflib
 import inspect
 import os
 import re
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from sde.errors import ConfigError
+from sde.errors import ConfigError, ConfigWarning
 from training.trainer import TrainingError
 
-from .pipeline import instantiate_config, resolve_device  # noqa: F401 - run.py takes resolve_device from here
+from .pipeline import NonFiniteError, instantiate_config, resolve_device  # noqa: F401 - run.py takes it from here
 
 GROUPS = ("sde", "solver", "model", "data")
 CHECKPOINT_GROUPS = ("sde", "model", "data")
+
+
+def check_override_keys(argv, conf_dir):
+    """Fail in one line, naming the nearest valid key, on ``key=value`` when the composed config has no such key
+    (Hydra's own message is several lines and its ``+key`` hint leads to a bad argument)."""
+    from hydra import compose, initialize_config_dir
+
+    pairs = [re.fullmatch(r"(\+?)([\w.]+)=(.*)", arg) for arg in argv]
+    pairs = [m for m in pairs if m and not m.group(2).startswith("hydra.")]
+    choices = [f"{m.group(2)}={m.group(3).split(',')[0]}" for m in pairs if m.group(2) in GROUPS and not m.group(1)]
+    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
+        cfg = compose("config", overrides=choices)
+    known = [k for k in flatten(OmegaConf.to_container(cfg, resolve=False)) if not k.startswith("hydra")]
+    known += [k.rpartition(".")[0] for k in known if "." in k]
+    for m in pairs:
+        plus, key = m.group(1), m.group(2)
+        if key in GROUPS or _has_key(cfg, key):
+            continue
+        if plus and "." in key and "_target_" in (OmegaConf.select(cfg, key.rpartition(".")[0]) or {}):
+            continue
+        near = difflib.get_close_matches(key, sorted(set(known)), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ConfigError(f"{plus}{key} is not an option: {hint}(python run.py --help lists them)", key)
+
+
+def _has_key(cfg, key):
+    """Whether the dotted key exists in cfg (a ??? value counts)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    return OmegaConf.is_dict(node) and leaf in node.keys()
 
 
 def check_group_choices(argv, conf_dir):
@@ -33,6 +65,28 @@ def check_group_choices(argv, conf_dir):
             if value and value not in options:
                 raise ConfigError(f"{group}={value!r} is unknown: choose one of {', '.join(options)}"
                                   f" (or set {group}._target_=your_module.YourClass)", group)
+
+
+def show_warnings_in_one_line():
+    """A ConfigWarning prints as ``warning: ...`` on one line of stderr."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def warn_about_scale(data, sde, generator):
+    """A data set much wider than the prior (for example raw pixel values under VP) gets a one-line warning."""
+    std = float(data.sample(min(1000, 10 * (data.test_size or 100)), generator).std())
+    prior = sde.prior_std()
+    if std > 3 * prior:
+        warnings.warn(ConfigWarning(f"data has std {std:.3g}, over 3 times the prior's {prior:.3g}: the process does "
+                                    "not forget the data by T; standardize the data, or use sde=ve"))
 
 
 def _target(key, node):
@@ -161,13 +215,40 @@ def check_data_fits(meta, data):
 
 
 @contextlib.contextmanager
+def run_lock(out):
+    """Holds ``out/.lock`` for the run: a second live run in the same directory is refused in one line."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run without the lock
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise ConfigError(f"hydra.run.dir={str(out)!r} is in use by another live run (pid {holder}): give each "
+                              "run its own directory", "hydra.run.dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def one_line_errors():
     """Bad input (ConfigError, which covers bad data and checkpoints) and a training run that cannot go on end
     the run with ``error: ...`` on stderr and exit status 2 (HYDRA_FULL_ERROR=1 re-raises); anything else is
     a bug: its whole traceback is printed (Hydra would show only its message) and the exit status is 1."""
     try:
         yield
-    except (ConfigError, TrainingError) as e:
+    except (ConfigError, TrainingError, NonFiniteError) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -20,8 +20,23 @@ from scoredata import DataSpec
 from sde.errors import CheckpointError, ConfigError, check_int, config_scope
 from solvers import ODELikelihood
 from training.checkpoint import check_fits, read_checkpoint
+from training.trainer import hide_progress
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class NonFiniteError(RuntimeError):
+    """A sample or a likelihood came out NaN or infinite: the model or the solver diverged."""
+
+
+def check_finite(values, what, advice):
+    """Raises NonFiniteError naming how many of ``values`` (one row per point) are not finite, and the first."""
+    bad = ~torch.isfinite(values.reshape(len(values), -1)).all(1)
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        raise NonFiniteError(f"{int(bad.sum())} of {len(values)} {what} are not finite (the first is number {first}); "
+                             f"{advice}")
+    return values
 
 
 def resolve_device(name):
@@ -38,6 +53,12 @@ def resolve_device(name):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} was asked for but CUDA is not available here: use device=auto or cpu",
                           "device")
+    if device.type not in ("cpu", "cuda"):
+        try:
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError, AttributeError) as e:
+            raise ConfigError(f"device={name!r} is not available here ({type(e).__name__}): use device=auto or cpu",
+                              "device") from None
     return device
 
 
@@ -91,7 +112,9 @@ class Pipeline:
         gen = generator or torch.Generator(self.device).manual_seed(int(seed))
         x_T = self.sde.prior_sample((num, *self.data.shape), gen, self.device)
         with Clock(self.device) as clock:
-            x, nfe = _in_batches(lambda c: solver(self.sde, self.model, c, gen), x_T.split(batch), progress, "sample")
+            x, nfe = _in_batches(lambda c: solver(self.sde, self.model, c, gen), self.model, x_T.split(batch),
+                                 progress, "sample")
+        check_finite(x, "samples", f"the model or the solver diverged ({solver!r})")
         if not info:
             return x
         stats = {"nfe": nfe, "seconds": clock.seconds}
@@ -110,8 +133,9 @@ class Pipeline:
         if dequantize:
             x = self.data.dequantize(x, gen)
         with Clock(self.device) as clock:
-            nll, nfe = _in_batches(lambda c: likelihood(self.sde, self.model, c, gen), x.split(batch), progress, "nll")
-        nll = nll.double().cpu()
+            nll, nfe = _in_batches(lambda c: likelihood(self.sde, self.model, c, gen), self.model, x.split(batch),
+                                   progress, "likelihood")
+        nll = check_finite(nll.double().cpu(), "likelihoods", "the model or the ODE solver diverged")
         return (nll, {"nfe": nfe, "seconds": clock.seconds, "x": x}) if info else nll
 
     def bits_per_dim(self, nll):
@@ -142,13 +166,22 @@ def _scoped(key, cls, **options):
         return cls(**options)
 
 
-def _in_batches(fn, chunks, progress, what):
-    """fn over chunks, outputs concatenated; NFE averaged over the calls."""
+def _in_batches(fn, model, chunks, progress, what):
+    """fn(chunk) over chunks, outputs concatenated, NFE averaged over the calls; with ``progress`` a bar counts
+    the model's evaluations (the work of every solver, adaptive ones included) and the points done."""
     outs, nfes = [], []
-    for chunk in tqdm(chunks, desc=what, disable=not progress or len(chunks) < 2, dynamic_ncols=True):
-        out, nfe = fn(chunk)
-        outs.append(out)
-        nfes.append(nfe)
+    with tqdm(desc=what, unit=" evals", disable=hide_progress(progress), dynamic_ncols=True) as bar:
+        hook = model.register_forward_pre_hook(lambda *_: bar.update(1)) \
+            if not bar.disable and isinstance(model, torch.nn.Module) else None
+        try:
+            for chunk in chunks:
+                out, nfe = fn(chunk)
+                outs.append(out)
+                nfes.append(nfe)
+                bar.set_postfix(points=f"{sum(len(o) for o in outs)}/{sum(len(c) for c in chunks)}")
+        finally:
+            if hook is not None:
+                hook.remove()
     return torch.cat(outs), float(np.mean(nfes))
 
 

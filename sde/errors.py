@@ -7,14 +7,12 @@ Only these errors become one line on the command line; every other exception is 
 import contextlib
 import math
 import re
+import warnings
 
 
-class ConfigError(ValueError):
-    """A bad configuration or input value: the message names it and says what would be accepted.
-
-    ``key`` is the parameter name the message uses (or a tuple of them; None when it names none);
-    ``under(prefix)`` returns the same error with ``prefix.`` put before each of those names.
-    """
+class Keyed:
+    """A message that names parameters: ``key`` is the name it uses (or a tuple of them; None when it names
+    none); ``under(prefix)`` returns the same message with ``prefix.`` put before each of those names."""
 
     def __init__(self, message, key=None):
         super().__init__(message)
@@ -33,17 +31,32 @@ class ConfigError(ValueError):
         return type(self)(message, tuple(f"{prefix}.{name}" for name in self.keys))
 
 
+class ConfigError(Keyed, ValueError):
+    """A bad configuration or input value: the message names it and says what would be accepted."""
+
+
+class ConfigWarning(Keyed, UserWarning):
+    """A legal but suspicious value (for example a schedule that decreases)."""
+
+
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be read, or that does not fit what it is loaded into."""
 
 
 @contextlib.contextmanager
 def config_scope(prefix):
-    """Within the block, a ConfigError's key gets ``prefix.`` in front of it."""
-    try:
-        yield
-    except ConfigError as e:
-        raise e.under(prefix) from e.__cause__
+    """Within the block, a ConfigError's or ConfigWarning's key gets ``prefix.`` in front of it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except ConfigError as e:
+            raise e.under(prefix) from e.__cause__
+        finally:
+            raised = list(caught)
+    for w in raised:
+        message = w.message.under(prefix) if isinstance(w.message, ConfigWarning) else w.message
+        warnings.warn_explicit(message, w.category, w.filename, w.lineno)
 
 
 def short(value, width=80):

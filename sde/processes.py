@@ -1,10 +1,11 @@
 """The built-in processes: each states its coefficients and, where known, its closed-form path."""
 import math
+import warnings
 
 import torch
 
 from .base import SDE
-from .errors import ConfigError, check_number
+from .errors import ConfigError, ConfigWarning, check_number
 
 
 
@@ -16,6 +17,9 @@ class VPSDE(SDE):
         self.beta_min = check_number("beta_min", beta_min)
         self.beta_max = check_number("beta_max", beta_max)
         self.T = check_number("T", T)
+        if self.beta_max < self.beta_min:
+            warnings.warn(ConfigWarning(f"beta_max={beta_max!r} is below beta_min={beta_min!r}: the noise rate "
+                                        "falls over time (swap them for the usual schedule)", ("beta_max", "beta_min")))
         super().__init__()
 
     def beta(self, t):

@@ -13,14 +13,18 @@ def signature(model):
 
 
 def save_checkpoint(path, **state):
-    """torch.save to PATH.tmp, flush to disk, then rename over PATH: a crash leaves the old file whole."""
+    """torch.save to PATH.tmp.PID (this process's own), flush to disk, then rename over PATH: a crash leaves the
+    old file whole, a failed write leaves no temporary file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_checkpoint(path):

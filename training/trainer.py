@@ -1,5 +1,7 @@
 """The training step and loop: Adam with warm-up and clipping, EMA, mixed precision on GPU, CSV log, atomic
 checkpoints."""
+import contextlib
+import copy
 import csv
 import time
 from pathlib import Path
@@ -7,10 +9,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sde.errors import check_int, check_number
+from sde.errors import CheckpointError, check_int, check_number
 
 from .checkpoint import load_checkpoint, save_checkpoint, signature
 from .state import TrainState
+
+
+def hide_progress(progress):
+    """tqdm's ``disable`` for progress = True, False or 'auto' (shown when stderr is a terminal)."""
+    return None if progress == "auto" else not progress
 
 
 class TrainingError(RuntimeError):
@@ -55,31 +62,45 @@ class Trainer:
         self.grad_clip = check_number("grad_clip", grad_clip, strict=False)
         self.ema_decay = check_number("ema_decay", ema_decay, strict=False, maximum=1.0, strict_max=True)
         self.weight_decay = check_number("weight_decay", weight_decay, strict=False)
-        self.amp, self.progress, self.seed = bool(amp), bool(progress), int(seed)
+        self.amp, self.progress, self.seed = bool(amp), progress, int(seed)
 
     def learning_rate(self, step):
         """lr · min(1, (step + 1) / warmup)."""
         return self.lr * min(1.0, (step + 1) / max(self.warmup, 1))
 
     def fit(self, model, loss, sde, data, out_dir, device, resume=None, meta=None):
-        """Trains ``model`` in place up to ``steps`` and returns (ema_model, last_step)."""
+        """Trains ``model`` in place up to ``steps`` and returns (ema_model, last_step).
+
+        A checkpoint is taken every ``ckpt_every`` steps but written only once it has proven good: its weights
+        (model and EMA) are finite and the loss of the step after it is finite (at the last step, the loss of
+        one more batch). So the file a non-finite stop names always resumes.
+        """
         out_dir = Path(out_dir)
         ckpt_path = out_dir / "checkpoint.pt"
+        remove_stale_temporaries(ckpt_path)
         state = TrainState(model, self.lr, self.weight_decay, self.ema_decay, self.seed, device)
         if resume is not None:
             state.load_state_dict(load_checkpoint(resume, model))
-
-        def checkpoint():
-            save_checkpoint(ckpt_path, **state.state_dict(), signature=signature(model), meta=meta or {})
-
         autocast = self.amp and device.type == "cuda"
+        pending = None
+
+        def stop(why):
+            kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+            return TrainingError(f"{why}; {kept} (try a lower learning rate or gradient clip)")
+
+        def write(snapshot):
+            bad = nonfinite_weights(snapshot)
+            if bad:
+                raise stop(f"the weights became non-finite by step {snapshot['step']} ({bad})")
+            try:
+                save_checkpoint(ckpt_path, **snapshot, signature=signature(model), meta=meta or {})
+            except OSError as e:
+                raise stop(f"checkpoint {ckpt_path} could not be written ({e})") from None
+
         model.train()
-        with open(out_dir / "train_log.csv", "a", newline="") as fh, \
-                tqdm(total=self.steps, initial=state.step, disable=not self.progress, desc="train",
+        with open_log(out_dir / "train_log.csv", state.step) as (fh, log), \
+                tqdm(total=self.steps, initial=state.step, disable=hide_progress(self.progress), desc="train",
                      dynamic_ncols=True) as bar:
-            log = csv.writer(fh)
-            if fh.tell() == 0:
-                log.writerow(["step", "loss", "lr", "seconds"])
             start, running = time.perf_counter(), None
             while state.step < self.steps:
                 lr = self.learning_rate(state.step)
@@ -87,9 +108,10 @@ class Trainer:
                 try:
                     value = train_step(state, loss, sde, x0, lr, self.grad_clip, autocast).item()
                 except TrainingError as e:
-                    kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else \
-                        "no checkpoint was written yet"
-                    raise TrainingError(f"{e}; {kept} (try a lower learning rate or gradient clip)") from None
+                    raise stop(str(e)) from None
+                if pending is not None:
+                    write(pending)
+                    pending = None
                 running = value if running is None else 0.98 * running + 0.02 * value
                 log.writerow([state.step, f"{value:.6g}", f"{lr:.6g}", f"{time.perf_counter() - start:.3f}"])
                 bar.update(1)
@@ -97,13 +119,66 @@ class Trainer:
                     bar.set_postfix(loss=f"{running:.4f}")
                 if state.step % self.ckpt_every == 0 or state.step == self.steps:
                     fh.flush()
-                    checkpoint()
+                    pending = copy.deepcopy(state.state_dict())
+            if pending is not None:
+                self.check_final_loss(state, loss, sde, data, device, autocast, stop)
+                write(pending)
         model.eval()
         return state.ema_model(), state.step
 
+    def check_final_loss(self, state, loss, sde, data, device, autocast, stop):
+        """The loss of the final weights on one more batch (drawn apart from the run's generators) is finite."""
+        gen = torch.Generator().manual_seed(self.seed + 2)
+        x0 = data.sample(self.batch_size, gen).to(device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            value = loss(state.model, sde, x0, torch.Generator(device).manual_seed(self.seed + 3))
+        if not torch.isfinite(value):
+            raise stop(f"the loss of the final weights is {value.item()}")
+
+
+def nonfinite_weights(snapshot):
+    """'N of M tensors in model/ema' when a snapshot holds NaN or inf weights, else ''."""
+    tensors = {**{f"model.{k}": v for k, v in snapshot["model"].items()},
+               **{f"ema.{k}": v for k, v in snapshot["ema"]["shadow"].items()}}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    return f"{len(bad)} of {len(tensors)} tensors, first {bad[0]}" if bad else ""
+
+
+def remove_stale_temporaries(path):
+    """Temporary checkpoint files left by a killed write (the run directory is this run's alone)."""
+    for tmp in path.parent.glob(path.name + ".tmp*"):
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def open_log(path, step):
+    """The CSV log opened for appending, its rows after ``step`` (a resumed checkpoint's) dropped first."""
+    rows = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            rows = [row for row in csv.reader(fh) if row]
+        rows = rows[:1] + [row for row in rows[1:] if row[0].isdigit() and int(row[0]) <= step]
+        with open(path, "w", newline="") as fh:
+            csv.writer(fh).writerows(rows)
+    with open(path, "a", newline="") as fh:
+        log = csv.writer(fh)
+        if not rows:
+            log.writerow(["step", "loss", "lr", "seconds"])
+        yield fh, log
+
 
 def load_for_sampling(model, path):
-    """Loads a checkpoint's EMA weights into ``model`` (checked against its structure) and returns its step."""
+    """Loads a checkpoint's EMA weights into ``model`` (checked against its structure and for finite values)
+    and returns its step."""
     state = load_checkpoint(path, model)
-    model.load_state_dict(state["ema"]["shadow"])
-    return int(state["step"])
+    try:
+        weights, step = state["ema"]["shadow"], int(state["step"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"ckpt={state['path']!r} lacks its EMA weights or step: it cannot be sampled",
+                              "ckpt") from None
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"ckpt={state['path']!r} holds non-finite EMA weights ({len(bad)} tensors, first "
+                              f"{bad[0]}): it cannot be sampled", "ckpt")
+    model.load_state_dict(weights)
+    return step

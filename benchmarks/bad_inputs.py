@@ -1,0 +1,209 @@
+"""Tries run.py on a table of bad inputs (data files, config values, checkpoints) and counts how each ended:
+a one-line error (exit 2), a one-line warning with the run going on, a traceback, a multi-line error, or silence.
+
+    python -m benchmarks.bad_inputs --out benchmarks/results/bad_inputs.md
+
+Every case names the outcome a user should get; the table lists each case beside what it got.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["model.net.hidden=32", "model.net.depth=1", "model.net.embed_dim=16", "train.progress=false",
+         "solver=ddim", "solver.steps=5", "sample.num=20"]
+
+
+def _npz(name, **arrays):
+    return lambda d: np.savez(d / name, **arrays)
+
+
+def _npy(name, array):
+    return lambda d: np.save(d / name, array)
+
+
+def _truncated(d):
+    np.savez(d / "whole.npz", x=np.random.default_rng(0).normal(size=(200, 2)))
+    (d / "truncated.npz").write_bytes((d / "whole.npz").read_bytes()[:300])
+
+
+def _bomb(d):
+    from PIL import Image
+
+    (d / "bomb").mkdir()
+    Image.new("L", (8, 8)).save(d / "bomb" / "small.png")
+    Image.new("L", (10000, 10000)).save(d / "bomb" / "big.png")
+
+
+def _text_npy(d):
+    (d / "text.npy").write_text("1,2\n3,4\n")
+
+
+def _checkpoint(d, edit=None):
+    """A checkpoint of a 3-step run, optionally edited."""
+    out = d / "trained"
+    if not (out / "checkpoint.pt").exists():
+        run_py(out, ["train.steps=3", *SMALL])
+    if edit is not None:
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        edit(state)
+        torch.save(state, d / "edited.pt")
+
+
+def _drop(key):
+    return lambda d: _checkpoint(d, lambda s: s.pop(key))
+
+
+def _nan_ema(d):
+    def poison(state):
+        for v in state["ema"]["shadow"].values():
+            if v.is_floating_point():
+                v.fill_(float("nan"))
+    _checkpoint(d, poison)
+
+
+A = ["data=array", "data.path={d}/x.npy"]
+CASES = [
+    # category, name, setup, overrides, expected ("error" | "warning")
+    ("data", "missing file", None, ["data=array", "data.path={d}/missing.npy"], "error"),
+    ("data", "folder as array path", lambda d: (d / "adir").mkdir(), ["data=array", "data.path={d}/adir"], "error"),
+    ("data", "text renamed .npy", _text_npy, ["data=array", "data.path={d}/text.npy"], "error"),
+    ("data", "truncated .npz", _truncated, ["data=array", "data.path={d}/truncated.npz"], "error"),
+    ("data", ".npz without x", _npz("ab.npz", a=np.zeros((9, 2)), b=np.ones((9, 2))),
+     ["data=array", "data.path={d}/ab.npz"], "error"),
+    ("data", "complex array", _npy("x.npy", np.ones((9, 2)) * (1 + 1j)), A, "error"),
+    ("data", "object array", _npy("x.npy", np.array([[1, "a"]] * 5, dtype=object)), A, "error"),
+    ("data", "empty array", _npy("x.npy", np.zeros((0, 2))), A, "error"),
+    ("data", "NaN in array", _npy("x.npy", np.array([[0.0, 1.0], [np.nan, 0.0]] * 3)), A, "error"),
+    ("data", "rank-1 array", _npy("x.npy", np.zeros(7)), A, "error"),
+    ("data", "uint8 images with 2 channels", _npy("x.npy", np.zeros((9, 2, 8, 8), np.uint8)),
+     A + ["model=unet"], "error"),
+    ("data", "uint8 images with 5 channels", _npy("x.npy", np.zeros((9, 5, 8, 8), np.uint8)),
+     A + ["model=unet"], "error"),
+    ("data", "uint8 images channels-last", _npy("x.npy", np.zeros((9, 8, 8, 3), np.uint8)),
+     A + ["model=unet", "model.net.channels=8", "model.net.multipliers=[1]", "model.net.attention_resolutions=[]",
+          "model.net.num_res_blocks=1", "model.net.groups=4", "train.batch_size=4", "likelihood=false"], "warning"),
+    ("data", "labels array of the wrong length", _npz("xy.npz", x=np.zeros((9, 2)), y=np.zeros(4, int)),
+     ["data=array", "data.path={d}/xy.npz", "data.labels=y"], "error"),
+    ("data", "folder without images", lambda d: (d / "imgs").mkdir(), ["data=folder", "data.path={d}/imgs"], "error"),
+    ("data", "decompression-bomb PNG", _bomb, ["data=folder", "data.path={d}/bomb"], "error"),
+    ("data", "data far wider than the VP prior", _npy("x.npy", np.random.default_rng(0).normal(size=(500, 2)) * 50),
+     A, "warning"),
+    ("config", "sample.num=0", None, ["sample.num=0"], "error"),
+    ("config", "sample.num=-5", None, ["sample.num=-5"], "error"),
+    ("config", "sample.batch=0", None, ["sample.batch=0"], "error"),
+    ("config", "eval.num=0", None, ["likelihood=true", "eval.num=0"], "error"),
+    ("config", "eval.batch=0", None, ["likelihood=true", "eval.batch=0"], "error"),
+    ("config", "eval.num beyond the held-out split", None,
+     ["data=digits", "model=unet", "likelihood=true", "eval.num=1000"], "error"),
+    ("config", "eval.ode.method=foo", None, ["likelihood=true", "eval.ode.method=foo"], "error"),
+    ("config", "device=mps without it", None, ["device=mps"], "error"),
+    ("config", "device=tpu", None, ["device=tpu"], "error"),
+    ("config", "typo in a key", None, ["train.step=10"], "error"),
+    ("config", "+typo at the top", None, ["+likelihod=true"], "error"),
+    ("config", "+typo in a part", None, ["+train.step=10"], "error"),
+    ("config", "typo in a group", None, ["solver=rk45"], "error"),
+    ("config", "unknown sde target", None, ["sde._target_=nowhere.Nothing"], "error"),
+    ("config", "beta_max < beta_min", None, ["sde.beta_min=20", "sde.beta_max=0.1"], "warning"),
+    ("config", "negative warmup", None, ["train.warmup=-1"], "error"),
+    ("config", "negative grad_clip", None, ["train.grad_clip=-1"], "error"),
+    ("config", "train.lr=0", None, ["train.lr=0"], "error"),
+    ("config", "solver.steps=0", None, ["solver.steps=0"], "error"),
+    ("config", "sde.sigma_max below sigma_min", None, ["sde=ve", "sde.sigma_max=0.001"], "error"),
+    ("config", "mixture sizes disagree", None, ["model=oracle", "data=gmm", "data.weights=[1,2,3]"], "error"),
+    ("checkpoint", "missing", None, ["ckpt={d}/none.pt", "train.steps=0"], "error"),
+    ("checkpoint", "not a checkpoint", lambda d: (d / "junk.pt").write_bytes(b"junk"),
+     ["ckpt={d}/junk.pt", "train.steps=0"], "error"),
+    ("checkpoint", "without ema, sampled", _drop("ema"), ["ckpt={d}/edited.pt", "train.steps=0"], "error"),
+    ("checkpoint", "without optimizer, resumed", _drop("optimizer"), ["ckpt={d}/edited.pt", "train.steps=6"],
+     "error"),
+    ("checkpoint", "without torch_rng, resumed", _drop("torch_rng"), ["ckpt={d}/edited.pt", "train.steps=6"],
+     "error"),
+    ("checkpoint", "NaN EMA weights, sampled", _nan_ema, ["ckpt={d}/edited.pt", "train.steps=0"], "error"),
+    ("checkpoint", "another process", _checkpoint, ["ckpt={d}/trained/checkpoint.pt", "train.steps=0", "sde=ve"],
+     "error"),
+    ("checkpoint", "another parameterization", _checkpoint,
+     ["ckpt={d}/trained/checkpoint.pt", "train.steps=0", "model.parameterization=v"], "error"),
+    ("checkpoint", "another sigma_data", _checkpoint,
+     ["ckpt={d}/trained/checkpoint.pt", "train.steps=0", "model.sigma_data=0.5"], "error"),
+    ("checkpoint", "another network", _checkpoint,
+     ["ckpt={d}/trained/checkpoint.pt", "train.steps=0", "model.net.hidden=64"], "error"),
+    ("checkpoint", "data of another shape", _checkpoint,
+     ["ckpt={d}/trained/checkpoint.pt", "train.steps=0", "data=gmm_hd", "data.dim=3"], "error"),
+    ("training", "learning rate that blows up", None, ["train.steps=300", "train.lr=1e6", "train.warmup=1"], "error"),
+]
+
+
+def run_py(out, overrides, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={out}", *overrides],
+                          capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=600)
+
+
+def outcome(proc):
+    """error (exit 2, one line), warning (exit 0, a one-line warning), traceback, multi-line, or silent."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("warning: ")]
+    warned = any(line.startswith("warning: ") for line in proc.stderr.splitlines())
+    if "Traceback" in proc.stderr:
+        return "traceback"
+    if proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "):
+        return "error"
+    if proc.returncode != 0:
+        return "multi-line"
+    return "warning" if warned else "silent"
+
+
+def probe(case, workdir):
+    category, name, setup, overrides, expected = case
+    d = Path(workdir)
+    if setup is not None:
+        setup(d)
+    args = [o.format(d=d) for o in overrides]
+    other_model = any(a.startswith("model=") for a in args)
+    args += [a for a in SMALL if a.split("=")[0] not in {o.split("=")[0] for o in args}
+             and not (other_model and a.startswith("model."))]
+    if "train.steps" not in " ".join(args):
+        args.append("train.steps=3")
+    proc = run_py(d / "out", args, cwd=d)
+    got = outcome(proc)
+    message = next((line for line in proc.stderr.splitlines() if line.startswith(("error: ", "warning: "))), "")
+    return got, message, proc
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="write the table as Markdown here")
+    parser.add_argument("--only", default=None, help="run the cases whose name contains this")
+    args = parser.parse_args()
+    rows, counts = [], {}
+    start = time.perf_counter()
+    for case in CASES:
+        if args.only and args.only not in case[1]:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            got, message, _ = probe(case, tmp)
+        counts[got] = counts.get(got, 0) + 1
+        ok = "yes" if got == case[4] else "**no**"
+        rows.append(f"| {case[0]} | {case[1]} | {case[4]} | {got} | {ok} | `{message[:150]}` |")
+        print(rows[-1], flush=True)
+    summary = (f"{len(rows)} bad inputs tried: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in
+               ("error", "warning", "traceback", "multi-line", "silent")) +
+               f"; {sum(r.count('| yes |') for r in rows)} as expected ({time.perf_counter() - start:.0f} s)")
+    print(summary)
+    if args.out:
+        text = [f"Command: `python -m benchmarks.bad_inputs --out {args.out}`", "", summary, "",
+                "| kind | input | expected | got | as expected | what the user sees |", "|---|---|---|---|---|---|",
+                *rows, ""]
+        args.out.write_text("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
