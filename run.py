@@ -21,9 +21,10 @@ from evaluation import mixture_report, plot_samples
 from scoredata import GaussianMixture
 from scoresde import Pipeline
 from scoresde.pipeline import Clock
-from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, one_line_errors, reconcile, resolve_device,
+from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, check_sample_range,
+                          fit_model_to_data, help_text, one_line_errors, reconcile, resolve_device,
                           run_lock, show_warnings_in_one_line, warn_about_scale)
-from sde.errors import ConfigError, check_int, config_scope
+from sde.errors import ConfigError, check_int, check_number, config_scope
 from training.checkpoint import read_checkpoint
 from training.trainer import load_for_sampling
 
@@ -58,6 +59,8 @@ def run(cfg, out):
     data = build("data", cfg.data)
     if meta:
         check_data_fits(meta, data)
+    else:
+        fit_model_to_data(cfg, data, HydraConfig.get().overrides.task, CONF)
     model = build("model", cfg.model, sde=sde, data=data).to(device)
     solver = build("solver", cfg.solver)
     metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
@@ -67,6 +70,7 @@ def run(cfg, out):
           f"  device   {device} ({torch.get_num_threads()} threads)", flush=True)
     with config_scope("sample"):
         check_int("num", cfg.sample.num), check_int("batch", cfg.sample.batch)
+        check_number("max_range", cfg.sample.max_range, strict=False)
     warn_about_scale(data, sde, torch.Generator().manual_seed(cfg.seed + 3))
     if cfg.likelihood:
         with config_scope("eval"):
@@ -102,17 +106,23 @@ def run(cfg, out):
     if isinstance(data, GaussianMixture):
         metrics.update(mixture_report(data, x))
     np.savez(out / "samples.npz", x=x.cpu().numpy())
+    if cfg.sample.max_range:
+        check_sample_range(x, data, torch.Generator().manual_seed(cfg.seed + 4), cfg.sample.max_range)
     if cfg.sample.plot:
         reference = data.sample(min(len(x), 5000), torch.Generator().manual_seed(cfg.seed + 2)).numpy()
         plot_samples(x.cpu().numpy(), out / "samples.png", reference, title=f"{sde!r}\n{solver!r}",
                      value_range=data.value_range)
 
     if cfg.likelihood:
-        with config_scope("eval"):
+        with config_scope("eval.ode"):
             nll, stats = pipe.nll(x_test, batch=cfg.eval.batch, likelihood=likelihood, generator=gen, info=True,
                               progress=cfg.progress)
         metrics.update(nll=nll.mean().item(), bpd=pipe.bits_per_dim(nll), nfe_likelihood=stats["nfe"],
                        likelihood_seconds=stats["seconds"])
+        if data.levels is not None and metrics["bpd"] < 0:
+            raise ConfigError(f"eval.ode: bits/dim came out {metrics['bpd']:.3g} < 0, impossible for {data.levels}-level "
+                              f"data: the likelihood solve (method={cfg.eval.ode.method}) is inaccurate for this model; "
+                              "use eval.ode.method=dopri5 or more eval.ode.steps")
         if data.has_log_prob:
             metrics["exact_nll"] = -data.log_prob(stats["x"].double().cpu()).mean().item()
         np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), nll=nll.numpy())
@@ -127,6 +137,9 @@ def run(cfg, out):
 if __name__ == "__main__":
     sys.path.append(os.getcwd())
     show_warnings_in_one_line()
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(help_text(CONF))
+        sys.exit(0)
     with one_line_errors():
         check_group_choices(sys.argv[1:], CONF)
         check_override_keys(sys.argv[1:], CONF)

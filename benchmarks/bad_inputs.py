@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.net.hidden=32", "model.net.depth=1", "model.net.embed_dim=16", "train.progress=false",
-         "solver=ddim", "solver.steps=5", "sample.num=20"]
+         "solver=ddim", "solver.steps=5", "sample.num=20", "sample.max_range=0"]
 
 
 def _npz(name, **arrays):

@@ -9,11 +9,12 @@ import numpy as np  # noqa: E402
 
 
 def plot_samples(x, path, reference=None, title=None, max_points=5000, value_range=None):
-    """Writes a PNG of samples x (N, D) or (N, C, H, W); ``reference`` points are drawn underneath in grey.
-    Images are shown over ``value_range`` (default: their own 0.5–99.5 percentiles)."""
+    """Writes a PNG of samples x (N, D) or (N, C, H, W); ``reference`` points are drawn underneath in grey, or
+    for images a row of real ones above the samples, set apart by a band. Images are shown over ``value_range``
+    (default: the samples' own 0.5–99.5 percentiles)."""
     x = np.asarray(x)
     if x.ndim == 4:
-        fig = _image_grid(x, value_range)
+        fig = _image_grid(x, value_range, None if reference is None else np.asarray(reference))
     else:
         x = x.reshape(len(x), -1)[:max_points]
         ref = None if reference is None else np.asarray(reference).reshape(len(reference), -1)[:max_points]
@@ -46,18 +47,25 @@ def _scatter(x, ref):
     return fig
 
 
-def _image_grid(x, value_range=None, max_images=64):
+def _image_grid(x, value_range=None, reference=None, max_images=64):
     x = x[:max_images]
     n, c, h, w = x.shape
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     lo, hi = value_range if value_range is not None else (np.percentile(x, 0.5), np.percentile(x, 99.5))
-    x = np.clip((x - lo) / max(hi - lo, 1e-8), 0, 1)
-    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
-    for k in range(n):
+    scale = lambda v: np.clip((v - lo) / max(hi - lo, 1e-8), 0, 1)  # noqa: E731
+    real = [] if reference is None else list(scale(reference[:cols]))
+    top = (h + 1) + 2 if real else 0
+    grid = np.ones((top + rows * (h + 1) + 1, cols * (w + 1) + 1, c))
+    for q, image in enumerate(real):
+        grid[1: 1 + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = image.transpose(1, 2, 0)
+    if real:
+        grid[h + 1: top] = 0.5
+    for k, image in enumerate(scale(x)):
         r, q = divmod(k, cols)
-        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[k].transpose(1, 2, 0)
-    fig, ax = plt.subplots(figsize=(cols * 0.8 + 1, rows * 0.8 + 1))
+        grid[top + 1 + r * (h + 1): top + 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = \
+            image.transpose(1, 2, 0)
+    fig, ax = plt.subplots(figsize=(cols * 0.8 + 1, (rows + bool(real)) * 0.8 + 1))
     ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
     ax.axis("off")
     return fig

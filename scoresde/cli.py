@@ -23,6 +23,23 @@ GROUPS = ("sde", "solver", "model", "data")
 CHECKPOINT_GROUPS = ("sde", "model", "data")
 
 
+def help_text(conf_dir):
+    """``python run.py --help``: each group's options with their first comment line, then the run's own options
+    as config.yaml states them, comments included."""
+    conf_dir = Path(conf_dir)
+    lines = ["usage: python run.py [GROUP=OPTION ...] [KEY=VALUE ...]   (-m for a sweep: solver=em,pc,ode)", ""]
+    for group in GROUPS:
+        lines.append(f"{group}=   (or {group}._target_=your_module.YourClass)")
+        for path in sorted((conf_dir / group).glob("*.yaml")):
+            first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+            lines.append(f"  {path.stem:<16s}{first}")
+        lines.append("")
+    lines.append("run options (conf/config.yaml; set any with KEY=VALUE, e.g. train.steps=500):")
+    text = (conf_dir / "config.yaml").read_text().split("\nhydra:")[0]
+    lines += [f"  {ln}" for ln in text.splitlines() if ln.strip() and not ln.startswith(("defaults", "  - "))]
+    return "\n".join(lines)
+
+
 def check_override_keys(argv, conf_dir):
     """Fail in one line, naming the nearest valid key, on ``key=value`` when the composed config has no such key
     (Hydra's own message is several lines and its ``+key`` hint leads to a bad argument)."""
@@ -87,6 +104,30 @@ def warn_about_scale(data, sde, generator):
     if std > 3 * prior:
         warnings.warn(ConfigWarning(f"data has std {std:.3g}, over 3 times the prior's {prior:.3g}: the process does "
                                     "not forget the data by T; standardize the data, or use sde=ve"))
+
+
+def fit_model_to_data(cfg, data, overrides, conf_dir):
+    """Images with the default model (the MLP, which is for vectors) get the U-Net instead, with a one-line note;
+    a model the command line names is kept as asked."""
+    choice, keys = override_keys(overrides, "model")
+    if len(data.shape) == 3 and not choice and not keys and cfg.model.get("net", {}).get("_target_") == "models.MLP":
+        cfg.model = OmegaConf.load(Path(conf_dir) / "model" / "unet.yaml")
+        warnings.warn(ConfigWarning(f"data holds images {data.shape}: model=unet chosen (the default MLP is for "
+                                    "vectors; give model=mlp to keep it)"))
+
+
+def check_sample_range(x, data, generator, factor=10.0):
+    """Samples far outside the data (beyond ``factor`` times its largest magnitude) end the run in one line: the
+    model or the solver diverged, and a picture would only clip them."""
+    scale = float(data.sample(1000, generator).abs().max())
+    if data.value_range is not None:
+        scale = max(abs(v) for v in data.value_range)
+    far = (x.reshape(len(x), -1).abs() > factor * scale).any(1)
+    if far.any():
+        raise NonFiniteError(f"{int(far.sum())} of {len(x)} samples lie beyond {factor:g} times the data's largest "
+                             f"magnitude {scale:.3g} (up to {float(x.abs().max()):.3g}; the first is number "
+                             f"{int(far.nonzero()[0, 0])}): the model or the solver diverged (samples.npz holds them; "
+                             "sample.max_range=0 skips this check)")
 
 
 def _target(key, node):

@@ -171,8 +171,11 @@ def _in_batches(fn, model, chunks, progress, what):
     the model's evaluations (the work of every solver, adaptive ones included) and the points done."""
     outs, nfes = [], []
     with tqdm(desc=what, unit=" evals", disable=hide_progress(progress), dynamic_ncols=True) as bar:
-        hook = model.register_forward_pre_hook(lambda *_: bar.update(1)) \
-            if not bar.disable and isinstance(model, torch.nn.Module) else None
+        def count(*_):
+            bar.update(1)
+
+        hook = model.register_forward_pre_hook(count) if not bar.disable and isinstance(model, torch.nn.Module) \
+            else None
         try:
             for chunk in chunks:
                 out, nfe = fn(chunk)

@@ -37,7 +37,8 @@ def test_checkpoint_records_its_configuration(trained):
 
 @pytest.mark.slow
 def test_sampling_without_sde_or_model_uses_the_checkpoints_own(trained, tmp_path):
-    proc = run(tmp_path, f"ckpt={trained}", "train.steps=0", "solver=ddim", "solver.steps=5", "sample.num=20")
+    proc = run(tmp_path, f"ckpt={trained}", "train.steps=0", "solver=ddim", "solver.steps=5", "sample.num=20",
+               "sample.max_range=0")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["sde"].startswith("SubVPSDE") and metrics["train_steps"] == 5
@@ -66,7 +67,7 @@ def test_another_process_or_network_is_one_line(trained, tmp_path, override, nee
 def test_override_samples_under_another_process(trained, tmp_path):
     """ckpt_override=true: the user takes responsibility; the network still has to fit."""
     proc = run(tmp_path, f"ckpt={trained}", "train.steps=0", "sde=vp", "ckpt_override=true", "solver=ddim",
-               "solver.steps=5", "sample.num=20")
+               "solver.steps=5", "sample.num=20", "sample.max_range=0")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["sde"].startswith("VPSDE")
 

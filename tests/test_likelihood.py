@@ -7,6 +7,7 @@ import torch
 from conftest import ALL_SDES, mixture_16d, mixture_2d
 from models import MixtureScore
 from scoredata import DataSpec, GaussianMixture
+from sde import ConfigError
 from solvers import ODELikelihood
 from solvers.likelihood import exact_divergence, hutchinson_divergence
 
@@ -97,7 +98,7 @@ def test_fixed_grid_likelihood_converges():
     mix, sde = mixture_2d(), ALL_SDES["vp"]()
     x = points(mix, 50)
     exact = -mix.log_prob(x)
-    errors = [(ODELikelihood(method="rk4", steps=n)(sde, MixtureScore(sde, mix), x)[0] - exact).abs().max().item()
+    errors = [(ODELikelihood(method="rk4", steps=n, max_error=0)(sde, MixtureScore(sde, mix), x)[0] - exact).abs().max().item()
               for n in (5, 20, 80)]
     assert errors[2] < errors[0] and errors[2] < 0.02
 
@@ -137,3 +138,20 @@ def test_images_likelihood_any_shape():
     nll, _ = ODELikelihood()(sde, MixtureScore(sde, mix), x)
     assert nll.shape == (8,)
     assert ((nll + mix.log_prob(x)).abs() / 9).max() < 0.01
+
+
+def test_a_fixed_step_likelihood_refuses_when_its_own_error_estimate_is_too_large():
+    """On the 2-D mixture, rk4 with 2 steps errs by 0.1 nats/dim; the re-solve with 1 step sees it and refuses.
+    With enough steps the estimate is small and bounds the true error of the mean, and it passes."""
+    sde, mix = ALL_SDES["vp"](), mixture_2d()
+    x = mix.sample(300, torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ConfigError, match=r"steps=2 is too coarse for method='rk4'.*raise steps or use method=dopri5"):
+        ODELikelihood(method="rk4", steps=2)(sde, MixtureScore(sde, mix), x)
+    lik = ODELikelihood(method="rk4", steps=40)
+    nll, nfe = lik(sde, MixtureScore(sde, mix), x)
+    exact = -mix.log_prob(x)
+    assert nfe == 4 * 40 + 4 * 20
+    true_error = (nll.mean() - exact.mean()).abs().item() / 2
+    assert lik.error_estimate < 0.01 and true_error < 0.01
+    unchecked = ODELikelihood(method="rk4", steps=40, max_error=0)
+    assert torch.equal(unchecked(sde, MixtureScore(sde, mix), x)[0], nll) and unchecked.error_estimate is None

@@ -44,7 +44,8 @@ def train_step(state, loss, sde, x0, lr, grad_clip=0.0, autocast=False):
 
 
 class Trainer:
-    """Minimises ``loss(model, sde, x0, generator)`` over batches drawn by ``data.sample``.
+    """Minimises ``loss(model, sde, x0, generator)`` over batches drawn by ``data.sample`` (8-bit data
+    dequantized within their bins, as the likelihood sees them).
 
     The learning rate rises linearly over ``warmup`` steps, gradients are clipped to norm ``grad_clip``,
     and an EMA of the weights (decay ``ema_decay``) is what ``fit`` returns. Every ``ckpt_every`` steps and
@@ -104,7 +105,8 @@ class Trainer:
             start, running = time.perf_counter(), None
             while state.step < self.steps:
                 lr = self.learning_rate(state.step)
-                x0 = data.sample(self.batch_size, state.data_generator).to(device)
+                x0 = data.dequantize(data.sample(self.batch_size, state.data_generator), state.data_generator)
+                x0 = x0.to(device)
                 try:
                     value = train_step(state, loss, sde, x0, lr, self.grad_clip, autocast).item()
                 except TrainingError as e:

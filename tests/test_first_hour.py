@@ -1,0 +1,109 @@
+"""A newcomer's first hour, through run.py: a header and progress bars, help that lists the choices, images
+that get a network able to serve them, and results that cannot be silently wrong."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from test_run import ROOT, SMALL_MLP, environment, run
+
+ORACLE = ["model=oracle", "data=gmm", "solver=ddim", "solver.steps=5", "sample.num=50"]
+
+
+def lines_of(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_help_lists_groups_options_and_commented_run_options():
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True, text=True,
+                          env=environment(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("solver=", "  dpm ", "DPM-Solver++", "data=", "  digits ", "train:", "steps: 4000",
+                   "# total optimizer steps", "eval:"):
+        assert needle in proc.stdout, needle
+
+
+@pytest.mark.slow
+def test_header_and_progress_bars(tmp_path):
+    proc = run(tmp_path, *ORACLE, "likelihood=true", "eval.num=20", "progress=true")
+    assert proc.returncode == 0, proc.stderr
+    header = proc.stdout.splitlines()[:6]
+    assert header[0] == f"run {tmp_path}"
+    assert [line.split()[0] for line in header[1:]] == ["data", "model", "process", "solver", "device"]
+    assert "sample:" in proc.stderr and "likelihood:" in proc.stderr and "evals" in proc.stderr
+
+
+@pytest.mark.slow
+def test_images_with_the_default_model_get_the_unet(tmp_path):
+    proc = run(tmp_path, "data=digits", "train.steps=1", "train.batch_size=4", "train.progress=false", "solver=ddim",
+               "solver.steps=2", "sample.num=4", "sample.max_range=0")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in lines_of(proc.stderr) if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "model=unet chosen" in warnings[0]
+    assert "(1," in proc.stdout and "parameters)" in proc.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["train_steps"] == 1
+
+
+@pytest.mark.slow
+def test_a_vector_network_on_images_kept_when_asked_and_a_unet_on_vectors_refused(tmp_path):
+    proc = run(tmp_path / "a", "data=digits", "model=mlp", *SMALL_MLP, "train.steps=1", "train.batch_size=4",
+               "solver=ddim", "solver.steps=2", "sample.num=4", "sample.max_range=0")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    proc = run(tmp_path / "b", "model=unet", "train.steps=1")
+    assert proc.returncode == 2 and lines_of(proc.stderr) == [
+        "error: model.net.shape=(2,) is invalid: expected (C, H, W) for a U-Net (vectors need the MLP)"]
+
+
+def test_a_coarse_likelihood_is_refused_not_reported(tmp_path):
+    proc = run(tmp_path, *ORACLE, "likelihood=true", "eval.num=200", "eval.ode.method=rk4", "eval.ode.steps=2")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = lines_of(proc.stderr)
+    assert line.startswith("error: eval.ode.steps=2 is too coarse for eval.ode.method='rk4' on this model")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_samples_far_outside_the_data_end_in_one_line(tmp_path):
+    (tmp_path / "blowup.py").write_text(textwrap.dedent("""
+        from solvers import EulerMaruyama
+
+        class BlowUp(EulerMaruyama):
+            def solve(self, sde, score, x, eps, generator):
+                x = super().solve(sde, score, x, eps, generator)
+                x[3] = 5800.0
+                return x
+    """))
+    proc = run(tmp_path / "out", "model=oracle", "data=gmm", "solver=em", "solver.steps=5",
+               "solver._target_=blowup.BlowUp", "sample.num=10", cwd=tmp_path)
+    (line,) = lines_of(proc.stderr)
+    assert proc.returncode == 2 and "1 of 10 samples lie beyond 10 times the data's largest magnitude" in line
+    assert "sample.max_range=0 skips this check" in line
+    assert np.load(tmp_path / "out" / "samples.npz")["x"].shape == (10, 2)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_image_grid_shows_real_images(tmp_path):
+    proc = run(tmp_path, "data=digits", "model=unet", "model.net.channels=8", "model.net.multipliers=[1]",
+               "model.net.attention_resolutions=[]", "model.net.num_res_blocks=1", "model.net.groups=4",
+               "train.steps=1", "train.batch_size=4", "train.progress=false", "solver=ddim", "solver.steps=2",
+               "sample.num=16", "sample.max_range=0")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "samples.png").stat().st_size > 1000
+
+
+def test_image_grid_puts_a_row_of_real_images_above_the_samples(tmp_path):
+    from PIL import Image
+
+    from evaluation import plot_samples
+
+    plot_samples(-np.ones((16, 1, 8, 8)), tmp_path / "grid.png", np.ones((40, 1, 8, 8)), value_range=(-1, 1))
+    picture = np.asarray(Image.open(tmp_path / "grid.png").convert("L"), dtype=float)
+    band = ((picture > 100) & (picture < 155)).mean(1) > 0.5  # the grey band between real images and samples
+    white = (picture > 240).mean(1) > 0.5  # rows through the real (white) images
+    black = (picture < 15).mean(1) > 0.3  # rows through the (black) samples
+    assert band.any() and white.any() and black.any()
+    assert white.nonzero()[0][0] < band.nonzero()[0][0] < black.nonzero()[0][0]
