@@ -17,19 +17,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from evaluation import mixture_report, plot_samples
+from evaluation import mixture_report, plot_samples, sample_quality
 from scoredata import GaussianMixture
 from scoresde import Pipeline
 from scoresde.pipeline import Clock
 from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, check_sample_range,
-                          fit_model_to_data, help_text, one_line_errors, reconcile, resolve_device,
+                          cached_training, choose_threads, fit_model_to_data, help_text, keep_for_sweep,
+                          one_line_errors, reconcile, resolve_device,
                           run_lock, show_warnings_in_one_line, warn_about_scale)
 from sde.errors import ConfigError, check_int, check_number, config_scope
 from training.checkpoint import read_checkpoint
 from training.trainer import load_for_sampling
 
 CONF = Path(__file__).resolve().parent / "conf"
-SUMMARY = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "weights_tv", "logp_gap_per_dim",
+SUMMARY = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "swd", "swd_floor", "weights_tv",
+           "logp_gap_per_dim",
            "nll", "exact_nll", "bpd", "nfe_likelihood", "likelihood_seconds")
 
 
@@ -53,6 +55,7 @@ def main(cfg):
 def run(cfg, out):
     """Everything a run does, in order; every option is checked before training starts."""
     meta = checkpoint_meta(cfg)
+    choose_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     sde = build("sde", cfg.sde)
@@ -80,8 +83,12 @@ def run(cfg, out):
             x_test = data.test(cfg.eval.num, torch.Generator().manual_seed(cfg.seed + 1))
 
     trainer = build("train", cfg.train)
+    cached = cached_training(cfg)
     if next(model.parameters(), None) is not None:
-        if trainer.steps > 0:
+        if cached is not None and cached.exists():
+            metrics.update(train_steps=load_for_sampling(model, cached), trained_in=str(cached.parent))
+            print(f"trained model of this sweep reused: {cached}", flush=True)
+        elif trainer.steps > 0:
             loss = build("loss", cfg.loss)
             spec = {"sde": OmegaConf.to_container(cfg.sde, resolve=True),
                     "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -89,6 +96,8 @@ def run(cfg, out):
             with Clock(device) as clock:
                 model, step = trainer.fit(model, loss, sde, data, out, device, cfg.ckpt, meta=spec)
             metrics.update(train_steps=step, train_seconds=clock.seconds)
+            if cached is not None:
+                keep_for_sweep(out / "checkpoint.pt", cached)
         elif cfg.ckpt:
             metrics["train_steps"] = load_for_sampling(model, cfg.ckpt)
         else:
@@ -103,6 +112,7 @@ def run(cfg, out):
     metrics.update(nfe_sample=stats["nfe"], sample_seconds=stats["seconds"])
     if "grid_tuning" in stats:
         metrics["grid_tuning"] = stats["grid_tuning"]
+    metrics.update(sample_quality(x, data, torch.Generator().manual_seed(cfg.seed + 5)))
     if isinstance(data, GaussianMixture):
         metrics.update(mixture_report(data, x))
     np.savez(out / "samples.npz", x=x.cpu().numpy())

@@ -47,3 +47,16 @@ def sliced_wasserstein(x, y, projections=256, generator=None):
     px = (x[:n] @ theta).sort(0).values
     py = (y[:n] @ theta).sort(0).values
     return (px - py).abs().mean().item()
+
+
+def sample_quality(x, data, generator, projections=256):
+    """For any data set: ``swd``, the sliced Wasserstein distance of the samples to as many fresh data points,
+    beside ``swd_floor``, the same between two independent data samples (what a perfect sampler would get);
+    where the data's density is known, ``support``, the fraction of samples where it is positive."""
+    n = len(x)
+    a, b = data.sample(n, generator, dtype=torch.float64), data.sample(n, generator, dtype=torch.float64)
+    out = {"swd": sliced_wasserstein(x, a, projections, generator),
+           "swd_floor": sliced_wasserstein(b, a, projections, generator)}
+    if data.has_log_prob:
+        out["support"] = torch.isfinite(data.log_prob(x.detach().double().cpu())).double().mean().item()
+    return out

@@ -2,19 +2,26 @@
 config, and one-line errors."""
 import contextlib
 import difflib
+import hashlib
+import json
 import inspect
 import os
 import re
+import shutil
 import sys
 import traceback
 import warnings
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import get_class, get_method
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from sde.errors import ConfigError, ConfigWarning
+from sde.errors import ConfigError, ConfigWarning, check_int
 from training.trainer import TrainingError
 
 from .pipeline import NonFiniteError, instantiate_config, resolve_device  # noqa: F401 - run.py takes it from here
@@ -82,6 +89,68 @@ def check_group_choices(argv, conf_dir):
             if value and value not in options:
                 raise ConfigError(f"{group}={value!r} is unknown: choose one of {', '.join(options)}"
                                   f" (or set {group}._target_=your_module.YourClass)", group)
+
+
+def choose_threads(setting):
+    """torch's CPU threads: an int, or 'auto' = the cores not already busy (cores − the 1-minute load average,
+    at least 1). PyTorch's default of every core made training 14–28× slower on a 2-core machine with one other
+    job (benchmarks/results/threads.md)."""
+    cores = os.cpu_count() or 1
+    if setting == "auto":
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load = 0.0
+        n = max(1, min(cores, int(cores - load + 0.5)))
+    else:
+        n = check_int("threads", setting)
+    torch.set_num_threads(n)
+    return n
+
+
+def cached_training(cfg, keys=("sde", "model", "data", "train", "loss", "seed", "ckpt")):
+    """In a Hydra sweep, where a model trained with exactly this config is kept (sweep dir/.trained/HASH), so
+    that a sweep over sampling or evaluation options trains once; None outside a sweep."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    spec = json.dumps({k: OmegaConf.to_container(cfg, resolve=True).get(k) for k in keys}, sort_keys=True)
+    return Path(hydra_cfg.sweep.dir) / ".trained" / hashlib.sha1(spec.encode()).hexdigest()[:16] / "checkpoint.pt"
+
+
+def keep_for_sweep(checkpoint, cached):
+    """Copy a run's checkpoint to the sweep's cache (a temporary file, then a rename)."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f"{cached.name}.tmp.{os.getpid()}")
+    shutil.copyfile(checkpoint, tmp)
+    os.replace(tmp, cached)
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep, summary.md in the sweep directory: one row per run, its overrides and metrics."""
+
+    COLUMNS = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "swd", "swd_floor", "support",
+               "weights_tv", "logp_gap_per_dim", "nll", "bpd", "nfe_likelihood")
+
+    def on_multirun_end(self, config, **kwargs):
+        root = Path(config.hydra.sweep.dir)
+        rows = []
+        for metrics_file in sorted(root.glob("*/metrics.json"), key=lambda p: int(p.parent.name) if
+                                   p.parent.name.isdigit() else 0):
+            metrics = json.loads(metrics_file.read_text())
+            overrides = OmegaConf.load(metrics_file.parent / ".hydra" / "overrides.yaml")
+            cells = [" ".join(overrides)] + [_cell(metrics.get(k)) for k in self.COLUMNS]
+            rows.append(f"| {metrics_file.parent.name} | " + " | ".join(cells) + " |")
+        if not rows:
+            return
+        head = "| run | overrides | " + " | ".join(self.COLUMNS) + " |"
+        text = "\n".join([head, "|" + "---|" * (len(self.COLUMNS) + 2), *rows, ""])
+        (root / "summary.md").write_text(text)
+        print(f"sweep summary: {root / 'summary.md'}\n{text}")
+
+
+def _cell(value):
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def show_warnings_in_one_line():

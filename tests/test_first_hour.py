@@ -107,3 +107,25 @@ def test_image_grid_puts_a_row_of_real_images_above_the_samples(tmp_path):
     black = (picture < 15).mean(1) > 0.3  # rows through the (black) samples
     assert band.any() and white.any() and black.any()
     assert white.nonzero()[0][0] < band.nonzero()[0][0] < black.nonzero()[0][0]
+
+
+@pytest.mark.slow
+def test_a_sweep_over_solvers_trains_once_and_writes_a_summary(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", f"hydra.sweep.dir={tmp_path}",
+                           "solver=em,ddim,dpm", "solver.steps=10", "train.steps=30", "sample.num=100", *SMALL_MLP],
+                          capture_output=True, text=True, cwd=ROOT, env=environment(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / ".trained").glob("*/checkpoint.pt"))) == 1
+    metrics = [json.loads((tmp_path / str(i) / "metrics.json").read_text()) for i in range(3)]
+    assert "train_seconds" in metrics[0] and all("trained_in" in m and "train_seconds" not in m for m in metrics[1:])
+    assert [m["train_steps"] for m in metrics] == [30, 30, 30]
+    assert metrics[0]["solver"].startswith("EulerMaruyama") and metrics[2]["solver"].startswith("DPMSolver")
+    rows = [line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 4 and "solver=ddim" in rows[2] and "swd" in rows[0]
+
+
+def test_threads_are_chosen_and_can_be_set(tmp_path):
+    proc = run(tmp_path, *ORACLE, "threads=1")
+    assert proc.returncode == 0 and "(1 threads)" in proc.stdout, proc.stderr
+    proc = run(tmp_path, *ORACLE, "threads=0")
+    assert proc.returncode == 2 and lines_of(proc.stderr) == ["error: threads=0 is invalid: expected an integer >= 1"]
