@@ -107,7 +107,7 @@ def test_users_own_sde_by_target(tmp_path):
     pytest.param(["solver=rk45"], "solver='rk45' is unknown: choose one of", marks=pytest.mark.slow),
     pytest.param(["data.stds=[0.3,0.4,0.5,0.3,-0.4,0.5,0.3,0.4]"], "data.stds contains -0.4", marks=pytest.mark.slow),
     (["data.weights=[1,2,3]"], "data.weights has 3 entries but data.means has 8 components"),
-    pytest.param(["solver.predictor=heun"], "solver.predictor='heun' is unknown", marks=pytest.mark.slow),
+    pytest.param(["solver=pc", "solver.predictor=heun"], "solver.predictor='heun' is unknown", marks=pytest.mark.slow),
     pytest.param(["sde.beta_min=-2"], "beta_min=-2", marks=pytest.mark.slow),
     pytest.param(["device=tpu"], "device='tpu' is unknown", marks=pytest.mark.slow),
     pytest.param(["sde._target_=nowhere.Nothing"], "sde._target_=nowhere.Nothing", marks=pytest.mark.slow),
