@@ -20,11 +20,10 @@ from omegaconf import OmegaConf
 from evaluation import mixture_report, plot_samples, sample_quality
 from scoredata import GaussianMixture
 from scoresde import Pipeline
-from scoresde.pipeline import Clock
+from scoresde.pipeline import Clock, resolve_device
 from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, check_sample_range,
                           cached_training, choose_threads, fit_model_to_data, help_text, keep_for_sweep,
-                          one_line_errors, reconcile, resolve_device,
-                          run_lock, show_warnings_in_one_line, warn_about_scale)
+                          one_line_errors, reconcile, run_lock, show_warnings_in_one_line, warn_about_scale)
 from sde.errors import ConfigError, check_int, check_number, config_scope
 from training.checkpoint import read_checkpoint
 from training.trainer import load_for_sampling
@@ -76,10 +75,9 @@ def run(cfg, out):
         check_number("max_range", cfg.sample.max_range, strict=False)
     warn_about_scale(data, sde, torch.Generator().manual_seed(cfg.seed + 3))
     if cfg.likelihood:
-        with config_scope("eval"):
-            check_int("batch", cfg.eval.batch)
         likelihood = build("eval.ode", cfg.eval.ode)
         with config_scope("eval"):
+            check_int("batch", cfg.eval.batch)
             x_test = data.test(cfg.eval.num, torch.Generator().manual_seed(cfg.seed + 1))
 
     trainer = build("train", cfg.train)

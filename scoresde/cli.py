@@ -24,7 +24,7 @@ from omegaconf.errors import MissingMandatoryValue
 from sde.errors import ConfigError, ConfigWarning, check_int
 from training.trainer import TrainingError
 
-from .pipeline import NonFiniteError, instantiate_config, resolve_device  # noqa: F401 - run.py takes it from here
+from .pipeline import NonFiniteError, instantiate_config
 
 GROUPS = ("sde", "solver", "model", "data")
 CHECKPOINT_GROUPS = ("sde", "model", "data")
@@ -168,7 +168,7 @@ def show_warnings_in_one_line():
 
 def warn_about_scale(data, sde, generator):
     """A data set much wider than the prior (for example raw pixel values under VP) gets a one-line warning."""
-    std = float(data.sample(min(1000, 10 * (data.test_size or 100)), generator).std())
+    std = float(data.sample(1000, generator).std())
     prior = sde.prior_std()
     if std > 3 * prior:
         warnings.warn(ConfigWarning(f"data has std {std:.3g}, over 3 times the prior's {prior:.3g}: the process does "
@@ -188,9 +188,10 @@ def fit_model_to_data(cfg, data, overrides, conf_dir):
 def check_sample_range(x, data, generator, factor=10.0):
     """Samples far outside the data (beyond ``factor`` times its largest magnitude) end the run in one line: the
     model or the solver diverged, and a picture would only clip them."""
-    scale = float(data.sample(1000, generator).abs().max())
     if data.value_range is not None:
         scale = max(abs(v) for v in data.value_range)
+    else:
+        scale = float(data.sample(1000, generator).abs().max())
     far = (x.reshape(len(x), -1).abs() > factor * scale).any(1)
     if far.any():
         raise NonFiniteError(f"{int(far.sum())} of {len(x)} samples lie beyond {factor:g} times the data's largest "

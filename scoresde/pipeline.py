@@ -20,7 +20,7 @@ from scoredata import DataSpec
 from sde.errors import CheckpointError, ConfigError, check_int, config_scope
 from solvers import ODELikelihood
 from training.checkpoint import check_fits, read_checkpoint
-from training.trainer import hide_progress
+from training.trainer import hide_progress, sampling_weights
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -156,9 +156,10 @@ def load(path, device="auto", ema=True):
     sde = instantiate_config("sde", OmegaConf.create(meta["sde"]))
     model = instantiate_config("model", OmegaConf.create(meta["model"]), sde=sde, data=spec)
     check_fits(state, model)
-    model.load_state_dict(state["ema"]["shadow"] if ema else state["model"])
+    weights, step = sampling_weights(state, ema)
+    model.load_state_dict(weights)
     device = resolve_device(device)
-    return Pipeline(sde, model.to(device).eval(), spec, device, int(state["step"]), meta)
+    return Pipeline(sde, model.to(device).eval(), spec, device, step, meta)
 
 
 def _scoped(key, cls, **options):

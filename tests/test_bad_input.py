@@ -3,14 +3,13 @@ in one line (or warns in one line), and runs that start together cannot collide.
 import csv
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 import torch
 
 from benchmarks.bad_inputs import CASES, probe
-from test_run import ROOT, SMALL_MLP, command, environment, run
+from test_run import ROOT, SMALL_MLP, command, environment, run, run_with_edited_samples
 
 FAST = {"text renamed .npy", "uint8 images channels-last", "typo in a key", "beta_max < beta_min"}
 TESTED = FAST | {"truncated .npz", ".npz without x", "complex array", "folder as array path",
@@ -58,18 +57,7 @@ def test_a_blow_up_names_a_checkpoint_that_resumes(tmp_path):
 @pytest.mark.slow
 def test_non_finite_samples_end_in_one_line(tmp_path):
     """A solver that returns NaN (here: a user's) stops the run in one line naming how many; exit status 2."""
-    (tmp_path / "nansolver.py").write_text(textwrap.dedent("""
-        import torch
-        from solvers import EulerMaruyama
-
-        class HalfNaN(EulerMaruyama):
-            def solve(self, sde, score, x, eps, generator):
-                x = super().solve(sde, score, x, eps, generator)
-                x[::2] = float("nan")
-                return x
-    """))
-    proc = run(tmp_path / "out", "model=oracle", "data=gmm", "solver=em", "solver.steps=5",
-               "solver._target_=nansolver.HalfNaN", "sample.num=10", cwd=tmp_path)
+    proc = run_with_edited_samples(tmp_path, 'x[::2] = float("nan")')
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "5 of 10 samples are not finite (the first is number 0)" in lines[0]

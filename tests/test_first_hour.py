@@ -3,12 +3,11 @@ that get a network able to serve them, and results that cannot be silently wrong
 import json
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-from test_run import ROOT, SMALL_MLP, environment, run
+from test_run import ROOT, SMALL_MLP, environment, run, run_with_edited_samples
 
 ORACLE = ["model=oracle", "data=gmm", "solver=ddim", "solver.steps=5", "sample.num=50"]
 
@@ -67,17 +66,7 @@ def test_a_coarse_likelihood_is_refused_not_reported(tmp_path):
 
 @pytest.mark.slow
 def test_samples_far_outside_the_data_end_in_one_line(tmp_path):
-    (tmp_path / "blowup.py").write_text(textwrap.dedent("""
-        from solvers import EulerMaruyama
-
-        class BlowUp(EulerMaruyama):
-            def solve(self, sde, score, x, eps, generator):
-                x = super().solve(sde, score, x, eps, generator)
-                x[3] = 5800.0
-                return x
-    """))
-    proc = run(tmp_path / "out", "model=oracle", "data=gmm", "solver=em", "solver.steps=5",
-               "solver._target_=blowup.BlowUp", "sample.num=10", cwd=tmp_path)
+    proc = run_with_edited_samples(tmp_path, "x[3] = 5800.0")
     (line,) = lines_of(proc.stderr)
     assert proc.returncode == 2 and "1 of 10 samples lie beyond 10 times the data's largest magnitude" in line
     assert "sample.max_range=0 skips this check" in line

@@ -108,3 +108,14 @@ def test_a_checkpoint_without_its_config_says_so(trained, tmp_path):
         scoresde.load(tmp_path / "old.pt")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_steps"] == 200
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_non_finite_weights_is_refused(trained, tmp_path):
+    _, out = trained
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    next(iter(state["ema"]["shadow"].values())).fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="holds non-finite EMA weights"):
+        scoresde.load(tmp_path / "nan.pt")
+    assert scoresde.load(tmp_path / "nan.pt", ema=False).step == 200

@@ -29,6 +29,22 @@ def run(out, *overrides, cwd=None):
                           env=environment(), timeout=600)
 
 
+def run_with_edited_samples(tmp_path, edit, num=10):
+    """run.py on the oracle with a user's solver (Euler–Maruyama, 5 steps) whose samples get the Python
+    statement ``edit`` (on x) applied before they are returned."""
+    (tmp_path / "edited.py").write_text(textwrap.dedent(f"""
+        from solvers import EulerMaruyama
+
+        class Edited(EulerMaruyama):
+            def solve(self, sde, score, x, eps, generator):
+                x = super().solve(sde, score, x, eps, generator)
+                {edit}
+                return x
+    """))
+    return run(tmp_path / "out", "model=oracle", "data=gmm", "solver=em", "solver.steps=5",
+               "solver._target_=edited.Edited", f"sample.num={num}", cwd=tmp_path)
+
+
 SMALL_MLP = ["model.net.hidden=64", "model.net.depth=2", "model.net.embed_dim=32", "train.progress=false",
              "sample.max_range=0"]  # a few training steps leave samples anywhere: smoke tests skip the range check
 

@@ -90,9 +90,12 @@ class Trainer:
             return TrainingError(f"{why}; {kept} (try a lower learning rate or gradient clip)")
 
         def write(snapshot):
-            bad = nonfinite_weights(snapshot)
+            tensors = {**{f"model.{k}": v for k, v in snapshot["model"].items()},
+                       **{f"ema.{k}": v for k, v in snapshot["ema"]["shadow"].items()}}
+            bad = nonfinite(tensors)
             if bad:
-                raise stop(f"the weights became non-finite by step {snapshot['step']} ({bad})")
+                raise stop(f"the weights became non-finite by step {snapshot['step']} ({len(bad)} of {len(tensors)} "
+                           f"tensors, first {bad[0]})")
             try:
                 save_checkpoint(ckpt_path, **snapshot, signature=signature(model), meta=meta or {})
             except OSError as e:
@@ -131,19 +134,16 @@ class Trainer:
     def check_final_loss(self, state, loss, sde, data, device, autocast, stop):
         """The loss of the final weights on one more batch (drawn apart from the run's generators) is finite."""
         gen = torch.Generator().manual_seed(self.seed + 2)
-        x0 = data.sample(self.batch_size, gen).to(device)
+        x0 = data.dequantize(data.sample(self.batch_size, gen), gen).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             value = loss(state.model, sde, x0, torch.Generator(device).manual_seed(self.seed + 3))
         if not torch.isfinite(value):
             raise stop(f"the loss of the final weights is {value.item()}")
 
 
-def nonfinite_weights(snapshot):
-    """'N of M tensors in model/ema' when a snapshot holds NaN or inf weights, else ''."""
-    tensors = {**{f"model.{k}": v for k, v in snapshot["model"].items()},
-               **{f"ema.{k}": v for k, v in snapshot["ema"]["shadow"].items()}}
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    return f"{len(bad)} of {len(tensors)} tensors, first {bad[0]}" if bad else ""
+def nonfinite(tensors):
+    """The names of the floating-point tensors in a {name: tensor} dict that hold NaN or inf."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def remove_stale_temporaries(path):
@@ -169,18 +169,25 @@ def open_log(path, step):
         yield fh, log
 
 
+def sampling_weights(state, ema=True):
+    """A read checkpoint's EMA weights (``ema=False``: the raw ones) and step, or a CheckpointError when they are
+    missing or not finite."""
+    which = "EMA" if ema else "model"
+    try:
+        weights, step = state["ema"]["shadow"] if ema else state["model"], int(state["step"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"ckpt={state['path']!r} lacks its {which} weights or step: it cannot be sampled",
+                              "ckpt") from None
+    bad = nonfinite(weights)
+    if bad:
+        raise CheckpointError(f"ckpt={state['path']!r} holds non-finite {which} weights ({len(bad)} tensors, first "
+                              f"{bad[0]}): it cannot be sampled", "ckpt")
+    return weights, step
+
+
 def load_for_sampling(model, path):
     """Loads a checkpoint's EMA weights into ``model`` (checked against its structure and for finite values)
     and returns its step."""
-    state = load_checkpoint(path, model)
-    try:
-        weights, step = state["ema"]["shadow"], int(state["step"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"ckpt={state['path']!r} lacks its EMA weights or step: it cannot be sampled",
-                              "ckpt") from None
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"ckpt={state['path']!r} holds non-finite EMA weights ({len(bad)} tensors, first "
-                              f"{bad[0]}): it cannot be sampled", "ckpt")
+    weights, step = sampling_weights(load_checkpoint(path, model))
     model.load_state_dict(weights)
     return step
