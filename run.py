@@ -17,21 +17,30 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from evaluation import mixture_report, plot_samples, sample_quality
+from evaluation import classifier_report, mixture_report, plot_samples, sample_quality
+from evaluation.classify import applies as classifier_applies
+from models.guidance import GuidedScore, class_labels
 from scoredata import GaussianMixture
 from scoresde import Pipeline
 from scoresde.pipeline import Clock, resolve_device
 from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, check_sample_range,
                           cached_training, choose_threads, fit_model_to_data, help_text, keep_for_sweep,
                           one_line_errors, reconcile, run_lock, show_warnings_in_one_line, warn_about_scale)
-from sde.errors import ConfigError, check_int, check_number, config_scope
+from sde.errors import ConfigError, check_int, check_number, config_scope, invalid
 from training.checkpoint import read_checkpoint
 from training.trainer import load_for_sampling
 
 CONF = Path(__file__).resolve().parent / "conf"
 SUMMARY = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "swd", "swd_floor", "weights_tv",
-           "logp_gap_per_dim",
-           "nll", "exact_nll", "bpd", "nfe_likelihood", "likelihood_seconds")
+           "logp_gap_per_dim", "class_score", "class_score_real", "class_recognised", "class_recognised_real",
+           "class_recognised_noise", "classifier_accuracy",
+           "nll", "exact_nll", "bpd", "nfe_likelihood", "likelihood_seconds", "elbo", "elbo_bpd", "elbo_stderr")
+LIKELIHOODS = {False: None, True: "ode", "ode": "ode", "elbo": "elbo"}
+
+
+def to_plain(node):
+    """An OmegaConf list as a Python list; anything else as it is."""
+    return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
 
 
 def checkpoint_meta(cfg):
@@ -64,6 +73,10 @@ def run(cfg, out):
     else:
         fit_model_to_data(cfg, data, HydraConfig.get().overrides.task, CONF)
     model = build("model", cfg.model, sde=sde, data=data).to(device)
+    with config_scope("sample"):
+        labels = class_labels(to_plain(cfg.sample.classes), 1, getattr(model, "num_classes", None))
+    with config_scope("guidance"):
+        GuidedScore(model, labels, cfg.guidance.scale)
     solver = build("solver", cfg.solver)
     metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
     size = sum(p.numel() for p in model.parameters())
@@ -74,10 +87,17 @@ def run(cfg, out):
         check_int("num", cfg.sample.num), check_int("batch", cfg.sample.batch)
         check_number("max_range", cfg.sample.max_range, strict=False)
     warn_about_scale(data, sde, torch.Generator().manual_seed(cfg.seed + 3))
-    if cfg.likelihood:
-        likelihood = build("eval.ode", cfg.eval.ode)
+    classify = cfg.eval.classifier
+    if classify not in ("auto", True, False):
+        raise invalid("classifier", classify, "auto, true or false").under("eval")
+    classify = classifier_applies(data) if classify == "auto" else classify
+    if classify and data.num_classes is None:
+        raise ConfigError(f"eval.classifier=true needs labelled data; {data!r} has no labels")
+    mode = likelihood_mode(cfg.likelihood)
+    if mode:
+        likelihood = build(f"eval.{mode}", cfg.eval[mode])
         with config_scope("eval"):
-            check_int("batch", cfg.eval.batch)
+            check_int("batch", cfg.eval.batch), check_int("dequant_draws", cfg.eval.dequant_draws)
             x_test = data.test(cfg.eval.num, torch.Generator().manual_seed(cfg.seed + 1))
 
     trainer = build("train", cfg.train)
@@ -106,40 +126,72 @@ def run(cfg, out):
     gen = torch.Generator(device).manual_seed(cfg.seed)
     with config_scope("sample"):
         x, stats = pipe.sample(cfg.sample.num, solver, batch=cfg.sample.batch, generator=gen, info=True,
-                               progress=cfg.progress)
+                               progress=cfg.progress, classes=to_plain(cfg.sample.classes),
+                               guidance=cfg.guidance.scale)
+    labels = stats["labels"]
     metrics.update(nfe_sample=stats["nfe"], sample_seconds=stats["seconds"])
+    if labels is not None:
+        metrics.update(guidance_scale=cfg.guidance.scale, nfe_counts="network passes per sample" + (
+            "; under guidance each pass holds the batch twice (conditional and null labels)"
+            if cfg.guidance.scale else ""))
     if "grid_tuning" in stats:
         metrics["grid_tuning"] = stats["grid_tuning"]
-    metrics.update(sample_quality(x, data, torch.Generator().manual_seed(cfg.seed + 5)))
+    metrics.update(sample_quality(x, data, torch.Generator().manual_seed(cfg.seed + 5), labels=labels))
     if isinstance(data, GaussianMixture):
-        metrics.update(mixture_report(data, x))
-    np.savez(out / "samples.npz", x=x.cpu().numpy())
+        metrics.update(mixture_report(data, x, labels))
+    if classify:
+        metrics.update(classifier_report(x, data, torch.Generator().manual_seed(cfg.seed + 6), labels))
+    np.savez(out / "samples.npz", x=x.cpu().numpy(), **({} if labels is None else {"y": labels.numpy()}))
     if cfg.sample.max_range:
         check_sample_range(x, data, torch.Generator().manual_seed(cfg.seed + 4), cfg.sample.max_range)
     if cfg.sample.plot:
         reference = data.sample(min(len(x), 5000), torch.Generator().manual_seed(cfg.seed + 2)).numpy()
         plot_samples(x.cpu().numpy(), out / "samples.png", reference, title=f"{sde!r}\n{solver!r}",
-                     value_range=data.value_range)
+                     value_range=data.value_range, labels=None if labels is None else labels.numpy())
 
-    if cfg.likelihood:
+    if mode == "elbo":
+        with config_scope("eval.elbo"):
+            bound, stderr, stats = pipe.elbo(x_test, batch=cfg.eval.batch, elbo=likelihood, generator=gen, info=True,
+                                             progress=cfg.progress, dequant_draws=cfg.eval.dequant_draws)
+        metrics.update(elbo=bound.mean().item(), elbo_bpd=pipe.bits_per_dim(bound),
+                       elbo_stderr=stderr.norm().item() / len(stderr), nfe_elbo=stats["nfe"],
+                       elbo_seconds=stats["seconds"])
+        columns = {"elbo": bound.numpy(), "elbo_stderr": stderr.numpy()}
+        if data.has_log_prob:
+            exact = -data.log_prob(stats["x"].double().cpu())
+            metrics["exact_nll"] = exact.mean().item()
+            columns["exact_nll"] = exact.numpy()
+        np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), **columns)
+    if mode == "ode":
         with config_scope("eval.ode"):
             nll, stats = pipe.nll(x_test, batch=cfg.eval.batch, likelihood=likelihood, generator=gen, info=True,
-                              progress=cfg.progress)
+                              progress=cfg.progress, dequant_draws=cfg.eval.dequant_draws)
         metrics.update(nll=nll.mean().item(), bpd=pipe.bits_per_dim(nll), nfe_likelihood=stats["nfe"],
                        likelihood_seconds=stats["seconds"])
         if data.levels is not None and metrics["bpd"] < 0:
             raise ConfigError(f"eval.ode: bits/dim came out {metrics['bpd']:.3g} < 0, impossible for {data.levels}-level "
                               f"data: the likelihood solve (method={cfg.eval.ode.method}) is inaccurate for this model; "
                               "use eval.ode.method=dopri5 or more eval.ode.steps")
+        columns = {"nll": nll.numpy()}
         if data.has_log_prob:
-            metrics["exact_nll"] = -data.log_prob(stats["x"].double().cpu()).mean().item()
-        np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), nll=nll.numpy())
+            exact = -data.log_prob(stats["x"].double().cpu())
+            metrics["exact_nll"] = exact.mean().item()
+            columns["exact_nll"] = exact.numpy()
+        np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), **columns)
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for key in SUMMARY:
         if key in metrics:
             print(f"{key:>20s}  {metrics[key]:.6g}")
     print(f"{'outputs':>20s}  {out}")
+
+
+def likelihood_mode(value):
+    """likelihood=false | true (the probability-flow ODE, also 'ode') | elbo: None, 'ode' or 'elbo'."""
+    if isinstance(value, (bool, str)) and value in LIKELIHOODS:
+        return LIKELIHOODS[value]
+    raise ConfigError(f"likelihood={value!r} is unknown: choose one of false, true (the ODE likelihood), elbo",
+                      "likelihood")
 
 
 if __name__ == "__main__":

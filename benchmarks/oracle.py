@@ -21,6 +21,7 @@ from models import MixtureScore
 from sde import VESDE, VPSDE
 from solvers import DDIM, AdaptiveSDE, DPMSolver, EulerMaruyama, Heun, PredictorCorrector, ProbabilityFlowODE
 from solvers.common import check_eps
+from solvers.grids import Tuned
 from scoredata import GaussianMixture, RandomMixture
 
 SDES = {"vp": VPSDE, "ve": VESDE}
@@ -61,7 +62,7 @@ def run_one(sde, mixture, solver, num, seed):
     x_T = sde.prior_sample((num, *mixture.shape), gen)
     eps = check_eps(sde, solver.eps)
     tune = None
-    if getattr(solver, "grid", None) == "tuned":
+    if isinstance(getattr(solver, "grid", None), Tuned):
         start = time.perf_counter()
         solver.times(sde, oracle, x_T, eps)
         tune = {k: solver.tuning[k] for k in ("solves", "nfe", "pilots", "start", "loss_start", "loss")}

@@ -2,15 +2,24 @@
 import torch
 
 
-def mixture_report(mixture, x):
+def mixture_report(mixture, x, labels=None):
     """Component weights, means and stds of samples x, matched to the mixture's components by maximum
     posterior, and the mean exact log-density of the samples beside that of the mixture (−entropy, per dim).
+
+    Samples drawn for classes (``labels``, one per sample) are compared with what they should follow without
+    guidance, Σ_c (n_c / N) p(x | c) (the mixture with its class shares set to the labels' shares), and
+    ``class_purity`` says which share of them fall in a component of their own class.
 
     Returns plain floats: weights_tv (total variation of the weights), mean_error (largest per-component
     RMS deviation of the mean, per dimension), std_ratio_error (largest |std / std_true − 1|),
     logp_gap_per_dim (mean log p(samples) − E_p log p, per dimension, estimated from 50k fresh points).
     """
     x = x.detach().double().cpu().reshape(x.shape[0], -1)
+    purity = {}
+    if labels is not None:
+        labels = torch.as_tensor(labels).reshape(-1)
+        purity["class_purity"] = (mixture.classes[mixture.assign(x)] == labels).double().mean().item()
+        mixture = mixture.with_class_shares(torch.bincount(labels, minlength=mixture.num_classes).double())
     k, d = len(mixture.weights), mixture.dim
     labels = mixture.assign(x)
     counts = torch.bincount(labels, minlength=k).double()
@@ -32,6 +41,7 @@ def mixture_report(mixture, x):
         "mean_error": mean_err,
         "std_ratio_error": std_err,
         "logp_gap_per_dim": gap,
+        **purity,
     }
 
 
@@ -49,14 +59,33 @@ def sliced_wasserstein(x, y, projections=256, generator=None):
     return (px - py).abs().mean().item()
 
 
-def sample_quality(x, data, generator, projections=256):
+def sample_quality(x, data, generator, projections=256, labels=None):
     """For any data set: ``swd``, the sliced Wasserstein distance of the samples to as many fresh data points,
     beside ``swd_floor``, the same between two independent data samples (what a perfect sampler would get);
-    where the data's density is known, ``support``, the fraction of samples where it is positive."""
+    where the data's density is known, ``support``, the fraction of samples where it is positive. Samples
+    drawn for classes (``labels``) are compared with data points of the same classes in the same numbers."""
     n = len(x)
-    a, b = data.sample(n, generator, dtype=torch.float64), data.sample(n, generator, dtype=torch.float64)
+    draw = (lambda: data.sample(n, generator, dtype=torch.float64)) if labels is None else \
+        (lambda: _same_classes(data, torch.as_tensor(labels).reshape(-1), generator))
+    a, b = draw(), draw()
     out = {"swd": sliced_wasserstein(x, a, projections, generator),
            "swd_floor": sliced_wasserstein(b, a, projections, generator)}
     if data.has_log_prob:
         out["support"] = torch.isfinite(data.log_prob(x.detach().double().cpu())).double().mean().item()
     return out
+
+
+def _same_classes(data, labels, generator, rounds=50):
+    """Data points with the given labels, in their order, from labelled draws (pools of 2N, at most ``rounds``)."""
+    out = torch.empty((len(labels), *data.shape), dtype=torch.float64)
+    missing = torch.ones(len(labels), dtype=torch.bool)
+    for _ in range(rounds):
+        pool, pool_labels = data.sample(2 * len(labels), generator, dtype=torch.float64, labels=True)
+        for c in labels[missing].unique():
+            want = torch.nonzero(missing & (labels == c)).reshape(-1)
+            have = torch.nonzero(pool_labels == c).reshape(-1)[:len(want)]
+            out[want[:len(have)]] = pool[have]
+            missing[want[:len(have)]] = False
+        if not missing.any():
+            return out
+    raise ValueError(f"the data gave too few points of classes {labels[missing].unique().tolist()} to compare with")

@@ -8,24 +8,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_samples(x, path, reference=None, title=None, max_points=5000, value_range=None):
+def plot_samples(x, path, reference=None, title=None, max_points=5000, value_range=None, labels=None):
     """Writes a PNG of samples x (N, D) or (N, C, H, W); ``reference`` points are drawn underneath in grey, or
     for images a row of real ones above the samples, set apart by a band. Images are shown over ``value_range``
-    (default: the samples' own 0.5–99.5 percentiles)."""
+    (default: the samples' own 0.5–99.5 percentiles). Samples drawn for classes (``labels``) are coloured by
+    class, or for images laid out one row per class."""
     x = np.asarray(x)
     if x.ndim == 4:
-        fig = _image_grid(x, value_range, None if reference is None else np.asarray(reference))
+        ref = None if reference is None else np.asarray(reference)
+        fig = _image_grid(x, value_range, ref) if labels is None else _class_rows(x, np.asarray(labels), value_range,
+                                                                                ref)
     else:
         x = x.reshape(len(x), -1)[:max_points]
         ref = None if reference is None else np.asarray(reference).reshape(len(reference), -1)[:max_points]
-        fig = _scatter(x, ref)
+        fig = _scatter(x, ref, None if labels is None else np.asarray(labels)[:max_points])
     if title:
         fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def _scatter(x, ref):
+def _scatter(x, ref, labels=None):
     d = x.shape[1]
     pairs = [(0, 1)] if d <= 2 else [(i, i + 1) for i in range(0, min(d - 1, 8), 2)][:4]
     if d == 1:
@@ -39,7 +42,12 @@ def _scatter(x, ref):
     for ax, (i, j) in zip(axes[0], pairs):
         if ref is not None:
             ax.scatter(ref[:, i], ref[:, j], s=2, c="0.75", label="data", rasterized=True)
-        ax.scatter(x[:, i], x[:, j], s=2, c="C0", alpha=0.6, label="samples", rasterized=True)
+        if labels is None:
+            ax.scatter(x[:, i], x[:, j], s=2, c="C0", alpha=0.6, label="samples", rasterized=True)
+        else:
+            for c in np.unique(labels):
+                ax.scatter(x[labels == c, i], x[labels == c, j], s=2, alpha=0.6, label=f"class {c}",
+                           rasterized=True)
         ax.set_xlabel(f"x[{i}]")
         ax.set_ylabel(f"x[{j}]")
         ax.set_aspect("equal", adjustable="datalim")
@@ -68,4 +76,24 @@ def _image_grid(x, value_range=None, reference=None, max_images=64):
     fig, ax = plt.subplots(figsize=(cols * 0.8 + 1, (rows + bool(real)) * 0.8 + 1))
     ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
     ax.axis("off")
+    return fig
+
+
+def _class_rows(x, labels, value_range=None, reference=None, per_row=10, max_rows=10):
+    """Images one row per class (up to ``per_row`` samples of each, ``max_rows`` classes), the class at left."""
+    classes = np.unique(labels)[:max_rows]
+    rows = [x[labels == c][:per_row] for c in classes]
+    n, c, h, w = x.shape
+    lo, hi = value_range if value_range is not None else (np.percentile(x, 0.5), np.percentile(x, 99.5))
+    grid = np.ones((len(rows) * (h + 1) + 1, per_row * (w + 1) + 1, c))
+    for r, images in enumerate(rows):
+        for q, image in enumerate(np.clip((images - lo) / max(hi - lo, 1e-8), 0, 1)):
+            grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = image.transpose(1, 2, 0)
+    fig, ax = plt.subplots(figsize=(per_row * 0.8 + 1, len(rows) * 0.8 + 1))
+    ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
+    ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(rows))], [str(k) for k in classes])
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_ylabel("class")
     return fig

@@ -63,3 +63,46 @@ def time_embedding(kind, dim, **kwargs):
     """The embedding called ``kind`` ('fourier' or 'sinusoidal') with output size ``dim``."""
     check_choice("embedding", kind, EMBEDDINGS)
     return EMBEDDINGS[kind](dim, **kwargs)
+
+
+class LabelEmbedding(nn.Embedding):
+    """Class labels 0..K−1 and the null label K (no class: the unconditional model) → vectors of size dim.
+    The embedding starts at zero, so a conditional network starts as its unconditional self."""
+
+    def __init__(self, num_classes, dim):
+        super().__init__(int(num_classes) + 1, int(dim))
+        nn.init.zeros_(self.weight)
+        self.num_classes = int(num_classes)
+
+    def forward(self, labels, x):
+        """Labels of shape (N,) (None: all null) for a batch x."""
+        if labels is None:
+            labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        return super().forward(torch.as_tensor(labels, device=x.device).reshape(-1).long())
+
+
+def label_embedding(num_classes, dim):
+    """A LabelEmbedding for num_classes classes (and the null class), or None for an unconditional net."""
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes!r} is invalid: expected a class count >= 1 (or null)",
+                          "num_classes")
+    return LabelEmbedding(num_classes, dim)
+
+
+def check_labels(labels, num_classes, x):
+    """Labels for a batch x: None, or integers 0..num_classes (num_classes = the null class), one per point."""
+    if labels is None:
+        return None
+    if num_classes is None:
+        raise ConfigError("labels were given to an unconditional network (built without num_classes)", "labels")
+    labels = torch.as_tensor(labels, device=x.device).reshape(-1)
+    if labels.is_floating_point() or len(labels) != x.shape[0]:
+        raise ConfigError(f"labels: expected {x.shape[0]} integer labels, got {len(labels)} of type {labels.dtype}",
+                          "labels")
+    if len(labels) and (labels.min() < 0 or labels.max() > num_classes):
+        bad = labels[(labels < 0) | (labels > num_classes)][0].item()
+        raise ConfigError(f"label {bad} is out of range: the network knows classes 0..{num_classes - 1} and the "
+                          f"null class {num_classes}", "labels")
+    return labels

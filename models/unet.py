@@ -5,7 +5,7 @@ from torch import nn
 
 from sde.errors import ConfigError, invalid
 
-from .embedding import batch_times, time_embedding
+from .embedding import batch_times, check_labels, label_embedding, time_embedding
 from .mlp import event_shape
 
 
@@ -85,7 +85,7 @@ class Stage(nn.ModuleList):
 
 
 class UNet(nn.Module):
-    """net(x, t) for images x of shape (N, C, H, W), returning the same shape.
+    """net(x, t, y) for images x of shape (N, C, H, W) and optional class labels y, returning x's shape.
 
     Level i runs at resolution H / 2^i with channels · multipliers[i] channels: num_res_blocks ResBlocks
     (each followed by self-attention where the feature map's height is in attention_resolutions), then a
@@ -93,11 +93,12 @@ class UNet(nn.Module):
     num_res_blocks + 1 ResBlocks per level, each taking one skip connection (concatenated), and
     nearest-neighbour upsampling plus a conv between levels. The time embedding e(t) of size `channels`
     goes through a 2-layer MLP to c (size embed_dim, default 4 · channels), which scales and shifts the
-    normalised features of every ResBlock. The final conv starts at zero, so the net starts at 0.
+    normalised features of every ResBlock; with ``num_classes`` a class embedding (the null class num_classes
+    = none; zero at start) is added to c. The final conv starts at zero, so the net starts at 0.
     """
 
     def __init__(self, shape, channels=64, multipliers=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
-                 dropout=0.0, groups=8, embedding="sinusoidal", embed_dim=None):
+                 dropout=0.0, groups=8, embedding="sinusoidal", embed_dim=None, num_classes=None):
         super().__init__()
         self.shape = event_shape(shape)
         multipliers = tuple(int(m) for m in multipliers)
@@ -108,6 +109,8 @@ class UNet(nn.Module):
 
         self.embed = time_embedding(embedding, channels)
         self.time = nn.Sequential(nn.Linear(channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.label = label_embedding(num_classes, embed_dim)
+        self.num_classes = num_classes
         block = lambda cin, cout: ResBlock(cin, cout, embed_dim, groups, dropout)  # noqa: E731
 
         self.inp = nn.Conv2d(self.shape[0], channels, 3, padding=1)
@@ -156,8 +159,11 @@ class UNet(nn.Module):
                               f"(channels={channels} × multipliers={multipliers})",
                               ("groups", "channels", "multipliers"))
 
-    def forward(self, x, t):
+    def forward(self, x, t, y=None):
         c = self.time(self.embed(batch_times(t, x)))
+        y = check_labels(y, self.num_classes, x)
+        if self.label is not None:
+            c = c + self.label(y, x)
         h = self.inp(x)
         skips = [h]
         for stage in self.down:

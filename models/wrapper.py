@@ -27,19 +27,29 @@ class ScoreModel(nn.Module):
 
     and every one is converted exactly into the others: x̂_0 = (x − s ε̂)/a = (x + s² score)/a.
     ``net`` is a module net(x, t), or a callable net(shape=...) (a Hydra partial) built with the event shape
-    of ``data`` (a scoredata.DataSet, or the DataSpec a checkpoint keeps).
+    of ``data`` (a scoredata.DataSet, or the DataSpec a checkpoint keeps). ``conditional=True`` builds it with
+    the data's ``num_classes`` (net(x, t, y): score(x, t, y) = ∇log p_t(x | y), the null label num_classes
+    giving the unconditional score).
     """
 
-    def __init__(self, net, sde, parameterization="eps", sigma_data=1.0, data=None):
+    def __init__(self, net, sde, parameterization="eps", sigma_data=1.0, data=None, conditional=False):
         super().__init__()
         check_choice("parameterization", parameterization, PARAMETERIZATIONS)
         sigma_data = check_number("sigma_data", sigma_data)
         if not isinstance(net, nn.Module):
             if data is None:
                 raise ConfigError("net is not a network: give an nn.Module, or a partial and the data set", "net")
+            classes = {}
+            if conditional:
+                if data.num_classes is None:
+                    raise ConfigError(f"conditional=true needs labelled data; {data!r} has no labels", "conditional")
+                classes = {"num_classes": int(data.num_classes)}
             with config_scope("net"):
-                net = net(shape=tuple(data.shape))
+                net = net(shape=tuple(data.shape), **classes)
+        elif conditional and getattr(net, "num_classes", None) is None:
+            raise ConfigError("conditional=true needs a network built with num_classes", "conditional")
         self.net = net
+        self.num_classes = getattr(net, "num_classes", None)
         self.shape = tuple(getattr(net, "shape", ())) or (tuple(data.shape) if data is not None else ())
         self.sde = sde
         self.parameterization = parameterization
@@ -50,10 +60,10 @@ class ScoreModel(nn.Module):
         a, s = expand(self.sde.a(t), x), expand(self.sde.s(t), x)
         return a, s, torch.rsqrt(a**2 * self.sigma_data**2 + s**2)
 
-    def _predict(self, x, t):
+    def _predict(self, x, t, y=None):
         t = batch_times(t, x)
         a, s, c_in = self.coefficients(x, t)
-        raw = self.net(x * c_in, t)
+        raw = self.net(x * c_in, t) if y is None else self.net(x * c_in, t, y)
         if self.parameterization == "eps":
             return raw, (x - s * raw) / a, s
         if self.parameterization == "score":
@@ -68,22 +78,22 @@ class ScoreModel(nn.Module):
         alpha, sigma, xt = a / r, s / r, x / r
         return sigma * xt + alpha * raw, alpha * xt - sigma * raw, s
 
-    def predict(self, x, t):
+    def predict(self, x, t, y=None):
         """(ε̂, x̂_0) from one network evaluation."""
-        return self._predict(x, t)[:2]
+        return self._predict(x, t, y)[:2]
 
-    def forward(self, x, t):
-        """score = −ε̂ / s."""
-        eps, _, s = self._predict(x, t)
+    def forward(self, x, t, y=None):
+        """score = −ε̂ / s (of p_t(x | y) for labels y; y = None or the null label: of p_t(x))."""
+        eps, _, s = self._predict(x, t, y)
         return -eps / s
 
-    def denoise(self, x, t):
+    def denoise(self, x, t, y=None):
         """x̂_0 = E[x_0 | x_t] = (x + s² score) / a."""
-        return self._predict(x, t)[1]
+        return self._predict(x, t, y)[1]
 
-    def eps(self, x, t):
+    def eps(self, x, t, y=None):
         """ε̂ = −s · score."""
-        return self._predict(x, t)[0]
+        return self._predict(x, t, y)[0]
 
     def extra_repr(self):
         return f"sde={self.sde!r}, parameterization={self.parameterization!r}, sigma_data={self.sigma_data}"

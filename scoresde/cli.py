@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -26,7 +27,7 @@ from training.trainer import TrainingError
 
 from .pipeline import NonFiniteError, instantiate_config
 
-GROUPS = ("sde", "solver", "model", "data")
+GROUPS = ("sde", "solver", "model", "data", "experiment")
 CHECKPOINT_GROUPS = ("sde", "model", "data")
 
 
@@ -36,9 +37,10 @@ def help_text(conf_dir):
     conf_dir = Path(conf_dir)
     lines = ["usage: python run.py [GROUP=OPTION ...] [KEY=VALUE ...]   (-m for a sweep: solver=em,pc,ode)", ""]
     for group in GROUPS:
-        lines.append(f"{group}=   (or {group}._target_=your_module.YourClass)")
+        lines.append(f"{group}=" + ("   (presets)" if group == "experiment" else
+                                    f"   (or {group}._target_=your_module.YourClass)"))
         for path in sorted((conf_dir / group).glob("*.yaml")):
-            first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+            first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#") and "@package" not in ln), "")
             lines.append(f"  {path.stem:<16s}{first}")
         lines.append("")
     lines.append("run options (conf/config.yaml; set any with KEY=VALUE, e.g. train.steps=500):")
@@ -87,25 +89,45 @@ def check_group_choices(argv, conf_dir):
         options = sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml"))
         for value in values.split(","):
             if value and value not in options:
-                raise ConfigError(f"{group}={value!r} is unknown: choose one of {', '.join(options)}"
-                                  f" (or set {group}._target_=your_module.YourClass)", group)
+                own = "" if group == "experiment" else f" (or set {group}._target_=your_module.YourClass)"
+                raise ConfigError(f"{group}={value!r} is unknown: choose one of {', '.join(options)}{own}", group)
 
 
 def choose_threads(setting):
-    """torch's CPU threads: an int, or 'auto' = the cores not already busy (cores − the 1-minute load average,
-    at least 1). PyTorch's default of every core made training 14–28× slower on a 2-core machine with one other
-    job (benchmarks/results/threads.md)."""
+    """torch's CPU threads: an int, or 'auto' = the cores not busy now (cores − busy_cores(), at least 1).
+    PyTorch's default of every core made training 14–28× slower on a 2-core machine with one other job
+    (benchmarks/results/threads.md)."""
     cores = os.cpu_count() or 1
     if setting == "auto":
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
-        n = max(1, min(cores, int(cores - load + 0.5)))
+        n = max(1, min(cores, int(cores - busy_cores() + 0.5)))
     else:
         n = check_int("threads", setting)
     torch.set_num_threads(n)
     return n
+
+
+def busy_cores(interval=0.25):
+    """How many cores other work keeps busy: from /proc/stat, the share of CPU time not idle (user, nice,
+    system, interrupt and steal time) over ``interval`` seconds, times the core count. Work at a lower priority
+    counts too: torch's threads wait for each other at every operation, so one of them preempted even briefly
+    stalls them all (the digits preset took 755 s instead of 341 s on 2 threads beside nice-19 jobs). The
+    1-minute load average, which still counts work that has ended, is the fallback where /proc/stat is missing."""
+    def sample():
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        return user + nice + system + irq + softirq + steal, sum(fields[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(interval)
+        busy1, total1 = sample()
+        return (os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1)
+    except (OSError, ValueError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
 
 
 def cached_training(cfg, keys=("sde", "model", "data", "train", "loss", "seed", "ckpt")):
@@ -177,12 +199,16 @@ def warn_about_scale(data, sde, generator):
 
 def fit_model_to_data(cfg, data, overrides, conf_dir):
     """Images with the default model (the MLP, which is for vectors) get the U-Net instead, with a one-line note;
-    a model the command line names is kept as asked."""
+    a model the command line names is kept as asked. Training with label dropout makes the model conditional."""
     choice, keys = override_keys(overrides, "model")
     if len(data.shape) == 3 and not choice and not keys and cfg.model.get("net", {}).get("_target_") == "models.MLP":
         cfg.model = OmegaConf.load(Path(conf_dir) / "model" / "unet.yaml")
         warnings.warn(ConfigWarning(f"data holds images {data.shape}: model=unet chosen (the default MLP is for "
                                     "vectors; give model=mlp to keep it)"))
+    if cfg.train.cond_drop and data.num_classes is None:
+        raise ConfigError(f"train.cond_drop={cfg.train.cond_drop} needs labelled data; {data!r} has no labels")
+    if cfg.train.cond_drop and "conditional" in cfg.model and not cfg.model.conditional:
+        cfg.model.conditional = True
 
 
 def check_sample_range(x, data, generator, factor=10.0):

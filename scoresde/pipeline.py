@@ -4,6 +4,7 @@
     pipe = scoresde.load("outputs/2026-11-25/12-00-00")      # a run directory or its checkpoint.pt
     x = pipe.sample(1000, solver="dpm", steps=20)             # any solver of conf/solver/, with its options
     nll = pipe.nll(x_test)                                     # nats per point; pipe.bits_per_dim(nll)
+    bound, stderr = pipe.elbo(x_test)                          # the variational bound on it, and its MC error
     sde, model = pipe                                          # the pieces, for a loop of your own
 """
 import time
@@ -16,9 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from models.guidance import GuidedScore, class_labels
 from scoredata import DataSpec
 from sde.errors import CheckpointError, ConfigError, check_int, config_scope
-from solvers import ODELikelihood
+from solvers import ELBO, ODELikelihood
 from training.checkpoint import check_fits, read_checkpoint
 from training.trainer import hide_progress, sampling_weights
 
@@ -101,42 +103,97 @@ class Pipeline:
         return f"Pipeline({self.sde!r}, {type(self.model).__name__}, {self.data!r}, device={self.device})"
 
     def sample(self, num, solver="dpm", seed=0, batch=10000, progress=False, info=False, generator=None,
-               **options):
+               classes=None, guidance=0.0, **options):
         """``num`` samples in data space, drawn from the prior and carried to t = eps by ``solver`` (a Solver, or
         a name from conf/solver/ with ``options`` over its defaults), ``batch`` at a time, with randomness from
-        ``generator`` (default: one seeded with ``seed``). With ``info`` also {"nfe": evaluations per sample,
-        "seconds": wall time} (and "grid_tuning" for a tuned grid)."""
+        ``generator`` (default: one seeded with ``seed``). A conditional model samples ``classes`` (a class, a
+        list, or 'all' in balance; None: unconditional) with classifier-free guidance of scale ``guidance``
+        (models.GuidedScore). With ``info`` also {"nfe": network passes per sample, "seconds": wall time,
+        "labels": the class of each sample or None} (and "grid_tuning" for a tuned grid)."""
         num, batch = check_int("num", num), check_int("batch", batch)
         if isinstance(solver, str):
             solver = solver_from_name(solver, **options)
+        labels = class_labels(classes, num, getattr(self.model, "num_classes", None))
+        guided = GuidedScore(self.model, labels, guidance)
         gen = generator or torch.Generator(self.device).manual_seed(int(seed))
         x_T = self.sde.prior_sample((num, *self.data.shape), gen, self.device)
+
+        def draw(idx):
+            score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()], guided.scale)
+            return solver(self.sde, score, x_T[idx], gen)
+
         with Clock(self.device) as clock:
-            x, nfe = _in_batches(lambda c: solver(self.sde, self.model, c, gen), self.model, x_T.split(batch),
-                                 progress, "sample")
+            x, nfe = _in_batches(draw, self.model, torch.arange(num, device=self.device).split(batch), progress,
+                                 "sample")
         check_finite(x, "samples", f"the model or the solver diverged ({solver!r})")
         if not info:
             return x
-        stats = {"nfe": nfe, "seconds": clock.seconds}
+        stats = {"nfe": nfe, "seconds": clock.seconds, "labels": labels}
         if getattr(solver, "tuning", None):
             stats["grid_tuning"] = {k: v.tolist() if torch.is_tensor(v) else v for k, v in solver.tuning.items()}
         return x, stats
 
     def nll(self, x, seed=0, batch=1000, dequantize=True, likelihood=None, progress=False, info=False,
-            generator=None, **options):
+            generator=None, dequant_draws=1, labels=None, **options):
         """−log p(x) in nats per point through the probability-flow ODE (``likelihood``: an ODELikelihood, else
         one built from ``options``, for example method="rk4", steps=12). Quantized data (8-bit images) are
-        dequantized first, uniformly within their bins, unless ``dequantize=False``."""
+        dequantized first, uniformly within their bins, unless ``dequantize=False``; with ``dequant_draws`` K > 1
+        each point is dequantized K times and the K NLLs give the importance-weighted bound
+        −log (1/K Σ_k p(x + u_k)) (DataSet.importance_weighted_nll), tighter as K grows. With ``info`` also
+        {"nfe", "seconds", "x": the points evaluated (dequantized for K = 1, as given for K > 1)}. With ``labels``
+        (one class per point) a conditional model gives −log p(x | y)."""
         likelihood = likelihood or _scoped("eval.ode", ODELikelihood, **options)
         gen = generator or torch.Generator(self.device).manual_seed(int(seed))
-        x = x.to(self.device)
-        if dequantize:
-            x = self.data.dequantize(x, gen)
+        x_in = x.to(self.device)
+        x, draws = self._dequantized(x_in, dequantize, dequant_draws, gen)
+        labels = None if labels is None else torch.as_tensor(labels).reshape(-1).repeat(draws)
+
+        def solve(idx):
+            score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()])
+            return likelihood(self.sde, score, x[idx], gen)
+
         with Clock(self.device) as clock:
-            nll, nfe = _in_batches(lambda c: likelihood(self.sde, self.model, c, gen), self.model, x.split(batch),
-                                   progress, "likelihood")
+            nll, nfe = _in_batches(solve, self.model, torch.arange(len(x), device=x.device).split(batch), progress,
+                                   "likelihood")
         nll = check_finite(nll.double().cpu(), "likelihoods", "the model or the ODE solver diverged")
+        if draws > 1:
+            nll, x = self.data.importance_weighted_nll(nll.reshape(draws, -1)), x_in
         return (nll, {"nfe": nfe, "seconds": clock.seconds, "x": x}) if info else nll
+
+    def elbo(self, x, seed=0, batch=1000, dequantize=True, elbo=None, progress=False, info=False, generator=None,
+             dequant_draws=1, **options):
+        """The continuous-time variational bound on −log p(x) (solvers.ELBO: Monte Carlo over t with importance
+        sampling; ``elbo``: an ELBO, else one built from ``options``, for example draws=1000), in nats per point,
+        and its per-point Monte Carlo standard error: ``bound, stderr = pipe.elbo(x)`` (with ``info`` also a dict
+        {"nfe", "seconds", "x"}). Dequantization as for ``nll``; with ``dequant_draws`` K > 1 the K bounds B_k
+        combine into −log (1/K Σ_k exp(−B_k)), the standard error by the delta method."""
+        elbo = elbo or _scoped("eval.elbo", ELBO, **options)
+        gen = generator or torch.Generator(self.device).manual_seed(int(seed))
+        x_in = x.to(self.device)
+        x, draws = self._dequantized(x_in, dequantize, dequant_draws, gen)
+
+        def estimate(chunk):
+            bound, stderr, nfe = elbo.estimate(self.sde, self.model, chunk, gen)
+            return torch.stack([bound, stderr], 1), nfe
+
+        with Clock(self.device) as clock:
+            both, nfe = _in_batches(estimate, self.model, x.split(batch), progress, "elbo")
+        bound, stderr = check_finite(both.double().cpu(), "bounds", "the model diverged").unbind(1)
+        if draws > 1:
+            bound, stderr = bound.reshape(draws, -1), stderr.reshape(draws, -1)
+            weights = torch.softmax(-bound, 0)
+            bound, stderr, x = self.data.importance_weighted_nll(bound), (weights * stderr).norm(dim=0), x_in
+        return (bound, stderr, {"nfe": nfe, "seconds": clock.seconds, "x": x}) if info else (bound, stderr)
+
+    def _dequantized(self, x, dequantize, draws, generator):
+        """The points to evaluate: x, or its dequantization (``draws`` of them stacked, for quantized data), and
+        the number of draws."""
+        if not dequantize or self.data.levels is None:
+            return x, 1
+        draws = check_int("dequant_draws", draws)
+        if draws == 1:
+            return self.data.dequantize(x, generator), 1
+        return self.data.dequantize_draws(x, draws, generator).reshape(draws * len(x), *x.shape[1:]), draws
 
     def bits_per_dim(self, nll):
         """The mean NLL (nats per point) in bits per dimension, on the 8-bit scale for 8-bit data."""

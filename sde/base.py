@@ -7,6 +7,8 @@ from scipy.integrate import cumulative_simpson
 
 from .errors import ConfigError
 
+NEWTON_STEPS = 4
+
 
 def expand(t, x):
     """Reshape per-sample times t of shape (N,) to broadcast against x of shape (N, ...)."""
@@ -84,6 +86,96 @@ class SDE:
     def log_snr(self, t):
         """Half log signal-to-noise ratio λ(t) = log(a(t) / s(t))."""
         return torch.log(self.a(t)) - torch.log(self.s(t))
+
+    # -- what a score says about x_0 and the noise; the kernel between two times ----------
+    def x0_from_score(self, x, score, t):
+        """Tweedie's formula  x̂₀ = E[x_0 | x_t = x] = (x + s(t)² ∇log p_t(x)) / a(t)."""
+        return (x + expand(self.s(t) ** 2, x) * score) / expand(self.a(t), x)
+
+    def eps_from_score(self, score, t):
+        """The noise estimate  ε̂ = E[z | x_t] = −s(t) ∇log p_t(x_t)."""
+        return -expand(self.s(t), score) * score
+
+    def x0_from_eps(self, x, eps, t):
+        """x̂₀ = (x − s(t) ε̂) / a(t), the kernel x_t = a x_0 + s z solved for x_0."""
+        return (x - expand(self.s(t), x) * eps) / expand(self.a(t), x)
+
+    def score_from_eps(self, eps, t):
+        """∇log p_t = −ε̂ / s(t)."""
+        return -eps / expand(self.s(t), eps)
+
+    def score_from_x0(self, x, x0, t):
+        """∇log p_t(x) = (a(t) x̂₀ − x) / s(t)², Tweedie's formula solved for the score."""
+        return (expand(self.a(t), x) * x0 - x) / expand(self.s(t) ** 2, x)
+
+    def transition(self, t, u):
+        """The exact forward transition p(x_t | x_u) from u up to t > u:  x_t = α x_u + σ z,  with
+        α = a(t) / a(u)  and  σ² = s(t)² − α² s(u)²  (clamped at 0 against rounding). Returns (α, σ), shaped as
+        t and u broadcast."""
+        alpha = self.a(t) / self.a(u)
+        return alpha, (self.s(t) ** 2 - alpha**2 * self.s(u) ** 2).clamp_min(0).sqrt()
+
+    def posterior(self, x, x0, t, u):
+        """Mean and std of q(x_u | x_t = x, x_0 = x0) for u < t (DDPM's posterior, for any process): with α, σ of
+        transition(t, u),
+
+            mean = α s(u)² / s(t)² · x + a(u) σ² / s(t)² · x0,   std = σ s(u) / s(t).
+        """
+        alpha, std = self.transition(t, u)
+        s2, s2_u = self.s(t) ** 2, self.s(u) ** 2
+        mean = expand(alpha * s2_u / s2, x) * x + expand(self.a(u) * std**2 / s2, x) * x0
+        return mean, expand(std * (s2_u / s2).sqrt(), x)
+
+    # -- inverting σ(t), and drawing t by the likelihood weighting -------------------------
+    def time_at_sigma(self, sigma, lo, hi=None):
+        """The t in [lo, hi] (0 < lo < hi <= T, default hi = T) with σ(t) = sigma, clamped to the ends; float64 on
+        sigma's device.
+
+        σ increases with t, since  d log σ² / dt = (d s²/dt − 2 f s²) / s² = g² / s² >= 0.  A table of log σ on
+        a grid geometric and uniform in t (once per lo, hi and device) gives a first guess by linear
+        interpolation; Newton steps on log σ(t) − log sigma, with slope g² / (2 s²), refine it.
+        """
+        hi = self.T if hi is None else float(hi)
+        lo = float(lo)
+        if not 0 < lo < hi <= self.T:
+            raise ConfigError(f"lo={lo!r} is invalid: inverting sigma(t) needs 0 < lo < hi = {hi} <= T = {self.T}",
+                              "lo")
+        target = torch.log(torch.as_tensor(sigma).double())
+        grid, log_sigma = self._sigma_table(lo, hi, target.device)
+        right = torch.searchsorted(log_sigma, target.contiguous()).clamp(1, len(grid) - 1)
+        l0, l1, t0, t1 = log_sigma[right - 1], log_sigma[right], grid[right - 1], grid[right]
+        frac = torch.where(l1 > l0, (target - l0) / (l1 - l0), torch.zeros_like(target)).clamp(0, 1)
+        t = t0 + frac * (t1 - t0)
+        for _ in range(NEWTON_STEPS):
+            slope = self.g(t) ** 2 / (2 * self.s(t) ** 2)
+            step = (torch.log(self.sigma(t)) - target) / slope
+            t = torch.where(torch.isfinite(step) & (slope > 0), t - step, t).clamp(lo, hi)
+        return t
+
+    def importance_time(self, u, t_min):
+        """t at quantile u in [0, 1] of the density  q(t) = g(t)² / s(t)² / Z  on [t_min, T], and q(t).
+
+        Since g² / s² = d log σ² / dt,  Z = ∫_{t_min}^T g²/s² dt = 2 log(σ(T) / σ(t_min)), and t is uniform in
+        log σ: t = σ⁻¹(σ(t_min)^{1−u} σ(T)^u). Both come in float64 on u's device.
+        """
+        u = torch.as_tensor(u).double()
+        ends = torch.log(self.sigma(torch.tensor([float(t_min), self.T], dtype=torch.float64, device=u.device)))
+        t = self.time_at_sigma(torch.exp(ends[0] + u * (ends[1] - ends[0])), t_min)
+        return t, self.g(t) ** 2 / self.s(t) ** 2 / (2 * (ends[1] - ends[0]))
+
+    def _sigma_table(self, lo, hi, device):
+        tables = self.__dict__.setdefault("_sigma_tables", {})
+        key = (lo, hi, device)
+        if key not in tables:
+            n = self.grid_size // 2 + 1
+            grid = torch.cat([lo * (hi / lo) ** torch.linspace(0, 1, n, dtype=torch.float64),
+                              torch.linspace(lo, hi, n, dtype=torch.float64)]).unique()
+            log_sigma = torch.log(self.sigma(grid))
+            if not (torch.isfinite(log_sigma).all() and log_sigma[-1] > log_sigma[0]):
+                raise ConfigError(f"{type(self).__name__}: sigma(t) = s/a is not finite and increasing on "
+                                  f"[{lo:g}, {hi:g}]")
+            tables[key] = (grid.to(device), torch.cummax(log_sigma, 0).values.to(device))
+        return tables[key]
 
     # -- the prior at T ------------------------------------------------------------------
     def prior_std(self):

@@ -1,8 +1,10 @@
-"""What every solver shares: the score-call counter, the time grid, checks and the final denoising step."""
+"""What every solver shares: the score-call counter, checks, the final denoising step, and the loop of a solver
+that steps over a time grid."""
 import torch
 
-from sde import expand
-from sde.errors import invalid
+from sde.errors import ConfigError, check_int, check_number, invalid
+
+from .grids import Tuned, as_grid
 
 
 class CountedScore:
@@ -23,15 +25,16 @@ def time_dtype(x):
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def time_grid(sde, steps, eps, x):
-    """steps + 1 times from T down to eps, uniform in t."""
-    return torch.linspace(sde.T, eps, steps + 1, dtype=time_dtype(x), device=x.device)
+def step_time_dtype(x):
+    """The dtype of the times a step is handed: float64, so that a(t), s(t) and their ratios are exact to float64,
+    except on a device without float64 (MPS), where x's time dtype."""
+    return torch.float64 if x.device.type in ("cpu", "cuda") else time_dtype(x)
 
 
 def tweedie_denoise(sde, score, x, t):
-    """E[x_0 | x_t] = (x_t + s(t)² ∇log p_t(x_t)) / a(t)."""
+    """E[x_0 | x_t] = (x_t + s(t)² ∇log p_t(x_t)) / a(t)  (SDE.x0_from_score)."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    return (x + expand(sde.s(t) ** 2, x) * score(x, t)) / expand(sde.a(t), x)
+    return sde.x0_from_score(x, score(x, t), t)
 
 
 def check_eps(sde, eps):
@@ -72,3 +75,77 @@ class Solver:
 
 def randn_like(x, generator):
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class GridState:
+    """A solve on a time grid in progress, as each step sees it: the process ``sde``, the counted ``score``, the
+    ``generator`` of its noise; the grid as ``times`` (float64 on the CPU, for a solver's tables of coefficients)
+    and ``t`` (on x's device, in step_time_dtype: the times each step is handed); the index ``i`` of the step under way; and
+    ``history``, a multistep solver's memory. A solver may keep tables of its own on it (see ``start``)."""
+
+    def __init__(self, sde, score, times, x, generator=None):
+        self.sde, self.score, self.generator = sde, score, generator
+        self.times = times
+        self.t = times.to(dtype=step_time_dtype(x)).to(x.device)
+        self.steps = len(times) - 1
+        self.i = 0
+        self.history = []
+
+    @property
+    def last(self):
+        """Whether the step under way ends the grid."""
+        return self.i == self.steps - 1
+
+
+class SteppingSolver(Solver):
+    """A solver that is its step: ``step(state, x, t, t_next) -> x`` carries x from t to t_next < t, and the loop
+    over the intervals of a time grid, from T down to eps, is written here once. ``order`` is the solver's order of
+    convergence (weak order for a stochastic one); ``deterministic`` says whether its path is a function of x_T.
+
+    ``grid`` is a Grid (solvers.grids), a name ('time', 'logsnr', 'karras' with ``rho``, 'tuned' with ``rho``,
+    ``pilots``, ``reference_steps``, ``seed``), a list of times or a file of them (see grids.as_grid); the grid
+    is built for each call with ``steps`` intervals. A multistep solver keeps its history on the state;
+    ``start(state, x)`` may prepare tables of coefficients once per solve.
+    """
+
+    order = 1
+    deterministic = True
+
+    def __init__(self, steps, grid="time", rho=7.0, eps=None, denoise=False, pilots=256, reference_steps=500,
+                 seed=0):
+        super().__init__(eps, denoise)
+        self.steps = check_int("steps", steps)
+        self.rho = check_number("rho", rho)
+        self.grid = as_grid(grid, self.rho, pilots=check_int("pilots", pilots),
+                            reference_steps=check_int("reference_steps", reference_steps), seed=int(seed))
+        self.grid.check_steps(self.steps)
+        if isinstance(self.grid, Tuned) and not self.deterministic:
+            raise ConfigError(f"grid='tuned' fits the paths of a deterministic solver, and {type(self).__name__} is "
+                              "stochastic: choose time, logsnr, karras or a list of times", "grid")
+
+    @property
+    def tuning(self):
+        """What fitting the grid found and cost (a tuned grid's ``tuning``), else None."""
+        return getattr(self.grid, "tuning", None)
+
+    def solve(self, sde, score, x, eps, generator):
+        return self.integrate(sde, score, x, self.times(sde, score.score_fn, x, eps), generator)
+
+    def times(self, sde, score_fn, x, eps):
+        """The grid for sampling x with score_fn: steps + 1 times from T to eps, float64 on the CPU."""
+        return self.grid(sde, self.steps, eps, solver=self, score_fn=score_fn, x=x)
+
+    def integrate(self, sde, score, x, times, generator=None):
+        """x carried along ``times`` (float64, CPU, from T down) by one ``step`` per interval."""
+        state = GridState(sde, score, times, x, generator)
+        self.start(state, x)
+        for i in range(state.steps):
+            state.i = i
+            x = self.step(state, x, state.t[i], state.t[i + 1])
+        return x
+
+    def start(self, state, x):
+        """Prepares what the steps need before the first (nothing, unless a solver says otherwise)."""
+
+    def step(self, state, x, t, t_next):
+        raise NotImplementedError

@@ -1,8 +1,10 @@
 """A newcomer's first hour, through run.py: a header and progress bars, help that lists the choices, images
 that get a network able to serve them, and results that cannot be silently wrong."""
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -118,3 +120,44 @@ def test_threads_are_chosen_and_can_be_set(tmp_path):
     assert proc.returncode == 0 and "(1 threads)" in proc.stdout, proc.stderr
     proc = run(tmp_path, *ORACLE, "threads=0")
     assert proc.returncode == 2 and lines_of(proc.stderr) == ["error: threads=0 is invalid: expected an integer >= 1"]
+
+
+@pytest.mark.slow
+def test_auto_threads_leave_a_core_to_a_busy_process():
+    from scoresde.cli import busy_cores, choose_threads
+
+    spin = "import time\nend = time.time() + 20\nwhile time.time() < end:\n    pass\n"
+    assert 1 <= choose_threads("auto") <= (os.cpu_count() or 1)
+    competitor = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.5)
+        assert busy_cores(1.0) >= 0.6
+        assert choose_threads("auto") <= max(1, (os.cpu_count() or 1) - 1)
+    finally:
+        competitor.kill()
+        competitor.wait()
+
+
+def test_the_digits_preset_composes_a_cpu_sized_image_job():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=digits"])
+    assert cfg.data._target_ == "scoredata.Digits" and cfg.model.net._target_ == "models.UNet"
+    assert cfg.solver._target_ == "solvers.fast.DPMSolver" and cfg.solver.steps <= 20
+    assert cfg.model.net.channels <= 32 and cfg.train.steps * cfg.train.batch_size <= 400_000
+    assert cfg.likelihood is True and cfg.eval.num <= 180 and cfg.eval.classifier == "auto"
+    assert cfg.eval.ode.method == "rk4" and cfg.eval.ode.max_error > 0
+
+
+@pytest.mark.slow
+def test_the_digits_preset_reports_bits_per_dim_and_what_a_classifier_sees(tmp_path):
+    proc = run(tmp_path, "experiment=digits", "model.net.channels=8", "model.net.num_res_blocks=1", "train.steps=2",
+               "train.batch_size=8", "train.progress=false", "solver.steps=3", "sample.num=30", "sample.max_range=0",
+               "eval.num=6", "eval.ode.steps=4", "eval.ode.max_error=0")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["nfe_sample"] == 3 and metrics["bpd"] > 0
+    assert metrics["classifier_accuracy"] > 0.95 and metrics["class_score_real"] > 7
+    assert 1 <= metrics["class_score"] <= 10 and sum(metrics["class_counts"]) == 30
+    assert "class_score" in proc.stdout

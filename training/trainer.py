@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sde.errors import CheckpointError, check_int, check_number
+from sde.errors import CheckpointError, ConfigError, check_int, check_number
 
 from .checkpoint import load_checkpoint, save_checkpoint, signature
 from .state import TrainState
@@ -24,13 +24,35 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
 
 
-def train_step(state, loss, sde, x0, lr, grad_clip=0.0, autocast=False):
-    """One optimizer step on the batch x0 at learning rate lr; returns the loss before the step (a tensor), or
-    raises TrainingError, leaving the state untouched, when it is not finite."""
+class WithLabels:
+    """model(x, t, labels) as a score function (x, t): what a loss sees of a conditional model on a batch."""
+
+    def __init__(self, model, labels):
+        self.model, self.labels = model, labels
+
+    def __call__(self, x, t):
+        return self.model(x, t, self.labels)
+
+
+def draw_batch(data, n, generator, num_classes=None, cond_drop=0.0):
+    """n training points, dequantized within their bins for 8-bit data, and for a conditional model
+    (num_classes) their labels, each replaced by the null label num_classes with probability cond_drop."""
+    if num_classes is None:
+        return data.dequantize(data.sample(n, generator), generator), None
+    x0, labels = data.sample(n, generator, labels=True)
+    drop = torch.rand(n, generator=generator) < cond_drop
+    return data.dequantize(x0, generator), torch.where(drop, num_classes, labels)
+
+
+def train_step(state, loss, sde, x0, lr, grad_clip=0.0, autocast=False, labels=None):
+    """One optimizer step on the batch x0 (with its labels, for a conditional model) at learning rate lr;
+    returns the loss before the step (a tensor), or raises TrainingError, leaving the state untouched, when it
+    is not finite."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
+    model = state.model if labels is None else WithLabels(state.model, labels.to(x0.device))
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=autocast):
-        value = loss(state.model, sde, x0, state.noise_generator)
+        value = loss(model, sde, x0, state.noise_generator)
     if not torch.isfinite(value):
         raise TrainingError(f"the loss became {value.item()} at step {state.step + 1}")
     state.optimizer.zero_grad(set_to_none=True)
@@ -51,10 +73,12 @@ class Trainer:
     and an EMA of the weights (decay ``ema_decay``) is what ``fit`` returns. Every ``ckpt_every`` steps and
     at the end, ``checkpoint.pt`` in the output folder is replaced atomically; it holds the TrainState, so a
     resumed run continues exactly where it stopped, and ``meta`` (what the caller says about the model).
+    A conditional model (one with ``num_classes``) trains on labelled batches, each label replaced by the null
+    class with probability ``cond_drop``, so one network learns both s(x, t, y) and s(x, t, ∅).
     """
 
     def __init__(self, steps=5000, batch_size=512, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.999,
-                 weight_decay=0.0, ckpt_every=1000, amp=True, progress=True, seed=0):
+                 weight_decay=0.0, ckpt_every=1000, amp=True, progress=True, seed=0, cond_drop=0.0):
         self.steps = check_int("steps", steps, 0)
         self.batch_size = check_int("batch_size", batch_size)
         self.ckpt_every = check_int("ckpt_every", ckpt_every)
@@ -64,6 +88,7 @@ class Trainer:
         self.ema_decay = check_number("ema_decay", ema_decay, strict=False, maximum=1.0, strict_max=True)
         self.weight_decay = check_number("weight_decay", weight_decay, strict=False)
         self.amp, self.progress, self.seed = bool(amp), progress, int(seed)
+        self.cond_drop = check_number("cond_drop", cond_drop, strict=False, maximum=1.0)
 
     def learning_rate(self, step):
         """lr · min(1, (step + 1) / warmup)."""
@@ -84,6 +109,9 @@ class Trainer:
             state.load_state_dict(load_checkpoint(resume, model))
         autocast = self.amp and device.type == "cuda"
         pending = None
+        num_classes = getattr(model, "num_classes", None)
+        if self.cond_drop and num_classes is None:
+            raise ConfigError(f"cond_drop={self.cond_drop:g} needs a conditional model (labelled data)", "cond_drop")
 
         def stop(why):
             kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
@@ -108,10 +136,9 @@ class Trainer:
             start, running = time.perf_counter(), None
             while state.step < self.steps:
                 lr = self.learning_rate(state.step)
-                x0 = data.dequantize(data.sample(self.batch_size, state.data_generator), state.data_generator)
-                x0 = x0.to(device)
+                x0, labels = draw_batch(data, self.batch_size, state.data_generator, num_classes, self.cond_drop)
                 try:
-                    value = train_step(state, loss, sde, x0, lr, self.grad_clip, autocast).item()
+                    value = train_step(state, loss, sde, x0.to(device), lr, self.grad_clip, autocast, labels).item()
                 except TrainingError as e:
                     raise stop(str(e)) from None
                 if pending is not None:
@@ -134,9 +161,11 @@ class Trainer:
     def check_final_loss(self, state, loss, sde, data, device, autocast, stop):
         """The loss of the final weights on one more batch (drawn apart from the run's generators) is finite."""
         gen = torch.Generator().manual_seed(self.seed + 2)
-        x0 = data.dequantize(data.sample(self.batch_size, gen), gen).to(device)
+        x0, labels = draw_batch(data, self.batch_size, gen, getattr(state.model, "num_classes", None), self.cond_drop)
+        x0 = x0.to(device)
+        model = state.model if labels is None else WithLabels(state.model, labels.to(device))
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            value = loss(state.model, sde, x0, torch.Generator(device).manual_seed(self.seed + 3))
+            value = loss(model, sde, x0, torch.Generator(device).manual_seed(self.seed + 3))
         if not torch.isfinite(value):
             raise stop(f"the loss of the final weights is {value.item()}")
 
