@@ -17,7 +17,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from evaluation import classifier_report, mixture_report, plot_samples, sample_quality
+from evaluation import (classifier_report, inpainting_report, mixture_report, plot_inpainting, plot_samples,
+                        sample_quality)
 from evaluation.classify import applies as classifier_applies
 from models.guidance import GuidedScore, class_labels
 from scoredata import GaussianMixture
@@ -26,11 +27,14 @@ from scoresde.pipeline import Clock, resolve_device
 from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, check_sample_range,
                           cached_training, choose_threads, fit_model_to_data, help_text, keep_for_sweep,
                           one_line_errors, reconcile, run_lock, show_warnings_in_one_line, warn_about_scale)
+from solvers.inpaint import Inpainter
+from solvers.observe import Observation, gray_chroma
 from sde.errors import ConfigError, check_int, check_number, config_scope, invalid
 from training.checkpoint import read_checkpoint
 from training.trainer import load_for_sampling
 
 CONF = Path(__file__).resolve().parent / "conf"
+TASKS = ("sample", "inpaint", "colorize")
 SUMMARY = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "swd", "swd_floor", "weights_tv",
            "logp_gap_per_dim", "class_score", "class_score_real", "class_recognised", "class_recognised_real",
            "class_recognised_noise", "classifier_accuracy",
@@ -51,6 +55,83 @@ def checkpoint_meta(cfg):
     meta = dict(state.get("meta") or {}, path=state["path"])
     reconcile(cfg, meta, HydraConfig.get().overrides.task, override=cfg.ckpt_override)
     return meta
+
+
+def sample_and_report(cfg, pipe, solver, classify, out, metrics, gen):
+    """task=sample: draw sample.num samples (for sample.classes, with guidance), score them, save and plot them."""
+    sde, data = pipe.sde, pipe.data
+    with config_scope("sample"):
+        x, stats = pipe.sample(cfg.sample.num, solver, batch=cfg.sample.batch, generator=gen, info=True,
+                               progress=cfg.progress, classes=to_plain(cfg.sample.classes),
+                               guidance=cfg.guidance.scale)
+    labels = stats["labels"]
+    metrics.update(nfe_sample=stats["nfe"], sample_seconds=stats["seconds"])
+    if labels is not None:
+        metrics.update(guidance_scale=cfg.guidance.scale, nfe_counts="network passes per sample" + (
+            "; under guidance each pass holds the batch twice (conditional and null labels)"
+            if cfg.guidance.scale else ""))
+    if "grid_tuning" in stats:
+        metrics["grid_tuning"] = stats["grid_tuning"]
+    metrics.update(sample_quality(x, data, torch.Generator().manual_seed(cfg.seed + 5), labels=labels))
+    if isinstance(data, GaussianMixture):
+        metrics.update(mixture_report(data, x, labels))
+    if classify:
+        metrics.update(classifier_report(x, data, torch.Generator().manual_seed(cfg.seed + 6), labels))
+    np.savez(out / "samples.npz", x=x.cpu().numpy(), **({} if labels is None else {"y": labels.numpy()}))
+    if cfg.sample.max_range:
+        check_sample_range(x, data, torch.Generator().manual_seed(cfg.seed + 4), cfg.sample.max_range)
+    if cfg.sample.plot:
+        reference = data.sample(min(len(x), 5000), torch.Generator().manual_seed(cfg.seed + 2)).numpy()
+        plot_samples(x.cpu().numpy(), out / "samples.png", reference, title=f"{sde!r}\n{solver!r}",
+                     value_range=data.value_range, labels=None if labels is None else labels.numpy())
+
+
+def observation_setup(cfg, data):
+    """The mask of what is known (True) and the channel transform for task=inpaint (the mask group) or
+    task=colorize (the gray level of the orthogonal gray–chroma view)."""
+    if cfg.task == "colorize":
+        if len(data.shape) != 3 or data.shape[0] < 2:
+            raise ConfigError(f"task=colorize needs colour images; {data!r} has shape {data.shape}")
+        mask = torch.zeros(data.shape, dtype=torch.bool)
+        mask[0] = True
+        return mask, gray_chroma(data.shape[0])
+    make = build("mask", cfg.mask)
+    with config_scope("mask"):
+        return make(tuple(data.shape)), None
+
+
+def inpaint_and_report(cfg, pipe, inpainter, x_known, observed, out, metrics, gen):
+    """task=inpaint or colorize: inpaint.completions completions of each of inpaint.num held-out points; against the
+    exact conditional for mixture data; saved and pictured (original | observed | completions)."""
+    mask, transform = observed
+    with config_scope("inpaint"):
+        x, stats = pipe.inpaint(x_known, mask, inpainter, cfg.inpaint.completions, transform=transform,
+                                batch=cfg.sample.batch, generator=gen, info=True, progress=cfg.progress)
+    metrics.update(nfe_inpaint=stats["nfe"], inpaint_seconds=stats["seconds"], inpainter=repr(inpainter))
+    if isinstance(pipe.data, GaussianMixture) and transform is None:
+        metrics.update(inpainting_report(pipe.data, x_known, mask, x, torch.Generator().manual_seed(cfg.seed + 8)))
+    unknown = ~Observation(x_known, mask, transform).mask.repeat_interleave(cfg.inpaint.completions, 0)
+    rep = x_known.to(x).repeat_interleave(cfg.inpaint.completions, 0)
+    metrics["inpaint_rmse"] = ((x - rep).pow(2)[unknown.to(x.device)].mean().sqrt().item() if transform is None else
+                               (x - rep).pow(2).mean().sqrt().item())
+    np.savez(out / "inpaint.npz", x=x_known.cpu().numpy(), observed=stats["observed"].cpu().numpy(),
+             completions=x.cpu().numpy(), mask=mask.cpu().numpy())
+    if cfg.sample.plot:
+        plot_inpainting(x_known.cpu().numpy(), stats["observed"].cpu().numpy(), x.cpu().numpy(), out / "inpaint.png",
+                        pipe.data.value_range, title=repr(inpainter))
+
+
+def sample_grid(cfg, sde, data, solver, out, device):
+    """train.sample_every: what the trainer calls at those steps, on_sample(step, ema_model), drawing the same
+    prior points each time with the run's solver (64 for images, else up to 1000) into samples_step{N}.png."""
+    num = 64 if len(data.shape) == 3 else min(cfg.sample.num, 1000)
+
+    def on_sample(step, ema_model):
+        x = Pipeline(sde, ema_model, data, device).sample(num, solver, batch=cfg.sample.batch,
+                                                          generator=torch.Generator(device).manual_seed(cfg.seed))
+        plot_samples(x.cpu().numpy(), out / f"samples_step{step}.png", title=f"step {step}\n{solver!r}",
+                     value_range=data.value_range)
+    return on_sample
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -78,6 +159,15 @@ def run(cfg, out):
     with config_scope("guidance"):
         GuidedScore(model, labels, cfg.guidance.scale)
     solver = build("solver", cfg.solver)
+    task = cfg.task
+    if task not in TASKS:
+        raise invalid("task", task, ", ".join(TASKS))
+    if task != "sample":
+        with config_scope("inpaint"):
+            inpainter = Inpainter(solver, cfg.inpaint.method, cfg.inpaint.jumps)
+            check_int("completions", cfg.inpaint.completions)
+            x_known = data.test(cfg.inpaint.num, torch.Generator().manual_seed(cfg.seed + 7)).to(device)
+        observed = observation_setup(cfg, data)
     metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
     size = sum(p.numel() for p in model.parameters())
     print(f"run {out}\n  data     {data!r}\n  model    {type(model).__name__}"
@@ -99,6 +189,12 @@ def run(cfg, out):
         with config_scope("eval"):
             check_int("batch", cfg.eval.batch), check_int("dequant_draws", cfg.eval.dequant_draws)
             x_test = data.test(cfg.eval.num, torch.Generator().manual_seed(cfg.seed + 1))
+            y_test = None
+            if cfg.eval.conditional:
+                if getattr(model, "num_classes", None) is None:
+                    raise ConfigError("eval.conditional=true needs a conditional model (trained with train.cond_drop "
+                                      "> 0, or model=oracle)")
+                y_test = data.test(cfg.eval.num, torch.Generator().manual_seed(cfg.seed + 1), labels=True)[1]
 
     trainer = build("train", cfg.train)
     cached = cached_training(cfg)
@@ -112,7 +208,8 @@ def run(cfg, out):
                     "model": OmegaConf.to_container(cfg.model, resolve=True),
                     "data": OmegaConf.to_container(cfg.data, resolve=True), "data_spec": data.spec()}
             with Clock(device) as clock:
-                model, step = trainer.fit(model, loss, sde, data, out, device, cfg.ckpt, meta=spec)
+                model, step = trainer.fit(model, loss, sde, data, out, device, cfg.ckpt, meta=spec,
+                                          on_sample=sample_grid(cfg, sde, data, solver, out, device))
             metrics.update(train_steps=step, train_seconds=clock.seconds)
             if cached is not None:
                 keep_for_sweep(out / "checkpoint.pt", cached)
@@ -124,30 +221,10 @@ def run(cfg, out):
 
     pipe = Pipeline(sde, model, data, device)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    with config_scope("sample"):
-        x, stats = pipe.sample(cfg.sample.num, solver, batch=cfg.sample.batch, generator=gen, info=True,
-                               progress=cfg.progress, classes=to_plain(cfg.sample.classes),
-                               guidance=cfg.guidance.scale)
-    labels = stats["labels"]
-    metrics.update(nfe_sample=stats["nfe"], sample_seconds=stats["seconds"])
-    if labels is not None:
-        metrics.update(guidance_scale=cfg.guidance.scale, nfe_counts="network passes per sample" + (
-            "; under guidance each pass holds the batch twice (conditional and null labels)"
-            if cfg.guidance.scale else ""))
-    if "grid_tuning" in stats:
-        metrics["grid_tuning"] = stats["grid_tuning"]
-    metrics.update(sample_quality(x, data, torch.Generator().manual_seed(cfg.seed + 5), labels=labels))
-    if isinstance(data, GaussianMixture):
-        metrics.update(mixture_report(data, x, labels))
-    if classify:
-        metrics.update(classifier_report(x, data, torch.Generator().manual_seed(cfg.seed + 6), labels))
-    np.savez(out / "samples.npz", x=x.cpu().numpy(), **({} if labels is None else {"y": labels.numpy()}))
-    if cfg.sample.max_range:
-        check_sample_range(x, data, torch.Generator().manual_seed(cfg.seed + 4), cfg.sample.max_range)
-    if cfg.sample.plot:
-        reference = data.sample(min(len(x), 5000), torch.Generator().manual_seed(cfg.seed + 2)).numpy()
-        plot_samples(x.cpu().numpy(), out / "samples.png", reference, title=f"{sde!r}\n{solver!r}",
-                     value_range=data.value_range, labels=None if labels is None else labels.numpy())
+    if task == "sample":
+        sample_and_report(cfg, pipe, solver, classify, out, metrics, gen)
+    else:
+        inpaint_and_report(cfg, pipe, inpainter, x_known, observed, out, metrics, gen)
 
     if mode == "elbo":
         with config_scope("eval.elbo"):
@@ -165,7 +242,7 @@ def run(cfg, out):
     if mode == "ode":
         with config_scope("eval.ode"):
             nll, stats = pipe.nll(x_test, batch=cfg.eval.batch, likelihood=likelihood, generator=gen, info=True,
-                              progress=cfg.progress, dequant_draws=cfg.eval.dequant_draws)
+                                  progress=cfg.progress, dequant_draws=cfg.eval.dequant_draws, labels=y_test)
         metrics.update(nll=nll.mean().item(), bpd=pipe.bits_per_dim(nll), nfe_likelihood=stats["nfe"],
                        likelihood_seconds=stats["seconds"])
         if data.levels is not None and metrics["bpd"] < 0:
@@ -174,7 +251,8 @@ def run(cfg, out):
                               "use eval.ode.method=dopri5 or more eval.ode.steps")
         columns = {"nll": nll.numpy()}
         if data.has_log_prob:
-            exact = -data.log_prob(stats["x"].double().cpu())
+            given = {} if y_test is None else {"labels": y_test}
+            exact = -data.log_prob(stats["x"].double().cpu(), **given)
             metrics["exact_nll"] = exact.mean().item()
             columns["exact_nll"] = exact.numpy()
         np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), **columns)

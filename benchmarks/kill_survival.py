@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.net.hidden=64", "model.net.depth=2", "model.net.embed_dim=32", "train.progress=false",
-         "solver=ddim", "solver.steps=5", "sample.num=20"]
+         "train.log_every=1", "solver=ddim", "solver.steps=5", "sample.num=20"]  # a log row per step
 
 
 def overrides(out, steps, every, ckpt=None):

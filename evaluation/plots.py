@@ -97,3 +97,34 @@ def _class_rows(x, labels, value_range=None, reference=None, per_row=10, max_row
         side.set_visible(False)
     ax.set_ylabel("class")
     return fig
+
+
+def plot_inpainting(original, observed, completions, path, value_range=None, title=None):
+    """Images: one row per point, original | observed | its completions (N · m, in point order). Vectors: the
+    completions' first two coordinates over the originals'."""
+    original, observed, completions = (np.asarray(v) for v in (original, observed, completions))
+    n = len(original)
+    m = len(completions) // n
+    if original.ndim != 4:
+        fig = _scatter(completions.reshape(len(completions), -1), original.reshape(n, -1))
+    else:
+        _, c, h, w = original.shape
+        lo, hi = value_range if value_range is not None else (np.percentile(original, 0.5), np.percentile(original, 99.5))
+        grid = np.ones((n * (h + 1) + 1, (m + 2) * (w + 1) + 2, c))
+        for r in range(n):
+            row = [original[r], observed[r]] + list(completions[r * m: (r + 1) * m])
+            for q, image in enumerate(row):
+                left = 1 + q * (w + 1) + (q >= 2)
+                grid[1 + r * (h + 1): 1 + r * (h + 1) + h, left: left + w] = \
+                    np.clip((image - lo) / max(hi - lo, 1e-8), 0, 1).transpose(1, 2, 0)
+        fig, ax = plt.subplots(figsize=((m + 2) * 0.8 + 1, n * 0.8 + 1))
+        ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
+        ax.set_xticks([1 + w / 2, 1 + (w + 1) + w / 2, 2 + 2 * (w + 1) + m * (w + 1) / 2],
+                      ["original", "observed", "completions"])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

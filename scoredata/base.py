@@ -47,6 +47,18 @@ class DataSet:
             raise ConfigError(f"num={n} exceeds the {self.test_size} held-out points of {self!r}", "num")
         return self._deliver(self.draw_test(n, generator), device, dtype, labels)
 
+    def batches(self, batch_size, generator, labels=False, device=None, seed=0, start=0):
+        """Endless training batches (x, y): x of shape (batch_size, *shape) in float32, y their labels
+        (``labels=True``) or None. What a training loop draws from, whatever the data set.
+
+        This default draws ``sample(batch_size, generator)`` on the CPU for each batch, lazily, so the state of
+        ``generator`` is the position in the stream. Data sets that deliver through a loader (8-bit images,
+        TensorData) instead yield batch ``start`` onwards of an order fixed by ``seed``, already on ``device``.
+        """
+        while True:
+            drawn = self.sample(batch_size, generator, labels=labels)
+            yield drawn if labels else (drawn, None)
+
     def _deliver(self, drawn, device, dtype, labels):
         x, y = drawn
         x = x.to(device=device, dtype=dtype)

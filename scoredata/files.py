@@ -1,7 +1,8 @@
 """Finite data sets: a user's arrays, a folder of images, scikit-learn's bundled 8 × 8 digits.
 
-Each holds a training and a held-out test split, in data space. 8-bit images sit at bin centres of
-[−1, 1]: x = (k + ½) / 256 · 2 − 1, so that uniform dequantization and bits/dim on the 8-bit scale are exact.
+Each holds a training and a held-out test split, in data space. 8-bit images are kept as uint8 (in memory, or a
+memory-mapped ``.npy``) and sit at bin centres of [−1, 1] once decoded, batch by batch:
+x = (k + ½) / 256 · 2 − 1, so that uniform dequantization and bits/dim on the 8-bit scale are exact.
 """
 import warnings
 from pathlib import Path
@@ -9,77 +10,150 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sde.errors import ConfigError, ConfigWarning, check_choice, check_number
+from sde.errors import ConfigError, ConfigWarning, check_choice, check_int, check_number
 
 from .base import DataSet
+from .loader import image_batches, read_rows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class TensorData(DataSet):
-    """Points (N, D) or images (N, C, H, W), with optional integer labels (N,), split into train and test:
-    ``sample`` draws training points with replacement, ``test`` returns the first n held-out points."""
+def eight_bit_to_unit(k, dtype=torch.float64):
+    """8-bit integers 0..255 to bin centres in [−1, 1]: (k + ½) / 128 − 1, exact in float32 and float64 alike."""
+    return (torch.as_tensor(k).to(dtype) + 0.5) / 128 - 1
 
-    def __init__(self, x, labels=None, test_fraction=0.1, seed=0, name="data"):
-        x = torch.as_tensor(x)
-        test_fraction = check_number("test_fraction", test_fraction, maximum=1.0, strict_max=True)
-        if len(x) < 2:
-            raise ConfigError(f"{name} holds {len(x)} sample(s): at least 2 are needed for a train/test split", "path")
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is invalid: expected true or false", name)
+    return value
+
+
+class TensorData(DataSet):
+    """Points (N, D) or images (N, C, H, W), with optional integer labels (N,), split into train and test by a
+    seeded permutation (or by ``split``: the rows of each, as (train, test)): ``sample`` draws training points
+    with replacement, ``test`` returns the first n held-out points.
+
+    The points stay as given and are split by index, never copied whole. When ``levels`` is 256 (8-bit images)
+    they are uint8 (in memory, or a memory-mapped file; ``channels_last``: stored (N, H, W, C)), decoded to bin
+    centres per draw, and ``batches`` feeds training through a DataLoader (``workers`` processes, pinned memory
+    on CUDA, random left–right ``flip``, a seeded and resumable order; see scoredata.loader).
+    """
+
+    def __init__(self, x, labels=None, test_fraction=0.1, seed=0, name="data", split=None, flip=False, workers=0,
+                 channels_last=False):
+        self.store = x if isinstance(x, np.ndarray) else torch.as_tensor(x).numpy()
+        self.channels_last = bool(channels_last)
+        self.flip, self.workers = _flag("flip", flip), check_int("workers", workers, 0)
+        if self.flip and not self.eight_bit:
+            raise ConfigError(f"flip=true needs 8-bit images; {name} holds {self.store.dtype} values of shape "
+                              f"{self.store.shape[1:]}", "flip")
+        n = len(self.store)
+        if split is None:
+            test_fraction = check_number("test_fraction", test_fraction, maximum=1.0, strict_max=True)
+            if n < 2:
+                raise ConfigError(f"{name} holds {n} sample(s): at least 2 are needed for a train/test split", "path")
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).numpy()
+            n_test = max(1, int(round(n * test_fraction)))
+            self.test_index, self.train_index = perm[:n_test], perm[n_test:]
+        else:
+            self.train_index, self.test_index = (np.asarray(s, dtype=np.int64) for s in split)
+        self.labels = None
         if labels is not None:
             labels = torch.as_tensor(np.asarray(labels)).reshape(-1)
-            if len(labels) != len(x) or labels.is_floating_point() or (labels < 0).any():
-                raise ConfigError(f"{name}: expected {len(x)} integer labels >= 0, one per point; got "
+            if len(labels) != n or labels.is_floating_point() or (labels < 0).any():
+                raise ConfigError(f"{name}: expected {n} integer labels >= 0, one per point; got "
                                   f"{len(labels)} of type {labels.dtype}", "path")
-            labels = labels.long()
-            self.num_classes = int(labels.max()) + 1
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
-        n_test = max(1, int(round(len(x) * test_fraction)))
-        self.test_x, self.train_x = x[perm[:n_test]], x[perm[n_test:]]
-        self.test_y, self.train_y = (None, None) if labels is None else (labels[perm[:n_test]], labels[perm[n_test:]])
-        self.shape = tuple(self.train_x.shape[1:])
-        self.test_size = len(self.test_x)
+            self.labels = labels.long()
+            self.num_classes = int(self.labels.max()) + 1
+        self.shape = tuple(read_rows(self.store, self.train_index[:1], self.channels_last).shape[1:])
+        self.test_size = len(self.test_index)
+
+    @property
+    def eight_bit(self):
+        return self.levels == 256 and self.store.dtype == np.uint8
+
+    def points(self, rows):
+        """The points of the given rows, decoded (float64 for 8-bit images; as stored otherwise)."""
+        x = torch.from_numpy(read_rows(self.store, rows, self.channels_last))
+        return eight_bit_to_unit(x) if self.eight_bit else x
+
+    def _rows(self, rows):
+        return self.points(rows), None if self.labels is None else self.labels[torch.from_numpy(rows)]
+
+    @property
+    def train_x(self):
+        return self.points(self.train_index)
+
+    @property
+    def test_x(self):
+        return self.points(self.test_index)
+
+    @property
+    def train_y(self):
+        return None if self.labels is None else self.labels[torch.from_numpy(self.train_index)]
+
+    @property
+    def test_y(self):
+        return None if self.labels is None else self.labels[torch.from_numpy(self.test_index)]
 
     def draw(self, n, generator):
-        idx = torch.randint(0, len(self.train_x), (n,), generator=generator)
-        return self.train_x[idx], None if self.train_y is None else self.train_y[idx]
+        idx = torch.randint(0, len(self.train_index), (n,), generator=generator)
+        return self._rows(self.train_index[idx.numpy()])
 
     def draw_test(self, n, generator):
-        return self.test_x[:n], None if self.test_y is None else self.test_y[:n]
+        return self._rows(self.test_index[:n])
+
+    def batches(self, batch_size, generator, labels=False, device=None, seed=0, start=0):
+        """8-bit images: batch ``start`` onwards of the order that ``seed`` fixes, through a DataLoader, decoded
+        to float32 on ``device`` (``generator`` is not used). Other points: DataSet.batches."""
+        if not self.eight_bit:
+            yield from super().batches(batch_size, generator, labels, device, seed, start)
+            return
+        if labels and self.labels is None:
+            raise ConfigError(f"{self!r} has no labels")
+        yield from image_batches(self.store, self.train_index, check_int("batch_size", batch_size),
+                                 lambda k: eight_bit_to_unit(k, torch.float32), self.labels if labels else None,
+                                 self.channels_last, seed, start, self.flip, self.workers, device)
 
     def __repr__(self):
-        return f"{type(self).__name__}(train={len(self.train_x)}, test={len(self.test_x)}, shape={self.shape})"
-
-
-def eight_bit_to_unit(k):
-    """8-bit integers 0..255 to bin centres in [−1, 1]."""
-    return (torch.as_tensor(k, dtype=torch.float64) + 0.5) / 128 - 1
+        return (f"{type(self).__name__}(train={len(self.train_index)}, test={len(self.test_index)}, "
+                f"shape={self.shape})")
 
 
 class ImageData(TensorData):
-    """8-bit images (N, C, H, W) given as integers 0..255, held at bin centres of [−1, 1]."""
+    """8-bit images (N, C, H, W) given as integers 0..255 (uint8, or any array of such integers), held as uint8
+    and decoded to bin centres of [−1, 1] per batch."""
 
     levels = 256
     value_range = (-1.0, 1.0)
 
-    def __init__(self, pixels, labels=None, test_fraction=0.1, seed=0, name="data"):
-        super().__init__(eight_bit_to_unit(pixels), labels, test_fraction, seed, name)
+    def __init__(self, pixels, labels=None, test_fraction=0.1, seed=0, name="data", split=None, flip=False,
+                 workers=0, channels_last=False):
+        if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8):
+            pixels = np.asarray(pixels)
+            if pixels.size and (not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255
+                                or (pixels != np.round(pixels)).any()):
+                raise ConfigError(f"{name} holds values other than the integers 0..255 of 8-bit images", "path")
+            pixels = pixels.astype(np.uint8)
+        super().__init__(pixels, labels, test_fraction, seed, name, split, flip, workers, channels_last)
 
 
 class Digits(ImageData):
     """scikit-learn's bundled 8 × 8 handwritten digits (1797 images, 17 grey levels mapped onto 0..255),
     labelled 0–9."""
 
-    def __init__(self, test_fraction=0.1, seed=0):
+    def __init__(self, test_fraction=0.1, seed=0, flip=False, workers=0):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         pixels = np.round(digits.images.astype(np.float64) * 255 / 16)[:, None]
-        super().__init__(pixels, digits.target, test_fraction, seed, name="digits")
+        super().__init__(pixels, digits.target, test_fraction, seed, name="digits", flip=flip, workers=workers)
 
 
-def _read_array(path, key, what):
-    """The array ``key`` of a .npz (by default ``x``, or its only array), or the whole .npy: a ConfigError names
-    the file and what was expected when it is anything else."""
+def _read_array(path, key, what, mmap=False):
+    """The array ``key`` of a .npz (by default ``x``, or its only array), or the whole .npy (memory-mapped with
+    ``mmap``): a ConfigError names the file and what was expected when it is anything else."""
     path = Path(str(path)).expanduser()
     name = f"path={str(path)!r}"
     if path.is_dir():
@@ -93,7 +167,7 @@ def _read_array(path, key, what):
         raise ConfigError(f"{name} is not a .npy or .npz file (it does not start with their header; save arrays "
                           "with numpy.save or numpy.savez)", "path")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if mmap and magic == b"\x93NUMPY" else None)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             if what == "labels":
                 raise ConfigError(f"labels={key!r} needs a .npz file holding the labels beside the points", "labels")
@@ -114,15 +188,15 @@ def _read_array(path, key, what):
                           "path") from None
 
 
-def _channels_first(array, name):
-    """Rank-4 arrays as (N, C, H, W) with C in 1 or 3: (N, H, W, C) is transposed (with a warning); any other
-    channel count is refused."""
+def _channels_last(array, name):
+    """Whether a rank-4 array is laid out (N, H, W, C) (with a warning) rather than (N, C, H, W), C in 1 or 3; any
+    other channel count is refused."""
     if array.shape[1] in (1, 3):
-        return array
+        return False
     if array.shape[-1] in (1, 3):
         warnings.warn(ConfigWarning(f"{name} has shape {array.shape}: read as channels-last (N, H, W, C) and "
                                     "transposed to (N, C, H, W)", "path"))
-        return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+        return True
     raise ConfigError(f"{name} has shape {array.shape}: images need 1 or 3 channels, laid out (N, C, H, W) or "
                       "(N, H, W, C)", "path")
 
@@ -130,11 +204,12 @@ def _channels_first(array, name):
 class ArrayFile(TensorData):
     """A user's ``.npy`` or ``.npz`` array of shape (N, D) or (N, C, H, W) (in a .npz: the array ``key``,
     default ``x``; labels from the array named ``labels``, if given). uint8 arrays of rank 4 are 8-bit
-    images (scaled to [−1, 1]); anything else is taken as continuous data, unscaled."""
+    images (kept as uint8, memory-mapped from a .npy, so a set larger than memory trains from disk; decoded to
+    [−1, 1] per batch); anything else is taken as continuous data, unscaled, and read into memory."""
 
-    def __init__(self, path, key=None, labels=None, test_fraction=0.1, seed=0):
+    def __init__(self, path, key=None, labels=None, test_fraction=0.1, seed=0, flip=False, workers=0):
         name = f"path={str(path)!r}"
-        array = _read_array(path, key, "key")
+        array = _read_array(path, key, "key", mmap=True)
         y = None if labels is None else _read_array(path, labels, "labels")
         if array.ndim not in (2, 4):
             raise ConfigError(f"{name} has shape {array.shape}: expected (N, D) or (N, C, H, W)", "path")
@@ -142,31 +217,59 @@ class ArrayFile(TensorData):
             raise ConfigError(f"{name} is empty: shape {array.shape}", "path")
         if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array) or array.dtype == np.bool_:
             raise ConfigError(f"{name} holds {array.dtype} values: expected real numbers", "path")
-        if array.ndim == 4:
-            array = _channels_first(array, name)
+        hwc = array.ndim == 4 and _channels_last(array, name)
         if array.dtype == np.uint8 and array.ndim == 4:
             self.levels, self.value_range = ImageData.levels, ImageData.value_range
-            super().__init__(eight_bit_to_unit(array), y, test_fraction, seed, name)
+            super().__init__(array, y, test_fraction, seed, name, flip=flip, workers=workers, channels_last=hwc)
             return
+        array = np.asarray(array)
         bad = ~np.isfinite(array.reshape(len(array), -1)).all(1)
         if bad.any():
             raise ConfigError(f"{name} contains NaN or inf (first in sample {int(np.argmax(bad))})", "path")
-        super().__init__(array.astype(np.float64), y, test_fraction, seed, name)
+        array = array.astype(np.float64)
+        if hwc:
+            array = np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+        super().__init__(array, y, test_fraction, seed, name, flip=flip, workers=workers)
+
+
+def _class_folders(root, files, labels):
+    """Labels from class subfolders: with ``labels`` 'auto', when every image lies in one of at least two
+    first-level subfolders (root/CLASS/...); True requires that; False gives none. Returns (labels, class names)
+    or (None, None); classes are numbered in sorted order of their folder names."""
+    if labels is False:
+        return None, None
+    tops = [f.relative_to(root).parts for f in files]
+    at_root = [f for f, parts in zip(files, tops) if len(parts) == 1]
+    classes = sorted({parts[0] for parts in tops if len(parts) > 1})
+    if at_root or len(classes) < 2:
+        if labels is True:
+            why = (f"{len(at_root)} image(s) lie directly in it (first {at_root[0].name!r})" if at_root else
+                   f"it has {len(classes)} class subfolder(s)")
+            raise ConfigError(f"path={str(root)!r} cannot give labels=true: {why}; expected one subfolder per class "
+                              "(at least two) holding every image", ("path", "labels"))
+        return None, None
+    number = {c: i for i, c in enumerate(classes)}
+    return np.array([number[parts[0]] for parts in tops], dtype=np.int64), classes
 
 
 class ImageFolder(ImageData):
-    """Every PNG/JPEG under ``path`` (recursively), resized to size × size, as 8-bit images in [−1, 1]."""
+    """Every PNG/JPEG under ``path`` (recursively), resized to size × size, as 8-bit images in [−1, 1]; labelled
+    by class subfolders (path/CLASS/..., classes numbered in sorted order of their names, kept in ``classes``):
+    ``labels`` 'auto' (when every image lies in one of at least two subfolders) | true | false."""
 
-    def __init__(self, path, size=32, channels=3, test_fraction=0.1, seed=0):
+    def __init__(self, path, size=32, channels=3, test_fraction=0.1, seed=0, labels="auto", flip=False, workers=0):
         from PIL import Image, UnidentifiedImageError
 
         root = Path(str(path)).expanduser()
         if not root.is_dir():
             raise ConfigError(f"path={str(root)!r} is not a folder", "path")
         check_choice("channels", channels, (1, 3))
+        if labels not in ("auto", True, False):
+            raise ConfigError(f"labels={labels!r} is invalid: expected auto, true or false", "labels")
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ConfigError(f"path={str(root)!r} holds no PNG or JPEG images", "path")
+        y, self.classes = _class_folders(root, files, labels)
         mode = "L" if channels == 1 else "RGB"
         images = []
         for f in files:
@@ -179,4 +282,5 @@ class ImageFolder(ImageData):
                 raise ConfigError(f"image {str(f)!r} cannot be read ({e})") from None
             arr = np.asarray(im, dtype=np.uint8)
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-        super().__init__(np.stack(images), None, test_fraction, seed, name=f"path={str(root)!r}")
+        super().__init__(np.stack(images), y, test_fraction, seed, name=f"path={str(root)!r}", flip=flip,
+                         workers=workers)

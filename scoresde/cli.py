@@ -27,7 +27,7 @@ from training.trainer import TrainingError
 
 from .pipeline import NonFiniteError, instantiate_config
 
-GROUPS = ("sde", "solver", "model", "data", "experiment")
+GROUPS = ("sde", "solver", "model", "data", "mask", "experiment")
 CHECKPOINT_GROUPS = ("sde", "model", "data")
 
 
@@ -37,8 +37,9 @@ def help_text(conf_dir):
     conf_dir = Path(conf_dir)
     lines = ["usage: python run.py [GROUP=OPTION ...] [KEY=VALUE ...]   (-m for a sweep: solver=em,pc,ode)", ""]
     for group in GROUPS:
-        lines.append(f"{group}=" + ("   (presets)" if group == "experiment" else
-                                    f"   (or {group}._target_=your_module.YourClass)"))
+        note = {"experiment": "(presets)", "mask": "(task=inpaint)"}.get(group,
+                                                                         f"(or {group}._target_=your_module.YourClass)")
+        lines.append(f"{group}=   {note}")
         for path in sorted((conf_dir / group).glob("*.yaml")):
             first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#") and "@package" not in ln), "")
             lines.append(f"  {path.stem:<16s}{first}")

@@ -21,6 +21,8 @@ from models.guidance import GuidedScore, class_labels
 from scoredata import DataSpec
 from sde.errors import CheckpointError, ConfigError, check_int, config_scope
 from solvers import ELBO, ODELikelihood
+from solvers.inpaint import Inpainter
+from solvers.observe import Observation, gray_chroma
 from training.checkpoint import check_fits, read_checkpoint
 from training.trainer import hide_progress, sampling_weights
 
@@ -132,6 +134,47 @@ class Pipeline:
         if getattr(solver, "tuning", None):
             stats["grid_tuning"] = {k: v.tolist() if torch.is_tensor(v) else v for k, v in solver.tuning.items()}
         return x, stats
+
+    def inpaint(self, x, mask, solver="em", completions=1, method="replace", jumps=1, transform=None, seed=0,
+                batch=10000, progress=False, info=False, generator=None, **options):
+        """``completions`` completions of each point of x (N, *shape) whose known part is given by ``mask`` (True =
+        known; of the event shape or x's shape) in the view M x of an orthogonal channel ``transform`` M (None:
+        x itself), sampled by ``solver`` (a stepping solver, or its name with ``options``) with the known part
+        replaced after every step (``method`` 'replace', or 'resample' with ``jumps`` tries per step: see
+        solvers.Inpainter). Returns (N · completions, *shape), point by point (with ``info`` also {"nfe",
+        "seconds", "observed": what was seen of each point, in data space})."""
+        num, batch = check_int("completions", completions) * len(x), check_int("batch", batch)
+        if isinstance(solver, str):
+            solver = solver_from_name(solver, **options)
+        inpainter = solver if isinstance(solver, Inpainter) else _scoped("inpaint", Inpainter, solver=solver,
+                                                                          method=method, jumps=jumps)
+        x = x.to(self.device)
+        if tuple(x.shape[1:]) != tuple(self.data.shape):
+            raise ConfigError(f"x of shape {tuple(x.shape)} does not fit the data's shape {tuple(self.data.shape)}",
+                              "x")
+        observation = Observation(x, mask, transform)
+        whole = observation.select(torch.arange(len(x), device=self.device).repeat_interleave(num // len(x)))
+        gen = generator or torch.Generator(self.device).manual_seed(int(seed))
+        x_T = self.sde.prior_sample((num, *self.data.shape), gen, self.device)
+
+        def draw(idx):
+            return inpainter(self.sde, self.model, x_T[idx], whole.select(idx), gen)
+
+        with Clock(self.device) as clock:
+            out, nfe = _in_batches(draw, self.model, torch.arange(num, device=self.device).split(batch), progress,
+                                   "inpaint")
+        check_finite(out, "completions", f"the model or the solver diverged ({inpainter!r})")
+        return (out, {"nfe": nfe, "seconds": clock.seconds, "observed": observation.observed()}) if info else out
+
+    def colorize(self, x, **options):
+        """Colour versions of the images x (N, C, H, W) that keep their gray level (1, …, 1)ᵀx/√C: inpainting in
+        the orthogonal gray–chroma view (solvers.observe.gray_chroma) with the gray channel known."""
+        c = x.shape[1] if x.ndim == 4 else 0
+        if c < 2:
+            raise ConfigError(f"colorization needs images with 2 or more channels; x has shape {tuple(x.shape)}", "x")
+        mask = torch.zeros(x.shape[1:], dtype=torch.bool)
+        mask[0] = True
+        return self.inpaint(x, mask, transform=gray_chroma(c), **options)
 
     def nll(self, x, seed=0, batch=1000, dequantize=True, likelihood=None, progress=False, info=False,
             generator=None, dequant_draws=1, labels=None, **options):

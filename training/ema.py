@@ -29,12 +29,16 @@ class EMA:
     def update(self, model):
         """θ̄ ← d θ̄ + (1 − d) θ for every floating-point entry of model.state_dict()."""
         d = self.current_decay()
+        shadows, values = [], []
         for key, value in model.state_dict().items():
             shadow = self.shadow[key]
             if shadow.is_floating_point():
-                shadow.lerp_(value.detach().to(shadow), 1.0 - d)
+                shadows.append(shadow)
+                values.append(value.detach().to(shadow))
             else:
                 shadow.copy_(value)
+        if shadows:
+            torch._foreach_lerp_(shadows, values, 1.0 - d)
         self.num_updates += 1
 
     @torch.no_grad()

@@ -3,44 +3,69 @@ import copy
 
 import torch
 
-from sde.errors import CheckpointError
+from sde.errors import CheckpointError, check_choice
 
 from .ema import EMA
 
 PARTS = ("model", "ema", "optimizer", "step", "data_generator", "noise_generator", "torch_rng")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 class TrainState:
     """The model, its EMA, the optimizer, the step count and the two generators (data draws on the CPU, noise
-    and times on the model's device). ``state_dict`` and ``load_state_dict`` carry all of it, and the global
-    CPU random state, so a restored run continues bit for bit."""
+    and times on the model's device). ``state_dict`` and ``load_state_dict`` carry all of it, the global CPU
+    random state and, on CUDA, the device's random state, so a restored run continues bit for bit.
 
-    def __init__(self, model, lr, weight_decay, ema_decay, seed, device):
-        self.model = model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-        self.ema = EMA(model, ema_decay)
+    ``optimizer``: 'adam' (L2 weight decay added to the gradient) or 'adamw' (decoupled weight decay);
+    ``ema_warmup``: the EMA's decay warm-up (EMA). ``train_model`` is the module the loss calls: the model itself,
+    or a wrapper of it (compiled, distributed) that shares its parameters; the state saves the model.
+    """
+
+    def __init__(self, model, lr, weight_decay, ema_decay, seed, device, optimizer="adam", ema_warmup=True):
+        self.model = self.train_model = model
+        self.optimizer_name = check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
+        self.optimizer = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.ema = EMA(model, ema_decay, warmup=ema_warmup)
+        self.device = torch.device(device)
         self.data_generator = torch.Generator().manual_seed(seed)
-        self.noise_generator = torch.Generator(device).manual_seed(seed + 1)
+        self.noise_generator = torch.Generator(self.device).manual_seed(seed + 1)
         self.step = 0
 
+    def generator_on(self, device):
+        """The run's generator for draws on ``device``: the data generator on the CPU, the noise generator on an
+        accelerator."""
+        return self.data_generator if torch.device(device).type == "cpu" else self.noise_generator
+
     def state_dict(self):
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "data_generator": self.data_generator.get_state(),
-                "noise_generator": self.noise_generator.get_state(), "torch_rng": torch.get_rng_state()}
+        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "optimizer_name": self.optimizer_name, "step": self.step,
+                 "data_generator": self.data_generator.get_state(),
+                 "noise_generator": self.noise_generator.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def load_state_dict(self, state):
+        """Restores a checkpoint's state; the EMA keeps the decay and warm-up this run was configured with."""
         missing = [k for k in PARTS if k not in state]
         if missing:
             raise CheckpointError(f"ckpt={state.get('path', '?')!r} lacks {', '.join(missing)}: it cannot resume "
                                   "training, only be sampled", "ckpt")
+        theirs = state.get("optimizer_name", "adam")
+        if theirs != self.optimizer_name:
+            raise CheckpointError(f"ckpt={state.get('path', '?')!r} was trained with optimizer={theirs!r}; this run "
+                                  f"has optimizer={self.optimizer_name!r}: its moments cannot carry over", "ckpt")
         self.model.load_state_dict(state["model"])
+        decay, warmup = self.ema.decay, self.ema.warmup
         self.ema.load_state_dict(state["ema"])
+        self.ema.decay, self.ema.warmup = decay, warmup
         self.optimizer.load_state_dict(state["optimizer"])
         self.data_generator.set_state(state["data_generator"])
         if state["noise_generator"].numel() == self.noise_generator.get_state().numel():
             self.noise_generator.set_state(state["noise_generator"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(state["step"])
 
     def ema_model(self):

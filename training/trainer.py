@@ -1,23 +1,34 @@
-"""The training step and loop: Adam with warm-up and clipping, EMA, mixed precision on GPU, CSV log, atomic
-checkpoints."""
+"""The training step and loop: Adam or AdamW with warm-up, a constant or cosine learning rate, clipping, gradient
+accumulation, EMA, mixed precision, channels-last and torch.compile on GPU, a CSV log (and TensorBoard), sample
+grids, atomic checkpoints; the loss is read back to the host only every ``log_every`` steps."""
 import contextlib
 import copy
 import csv
+import math
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from sde.errors import CheckpointError, ConfigError, check_int, check_number
+from sde.errors import CheckpointError, ConfigError, check_choice, check_int, check_number, invalid
 
 from .checkpoint import load_checkpoint, save_checkpoint, signature
-from .state import TrainState
+from .state import OPTIMIZERS, TrainState
+
+SCHEDULES = ("constant", "cosine")
 
 
 def hide_progress(progress):
     """tqdm's ``disable`` for progress = True, False or 'auto' (shown when stderr is a terminal)."""
     return None if progress == "auto" else not progress
+
+
+def is_main_process():
+    """Whether this process writes the run's files (log, checkpoints, pictures): the only process, or rank 0 of
+    a torch.distributed run."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class TrainingError(RuntimeError):
@@ -34,51 +45,107 @@ class WithLabels:
         return self.model(x, t, self.labels)
 
 
-def draw_batch(data, n, generator, num_classes=None, cond_drop=0.0):
-    """n training points, dequantized within their bins for 8-bit data, and for a conditional model
-    (num_classes) their labels, each replaced by the null label num_classes with probability cond_drop."""
+def prepare_batch(data, x0, labels, generator, num_classes=None, cond_drop=0.0):
+    """A drawn batch made ready for the loss, with ``generator`` (on the batch's device): 8-bit data dequantized
+    within their bins; for a conditional model (num_classes) each label replaced by the null label num_classes
+    with probability cond_drop."""
+    x0 = data.dequantize(x0, generator)
     if num_classes is None:
-        return data.dequantize(data.sample(n, generator), generator), None
+        return x0, None
+    drop = torch.rand(len(labels), generator=generator, device=labels.device) < cond_drop
+    return x0, torch.where(drop, num_classes, labels)
+
+
+def draw_batch(data, n, generator, num_classes=None, cond_drop=0.0):
+    """n training points drawn by ``data.sample`` and prepared (prepare_batch) with the same CPU generator."""
+    if num_classes is None:
+        return prepare_batch(data, data.sample(n, generator), None, generator)
     x0, labels = data.sample(n, generator, labels=True)
-    drop = torch.rand(n, generator=generator) < cond_drop
-    return data.dequantize(x0, generator), torch.where(drop, num_classes, labels)
+    return prepare_batch(data, x0, labels, generator, num_classes, cond_drop)
 
 
-def train_step(state, loss, sde, x0, lr, grad_clip=0.0, autocast=False, labels=None):
-    """One optimizer step on the batch x0 (with its labels, for a conditional model) at learning rate lr;
-    returns the loss before the step (a tensor), or raises TrainingError, leaving the state untouched, when it
-    is not finite."""
+def accumulate_gradients(model, loss, sde, x0, generator, labels=None, accumulate=1, autocast=False):
+    """Backpropagates the loss of the batch x0 in ``accumulate`` equal micro-batches B_i, each scaled by
+    1/accumulate, so the gradients add up to ∇ (1/k) Σ_i L(B_i) = ∇ L(x0) for a loss that averages over the batch;
+    returns that mean loss as a detached tensor, without reading it back to the host."""
+    total = None
+    parts = torch.tensor_split(labels, accumulate) if labels is not None else [None] * accumulate
+    for xb, yb in zip(torch.tensor_split(x0, accumulate), parts):
+        fn = model if yb is None else WithLabels(model, yb)
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=autocast):
+            value = loss(fn, sde, xb, generator)
+        (value / accumulate).backward()
+        value = value.detach().float()
+        total = value if total is None else total + value
+    return total / accumulate
+
+
+def train_step(state, loss, sde, x0, lr, grad_clip=0.0, autocast=False, labels=None, accumulate=1):
+    """One optimizer step on the batch x0 (with its labels, for a conditional model) at learning rate lr, its
+    gradient accumulated over ``accumulate`` micro-batches; returns the batch's loss before the step as a tensor on
+    the device. Nothing is read back to the host: the caller checks the loss is finite (a non-finite one leaves
+    non-finite weights behind it)."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    model = state.model if labels is None else WithLabels(state.model, labels.to(x0.device))
-    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=autocast):
-        value = loss(model, sde, x0, state.noise_generator)
-    if not torch.isfinite(value):
-        raise TrainingError(f"the loss became {value.item()} at step {state.step + 1}")
     state.optimizer.zero_grad(set_to_none=True)
-    value.backward()
+    model = state.train_model
+    value = accumulate_gradients(model, loss, sde, x0, state.noise_generator,
+                                 None if labels is None else labels.to(x0.device), accumulate, autocast)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
     state.optimizer.step()
     state.ema.update(state.model)
     state.step += 1
-    return value.detach()
+    return value
+
+
+def read_back(values):
+    """The losses of the steps since the last read-back, as Python floats: the one place the training loop waits
+    for the device."""
+    return torch.stack(values).cpu().tolist()
+
+
+def _option(name, value, choices=(True, False)):
+    """``value`` when it is one of ``choices`` (booleans matched as booleans, not as 0 or 1)."""
+    if any(type(value) is type(c) and value == c for c in choices):
+        return value
+    raise invalid(name, value, " or ".join(str(c).lower() for c in choices))
 
 
 class Trainer:
-    """Minimises ``loss(model, sde, x0, generator)`` over batches drawn by ``data.sample`` (8-bit data
-    dequantized within their bins, as the likelihood sees them).
+    """Minimises ``loss(model, sde, x0, generator)`` over the batches of ``data.batches`` (8-bit data dequantized
+    within their bins, as the likelihood sees them).
 
-    The learning rate rises linearly over ``warmup`` steps, gradients are clipped to norm ``grad_clip``,
-    and an EMA of the weights (decay ``ema_decay``) is what ``fit`` returns. Every ``ckpt_every`` steps and
-    at the end, ``checkpoint.pt`` in the output folder is replaced atomically; it holds the TrainState, so a
-    resumed run continues exactly where it stopped, and ``meta`` (what the caller says about the model).
-    A conditional model (one with ``num_classes``) trains on labelled batches, each label replaced by the null
-    class with probability ``cond_drop``, so one network learns both s(x, t, y) and s(x, t, ∅).
+    - Learning rate: linear warm-up over ``warmup`` steps to ``lr``, then ``schedule`` 'constant' or 'cosine'
+      (down to ``lr_min`` at the last step; see learning_rate). ``optimizer`` 'adam' or 'adamw' (with
+      ``weight_decay``); gradients clipped to norm ``grad_clip``.
+    - ``batch_size`` is the batch of one optimizer step: with ``accumulate`` = k its gradient is summed over k
+      micro-batches of batch_size / k (less memory, the same step up to float rounding).
+    - An EMA of the weights (decay ``ema_decay``; with ``ema_warmup`` min(decay, (1 + n) / (10 + n)) at update n)
+      is what ``fit`` returns.
+    - On CUDA: bf16 autocast (``amp``); channels-last weights and batches (``channels_last``: 'auto' = on CUDA
+      for images); ``compile`` runs the training forward and backward through torch.compile.
+    - The loss of each step stays on the device. The losses are read back to the host (the loop's only wait)
+      every ``log_every`` steps, at checkpoint steps and the step after them, at ``sample_every`` steps and at the
+      end; a non-finite loss stops training at the read-back after it, naming its step.
+    - ``train_log.csv`` gets a row every ``log_every`` steps and at the end: the step, the mean loss over the
+      steps since the previous row, the learning rate of that step, the seconds since the start; with
+      ``tensorboard`` the same scalars go to ``tensorboard/`` beside it.
+    - Every ``ckpt_every`` steps and at the end, ``checkpoint.pt`` in the output folder is replaced atomically;
+      it holds the TrainState, so a resumed run continues exactly where it stopped, and ``meta`` (what the
+      caller says about the model).
+    - Every ``sample_every`` steps (0: never) ``fit``'s ``on_sample(step, ema_model)`` is called, with the
+      random states restored afterwards, so pictures do not change the run.
+    - A conditional model (one with ``num_classes``) trains on labelled batches, each label replaced by the null
+      class with probability ``cond_drop``, so one network learns both s(x, t, y) and s(x, t, ∅).
+
+    Files (log, checkpoints, pictures) are written by the main process alone (is_main_process).
     """
 
     def __init__(self, steps=5000, batch_size=512, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.999,
-                 weight_decay=0.0, ckpt_every=1000, amp=True, progress=True, seed=0, cond_drop=0.0):
+                 weight_decay=0.0, ckpt_every=1000, amp=True, progress=True, seed=0, cond_drop=0.0, optimizer="adam",
+                 schedule="constant", lr_min=0.0, accumulate=1, log_every=25, ema_warmup=True, channels_last="auto",
+                 compile=False, sample_every=0, tensorboard=False):
         self.steps = check_int("steps", steps, 0)
         self.batch_size = check_int("batch_size", batch_size)
         self.ckpt_every = check_int("ckpt_every", ckpt_every)
@@ -89,29 +156,72 @@ class Trainer:
         self.weight_decay = check_number("weight_decay", weight_decay, strict=False)
         self.amp, self.progress, self.seed = bool(amp), progress, int(seed)
         self.cond_drop = check_number("cond_drop", cond_drop, strict=False, maximum=1.0)
+        self.optimizer = check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
+        self.schedule = check_choice("schedule", schedule, SCHEDULES)
+        self.lr_min = check_number("lr_min", lr_min, strict=False)
+        if self.lr_min > self.lr:
+            raise ConfigError(f"lr_min={lr_min!r} is invalid: it exceeds lr={lr!r}", ("lr_min", "lr"))
+        self.accumulate = check_int("accumulate", accumulate)
+        if self.batch_size % self.accumulate:
+            raise ConfigError(f"batch_size={batch_size} is not a multiple of accumulate={accumulate}: the micro-batches "
+                              "must be equal", ("batch_size", "accumulate"))
+        self.log_every = check_int("log_every", log_every)
+        self.ema_warmup = _option("ema_warmup", ema_warmup)
+        self.channels_last = _option("channels_last", channels_last, ("auto", True, False))
+        self.compile = _option("compile", compile)
+        self.sample_every = check_int("sample_every", sample_every, 0)
+        self.tensorboard = _option("tensorboard", tensorboard)
+        if self.tensorboard:
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard",
+                                  "tensorboard") from None
 
     def learning_rate(self, step):
-        """lr · min(1, (step + 1) / warmup)."""
-        return self.lr * min(1.0, (step + 1) / max(self.warmup, 1))
+        """The rate of the step after ``step`` steps: lr · min(1, (step + 1) / warmup), and for 'cosine' after the
+        warm-up lr_min + (lr − lr_min) · ½ (1 + cos π p), p = (step + 1 − warmup) / (steps − warmup): lr at the end
+        of the warm-up, lr_min at the last step."""
+        rate = self.lr * min(1.0, (step + 1) / max(self.warmup, 1))
+        if self.schedule == "constant" or step + 1 <= self.warmup:
+            return rate
+        p = min(1.0, (step + 1 - self.warmup) / max(self.steps - self.warmup, 1))
+        return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1 + math.cos(math.pi * p))
 
-    def fit(self, model, loss, sde, data, out_dir, device, resume=None, meta=None):
-        """Trains ``model`` in place up to ``steps`` and returns (ema_model, last_step).
+    def uses_channels_last(self, device, data):
+        """channels_last 'auto': on CUDA, for images."""
+        if self.channels_last == "auto":
+            return torch.device(device).type == "cuda" and len(data.shape) == 3
+        return self.channels_last
+
+    def fit(self, model, loss, sde, data, out_dir, device, resume=None, meta=None, on_sample=None):
+        """Trains ``model`` in place up to ``steps`` and returns (ema_model, last_step); writes into ``out_dir``
+        (created if missing).
 
         A checkpoint is taken every ``ckpt_every`` steps but written only once it has proven good: its weights
         (model and EMA) are finite and the loss of the step after it is finite (at the last step, the loss of
         one more batch). So the file a non-finite stop names always resumes.
         """
-        out_dir = Path(out_dir)
+        out_dir, device = Path(out_dir), torch.device(device)
         ckpt_path = out_dir / "checkpoint.pt"
-        remove_stale_temporaries(ckpt_path)
-        state = TrainState(model, self.lr, self.weight_decay, self.ema_decay, self.seed, device)
-        if resume is not None:
-            state.load_state_dict(load_checkpoint(resume, model))
-        autocast = self.amp and device.type == "cuda"
-        pending = None
+        main = is_main_process()
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(ckpt_path)
         num_classes = getattr(model, "num_classes", None)
         if self.cond_drop and num_classes is None:
             raise ConfigError(f"cond_drop={self.cond_drop:g} needs a conditional model (labelled data)", "cond_drop")
+        channels_last = self.uses_channels_last(device, data)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        state = TrainState(model, self.lr, self.weight_decay, self.ema_decay, self.seed, device, self.optimizer,
+                           self.ema_warmup)
+        if resume is not None:
+            state.load_state_dict(load_checkpoint(resume, model))
+        if self.compile:
+            state.train_model = torch.compile(model)
+        autocast = self.amp and device.type == "cuda"
+        sample_every = self.sample_every if on_sample is not None else 0
 
         def stop(why):
             kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
@@ -124,34 +234,55 @@ class Trainer:
             if bad:
                 raise stop(f"the weights became non-finite by step {snapshot['step']} ({len(bad)} of {len(tensors)} "
                            f"tensors, first {bad[0]})")
+            if not main:
+                return
             try:
                 save_checkpoint(ckpt_path, **snapshot, signature=signature(model), meta=meta or {})
             except OSError as e:
                 raise stop(f"checkpoint {ckpt_path} could not be written ({e})") from None
 
+        batches = data.batches(self.batch_size, state.data_generator, labels=num_classes is not None, device=device,
+                               seed=self.seed, start=state.step)
         model.train()
-        with open_log(out_dir / "train_log.csv", state.step) as (fh, log), \
-                tqdm(total=self.steps, initial=state.step, disable=hide_progress(self.progress), desc="train",
-                     dynamic_ncols=True) as bar:
-            start, running = time.perf_counter(), None
+        with contextlib.closing(batches), RunLog(out_dir, state.step, self.tensorboard, main) as log, \
+                tqdm(total=self.steps, initial=state.step, disable=hide_progress(self.progress) if main else True,
+                     desc="train", dynamic_ncols=True) as bar:
+            start, pending, window, row = time.perf_counter(), None, [], []
             while state.step < self.steps:
                 lr = self.learning_rate(state.step)
-                x0, labels = draw_batch(data, self.batch_size, state.data_generator, num_classes, self.cond_drop)
-                try:
-                    value = train_step(state, loss, sde, x0.to(device), lr, self.grad_clip, autocast, labels).item()
-                except TrainingError as e:
-                    raise stop(str(e)) from None
+                x0, labels = next(batches)
+                x0, labels = prepare_batch(data, x0, labels, state.generator_on(x0.device), num_classes,
+                                           self.cond_drop)
+                x0 = x0.to(device, non_blocking=True)
+                if channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                window.append(train_step(state, loss, sde, x0, lr, self.grad_clip, autocast, labels, self.accumulate))
+                bar.update(1)
+                step, last = state.step, state.step == self.steps
+                due_row = step % self.log_every == 0 or last
+                due_ckpt = step % self.ckpt_every == 0 or last
+                due_sample = sample_every and step % sample_every == 0
+                if not (due_row or due_ckpt or due_sample or pending is not None):
+                    continue
+                values = read_back(window)
+                bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+                if bad:
+                    raise stop(f"the loss became {values[bad[0]]} at step {step - len(values) + 1 + bad[0]}")
+                window, row = [], row + values
                 if pending is not None:
                     write(pending)
                     pending = None
-                running = value if running is None else 0.98 * running + 0.02 * value
-                log.writerow([state.step, f"{value:.6g}", f"{lr:.6g}", f"{time.perf_counter() - start:.3f}"])
-                bar.update(1)
-                if state.step % 25 == 0 or state.step == self.steps:
-                    bar.set_postfix(loss=f"{running:.4f}")
-                if state.step % self.ckpt_every == 0 or state.step == self.steps:
-                    fh.flush()
+                if due_row:
+                    mean = sum(row) / len(row)
+                    log.row(step, mean, lr, time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{mean:.4f}")
+                    row = []
+                if due_ckpt:
+                    log.flush()
                     pending = copy.deepcopy(state.state_dict())
+                if due_sample and main:
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+                        on_sample(step, state.ema_model())
             if pending is not None:
                 self.check_final_loss(state, loss, sde, data, device, autocast, stop)
                 write(pending)
@@ -168,6 +299,42 @@ class Trainer:
             value = loss(model, sde, x0, torch.Generator(device).manual_seed(self.seed + 3))
         if not torch.isfinite(value):
             raise stop(f"the loss of the final weights is {value.item()}")
+
+
+class RunLog:
+    """The training log of the main process: ``train_log.csv`` (rows after ``step``, a resumed checkpoint's,
+    dropped first) and, with ``tensorboard``, the same scalars in ``tensorboard/``; nothing when not ``enabled``."""
+
+    def __init__(self, out_dir, step, tensorboard=False, enabled=True):
+        self.out_dir, self.step, self.tensorboard, self.enabled = Path(out_dir), step, tensorboard, enabled
+        self.stack = contextlib.ExitStack()
+        self.fh = self.csv = self.writer = None
+
+    def __enter__(self):
+        if self.enabled:
+            self.fh, self.csv = self.stack.enter_context(open_log(self.out_dir / "train_log.csv", self.step))
+            if self.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = self.stack.enter_context(SummaryWriter(str(self.out_dir / "tensorboard")))
+        return self
+
+    def __exit__(self, *exc):
+        return self.stack.__exit__(*exc)
+
+    def row(self, step, loss, lr, seconds):
+        if not self.enabled:
+            return
+        self.csv.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{seconds:.3f}"])
+        if self.writer is not None:
+            self.writer.add_scalar("loss", loss, step)
+            self.writer.add_scalar("lr", lr, step)
+
+    def flush(self):
+        if self.enabled:
+            self.fh.flush()
+            if self.writer is not None:
+                self.writer.flush()
 
 
 def nonfinite(tensors):
