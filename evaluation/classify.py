@@ -6,8 +6,9 @@ import numpy as np
 import torch
 
 
-def applies(data, max_dim=4096):
-    """Whether ``classifier_report`` suits ``data``: labelled images of at most ``max_dim`` values each."""
+def applies(data, max_dim=1024):
+    """Whether ``classifier_report`` suits ``data``: labelled images of at most ``max_dim`` values each (an RBF SVM
+    on larger images, CIFAR-sized, would cost minutes; ask for it explicitly to force it)."""
     return data.num_classes is not None and len(data.shape) == 3 and data.dim <= max_dim
 
 
