@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.threads import LOAD
+from benchmarks.threads import competing_load
 from scoresde.cli import busy_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +57,7 @@ def main():
     cores = os.cpu_count() or 1
     rows = []
     for load in ("idle", "loaded"):
-        competitor = None
-        if load == "loaded":
-            env = {**os.environ}
-            env.pop("OMP_NUM_THREADS", None)
-            competitor = subprocess.Popen([sys.executable, "-c", LOAD], env=env)
-            time.sleep(args.warmup)
-        try:
+        with competing_load(load == "loaded", args.warmup):
             for job in args.jobs:
                 for threads in ("auto", cores):
                     if load == "idle":
@@ -75,10 +69,6 @@ def main():
                     print(f"{load:7s} {job:8s} threads={threads}: "
                           f"{'timed out' if seconds is None else f'{seconds:.0f} s'} "
                           f"(train {metrics.get('train_seconds', float('nan')):.0f} s) {shown}", flush=True)
-        finally:
-            if competitor is not None:
-                competitor.kill()
-                competitor.wait()
     if args.out:
         write_table(args, rows, cores)
 

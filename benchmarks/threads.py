@@ -7,6 +7,7 @@ matrix products on torch's default threads), a fresh process times training step
 on the checkerboard, batch 512) and of the U-Net on the 8 × 8 digits (batch 128), after warm-up steps.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -42,6 +43,24 @@ print(json.dumps({"seconds_per_step": (time.perf_counter() - start) / steps}))
 LOAD = "import torch\na = torch.randn(1000, 1000)\nwhile True:\n    a = (a @ a).tanh()\n"
 
 
+@contextlib.contextmanager
+def competing_load(active, warmup):
+    """With ``active``, one other process running LOAD on torch's default threads, started ``warmup`` seconds
+    before the block and stopped after it; without, nothing."""
+    if not active:
+        yield
+        return
+    env = {**os.environ}
+    env.pop("OMP_NUM_THREADS", None)
+    competitor = subprocess.Popen([sys.executable, "-c", LOAD], env=env)
+    try:
+        time.sleep(warmup)
+        yield
+    finally:
+        competitor.kill()
+        competitor.wait()
+
+
 def measure(threads, which, steps):
     env = {**os.environ}
     env.pop("OMP_NUM_THREADS", None)
@@ -61,23 +80,13 @@ def main():
     cores = os.cpu_count() or 1
     rows = []
     for load in ("idle", "loaded"):
-        competitor = None
-        if load == "loaded":
-            env = {**os.environ}
-            env.pop("OMP_NUM_THREADS", None)
-            competitor = subprocess.Popen([sys.executable, "-c", LOAD], env=env)
-            time.sleep(2)
-        try:
+        with competing_load(load == "loaded", 2.0):
             for which, steps in (("mlp", args.mlp_steps), ("unet", args.unet_steps)):
                 times = {n: measure(n, which, steps) for n in sorted({1, cores})}
                 for n, t in times.items():
                     rows.append((load, which, n, t, t / times[1]))
                     print(f"{load:7s} {which:5s} threads={n}: {t * 1000:.1f} ms/step ({t / times[1]:.2f}x 1 thread)",
                           flush=True)
-        finally:
-            if competitor is not None:
-                competitor.kill()
-                competitor.wait()
     if args.out:
         import torch
 

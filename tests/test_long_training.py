@@ -18,6 +18,7 @@ from training import trainer as trainer_module
 from training.checkpoint import load_checkpoint
 from training.state import TrainState
 from training.trainer import TrainingError, accumulate_gradients
+from test_training import NaNAfter
 
 CPU = torch.device("cpu")
 
@@ -153,19 +154,6 @@ def test_the_loss_is_read_back_only_at_log_points(tmp_path, monkeypatch):
         monkeypatch.undo()
     assert [r["read_back"] for r in results] == [2, 4]
     assert results[1]["sync"] - results[0]["sync"] <= 2 * (results[1]["read_back"] - results[0]["read_back"])
-
-
-class NaNAfter(DSMLoss):
-    """The DSM loss, until call ``bad`` where it returns NaN."""
-
-    def __init__(self, bad):
-        super().__init__()
-        self.calls, self.bad = 0, bad
-
-    def __call__(self, model, sde, x0, generator=None):
-        self.calls += 1
-        value = super().__call__(model, sde, x0, generator)
-        return value * float("nan") if self.calls >= self.bad else value
 
 
 @pytest.mark.parametrize("bad, kept", [(33, 30), (31, 20), (11, None)])
