@@ -92,7 +92,9 @@ def label_embedding(num_classes, dim):
 
 
 def check_labels(labels, num_classes, x):
-    """Labels for a batch x: None, or integers 0..num_classes (num_classes = the null class), one per point."""
+    """Labels for a batch x: None, or integers 0..num_classes (num_classes = the null class), one per point. Their
+    range is checked on the CPU only: on an accelerator that check would wait for the device at every forward (an
+    out-of-range label still fails there, in the embedding's lookup)."""
     if labels is None:
         return None
     if num_classes is None:
@@ -101,7 +103,7 @@ def check_labels(labels, num_classes, x):
     if labels.is_floating_point() or len(labels) != x.shape[0]:
         raise ConfigError(f"labels: expected {x.shape[0]} integer labels, got {len(labels)} of type {labels.dtype}",
                           "labels")
-    if len(labels) and (labels.min() < 0 or labels.max() > num_classes):
+    if len(labels) and labels.device.type == "cpu" and (labels.min() < 0 or labels.max() > num_classes):
         bad = labels[(labels < 0) | (labels > num_classes)][0].item()
         raise ConfigError(f"label {bad} is out of range: the network knows classes 0..{num_classes - 1} and the "
                           f"null class {num_classes}", "labels")

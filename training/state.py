@@ -18,13 +18,15 @@ class TrainState:
 
     ``optimizer``: 'adam' (L2 weight decay added to the gradient) or 'adamw' (decoupled weight decay);
     ``ema_warmup``: the EMA's decay warm-up (EMA). ``train_model`` is the module the loss calls: the model itself,
-    or a wrapper of it (compiled, distributed) that shares its parameters; the state saves the model.
+    or a wrapper of it (compiled, distributed) that shares its parameters; the state saves the model. On CUDA the
+    optimizer runs fused (one kernel for all parameters).
     """
 
     def __init__(self, model, lr, weight_decay, ema_decay, seed, device, optimizer="adam", ema_warmup=True):
         self.model = self.train_model = model
         self.optimizer_name = check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
-        self.optimizer = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
+        fused = {"fused": True} if torch.device(device).type == "cuda" else {}
+        self.optimizer = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
         self.ema = EMA(model, ema_decay, warmup=ema_warmup)
         self.device = torch.device(device)
         self.data_generator = torch.Generator().manual_seed(seed)
@@ -59,7 +61,10 @@ class TrainState:
         decay, warmup = self.ema.decay, self.ema.warmup
         self.ema.load_state_dict(state["ema"])
         self.ema.decay, self.ema.warmup = decay, warmup
+        own = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, kept in zip(self.optimizer.param_groups, own):
+            group.update(kept)
         self.data_generator.set_state(state["data_generator"])
         if state["noise_generator"].numel() == self.noise_generator.get_state().numel():
             self.noise_generator.set_state(state["noise_generator"])
