@@ -5,10 +5,13 @@ run directory.
     python run.py sde=vp solver=pc
     python run.py model=oracle data=gmm solver=ode likelihood=true
     python run.py sde._target_=my_module.MySDE
+    torchrun --nproc_per_node=4 run.py ...          # DistributedDataParallel over 4 GPUs (train.batch_size global)
 """
+import contextlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -29,7 +32,8 @@ from scoresde.cli import (build, check_data_fits, check_group_choices, check_ove
                           one_line_errors, reconcile, run_lock, show_warnings_in_one_line, warn_about_scale)
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
-from sde.errors import ConfigError, check_int, check_number, config_scope, invalid
+from sde.errors import ConfigError, ConfigWarning, check_int, check_number, config_scope, invalid
+from training import distributed
 from training.checkpoint import read_checkpoint
 from training.trainer import load_for_sampling
 
@@ -64,6 +68,8 @@ def sample_and_report(cfg, pipe, solver, classify, out, metrics, gen):
         x, stats = pipe.sample(cfg.sample.num, solver, batch=cfg.sample.batch, generator=gen, info=True,
                                progress=cfg.progress, classes=to_plain(cfg.sample.classes),
                                guidance=cfg.guidance.scale)
+    if not distributed.is_main_process():
+        return
     labels = stats["labels"]
     metrics.update(nfe_sample=stats["nfe"], sample_seconds=stats["seconds"])
     if labels is not None:
@@ -107,6 +113,8 @@ def inpaint_and_report(cfg, pipe, inpainter, x_known, observed, out, metrics, ge
     with config_scope("inpaint"):
         x, stats = pipe.inpaint(x_known, mask, inpainter, cfg.inpaint.completions, transform=transform,
                                 batch=cfg.sample.batch, generator=gen, info=True, progress=cfg.progress)
+    if not distributed.is_main_process():
+        return
     metrics.update(nfe_inpaint=stats["nfe"], inpaint_seconds=stats["seconds"], inpainter=repr(inpainter))
     if isinstance(pipe.data, GaussianMixture) and transform is None:
         metrics.update(inpainting_report(pipe.data, x_known, mask, x, torch.Generator().manual_seed(cfg.seed + 8)))
@@ -123,29 +131,56 @@ def inpaint_and_report(cfg, pipe, inpainter, x_known, observed, out, metrics, ge
 
 def sample_grid(cfg, sde, data, solver, out, device):
     """train.sample_every: what the trainer calls at those steps, on_sample(step, ema_model), drawing the same
-    prior points each time with the run's solver (64 for images, else up to 1000) into samples_step{N}.png."""
+    prior points each time with the run's solver (64 for images, else up to 1000) into samples_step{N}.png; every
+    process samples its share, the main process draws the picture."""
     num = 64 if len(data.shape) == 3 else min(cfg.sample.num, 1000)
 
     def on_sample(step, ema_model):
         x = Pipeline(sde, ema_model, data, device).sample(num, solver, batch=cfg.sample.batch,
                                                           generator=torch.Generator(device).manual_seed(cfg.seed))
-        plot_samples(x.cpu().numpy(), out / f"samples_step{step}.png", title=f"step {step}\n{solver!r}",
-                     value_range=data.value_range)
+        if distributed.is_main_process():
+            plot_samples(x.cpu().numpy(), out / f"samples_step{step}.png", title=f"step {step}\n{solver!r}",
+                         value_range=data.value_range)
     return on_sample
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg):
     out = Path(HydraConfig.get().runtime.output_dir)
-    with one_line_errors(), run_lock(out):
+    with one_line_errors():
+        if distributed.launched():
+            distributed.init_from_env(resolve_device(cfg.device).type)
+            out = distributed.broadcast_object(out)
+    main_process = distributed.is_main_process()
+    with one_line_errors(), run_lock(out) if main_process else contextlib.nullcontext():
         run(cfg, out)
+    distributed.shutdown()
+
+
+def quiet_other_ranks(argv):
+    """Under torchrun, the command line of a process other than rank 0: Hydra writes nothing for it (no .hydra
+    folder, no log, the working directory as its run directory; main takes rank 0's), its warnings are left to
+    rank 0. A sweep (-m) is refused: start one torchrun per run."""
+    if not distributed.launched():
+        return argv
+    if {"-m", "--multirun"} & set(argv) or any(a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv):
+        raise ConfigError("sweeps (-m) do not run under torchrun: start one torchrun per run")
+    if os.environ["RANK"] == "0":
+        return argv
+    warnings.filterwarnings("ignore", category=ConfigWarning)
+    return argv + ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+                   "hydra.run.dir=."]
 
 
 def run(cfg, out):
-    """Everything a run does, in order; every option is checked before training starts."""
+    """Everything a run does, in order; every option is checked before training starts. Under torchrun every
+    process runs it (training and evaluation are collective) and only the main one prints and writes."""
+    main_process = distributed.is_main_process()
+    if not main_process:
+        cfg.progress = False
     meta = checkpoint_meta(cfg)
     choose_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = distributed.process_device(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     sde = build("sde", cfg.sde)
     data = build("data", cfg.data)
@@ -170,9 +205,12 @@ def run(cfg, out):
         observed = observation_setup(cfg, data)
     metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
     size = sum(p.numel() for p in model.parameters())
-    print(f"run {out}\n  data     {data!r}\n  model    {type(model).__name__}"
-          f"{f' ({size:,} parameters)' if size else ''}\n  process  {sde!r}\n  solver   {solver!r}\n"
-          f"  device   {device} ({torch.get_num_threads()} threads)", flush=True)
+    if distributed.world_size() > 1:
+        metrics["processes"] = distributed.world_size()
+    print_main = print if main_process else (lambda *args, **kwargs: None)
+    print_main(f"run {out}\n  data     {data!r}\n  model    {type(model).__name__}"
+               f"{f' ({size:,} parameters)' if size else ''}\n  process  {sde!r}\n  solver   {solver!r}\n"
+               f"  device   {device} ({torch.get_num_threads()} threads)", flush=True)
     with config_scope("sample"):
         check_int("num", cfg.sample.num), check_int("batch", cfg.sample.batch)
         check_number("max_range", cfg.sample.max_range, strict=False)
@@ -201,7 +239,7 @@ def run(cfg, out):
     if next(model.parameters(), None) is not None:
         if cached is not None and cached.exists():
             metrics.update(train_steps=load_for_sampling(model, cached), trained_in=str(cached.parent))
-            print(f"trained model of this sweep reused: {cached}", flush=True)
+            print_main(f"trained model of this sweep reused: {cached}", flush=True)
         elif trainer.steps > 0:
             loss = build("loss", cfg.loss)
             spec = {"sde": OmegaConf.to_container(cfg.sde, resolve=True),
@@ -238,7 +276,8 @@ def run(cfg, out):
             exact = -data.log_prob(stats["x"].double().cpu())
             metrics["exact_nll"] = exact.mean().item()
             columns["exact_nll"] = exact.numpy()
-        np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), **columns)
+        if main_process:
+            np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), **columns)
     if mode == "ode":
         with config_scope("eval.ode"):
             nll, stats = pipe.nll(x_test, batch=cfg.eval.batch, likelihood=likelihood, generator=gen, info=True,
@@ -255,8 +294,11 @@ def run(cfg, out):
             exact = -data.log_prob(stats["x"].double().cpu(), **given)
             metrics["exact_nll"] = exact.mean().item()
             columns["exact_nll"] = exact.numpy()
-        np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), **columns)
+        if main_process:
+            np.savez(out / "likelihood.npz", x=stats["x"].cpu().numpy(), **columns)
 
+    if not main_process:
+        return
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for key in SUMMARY:
         if key in metrics:
@@ -281,4 +323,5 @@ if __name__ == "__main__":
     with one_line_errors():
         check_group_choices(sys.argv[1:], CONF)
         check_override_keys(sys.argv[1:], CONF)
+        sys.argv = sys.argv[:1] + quiet_other_ranks(sys.argv[1:])
     main()

@@ -6,6 +6,15 @@ import torch
 from sde.errors import ConfigError, check_int
 
 
+def share(n, part=None):
+    """The rows of part ``index`` of ``count`` (part = (index, count); None: the whole) of n rows, as a slice:
+    ⌊index · n / count⌋ up to ⌊(index + 1) · n / count⌋, contiguous, in order, sizes differing by at most one."""
+    if part is None:
+        return slice(0, n)
+    index, count = part
+    return slice(index * n // count, (index + 1) * n // count)
+
+
 class DataSet:
     """A distribution to learn, with its held-out test points.
 
@@ -47,17 +56,22 @@ class DataSet:
             raise ConfigError(f"num={n} exceeds the {self.test_size} held-out points of {self!r}", "num")
         return self._deliver(self.draw_test(n, generator), device, dtype, labels)
 
-    def batches(self, batch_size, generator, labels=False, device=None, seed=0, start=0):
+    def batches(self, batch_size, generator, labels=False, device=None, seed=0, start=0, part=None):
         """Endless training batches (x, y): x of shape (batch_size, *shape) in float32, y their labels
-        (``labels=True``) or None. What a training loop draws from, whatever the data set.
+        (``labels=True``) or None. What a training loop draws from, whatever the data set. With ``part`` =
+        (index, count) each batch of batch_size is cut into ``count`` parts (share) and only part ``index`` is
+        delivered: one process's shard of a distributed run's global batch.
 
         This default draws ``sample(batch_size, generator)`` on the CPU for each batch, lazily, so the state of
-        ``generator`` is the position in the stream. Data sets that deliver through a loader (8-bit images,
-        TensorData) instead yield batch ``start`` onwards of an order fixed by ``seed``, already on ``device``.
+        ``generator`` is the position in the stream (every process draws the global batch from the same stream
+        and keeps its part). Data sets that deliver through a loader (8-bit images, TensorData) instead yield
+        batch ``start`` onwards of an order fixed by ``seed``, already on ``device``, reading only the part's rows.
         """
+        rows = share(batch_size, part)
         while True:
-            drawn = self.sample(batch_size, generator, labels=labels)
-            yield drawn if labels else (drawn, None)
+            x, y = self.sample(batch_size, generator, labels=True) if labels else (
+                self.sample(batch_size, generator), None)
+            yield x[rows], None if y is None else y[rows]
 
     def _deliver(self, drawn, device, dtype, labels):
         x, y = drawn

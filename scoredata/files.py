@@ -104,17 +104,18 @@ class TensorData(DataSet):
     def draw_test(self, n, generator):
         return self._rows(self.test_index[:n])
 
-    def batches(self, batch_size, generator, labels=False, device=None, seed=0, start=0):
+    def batches(self, batch_size, generator, labels=False, device=None, seed=0, start=0, part=None):
         """8-bit images: batch ``start`` onwards of the order that ``seed`` fixes, through a DataLoader, decoded
-        to float32 on ``device`` (``generator`` is not used). Other points: DataSet.batches."""
+        to float32 on ``device`` (``generator`` is not used); with ``part`` only that part's rows of each batch
+        are read. Other points: DataSet.batches."""
         if not self.eight_bit:
-            yield from super().batches(batch_size, generator, labels, device, seed, start)
+            yield from super().batches(batch_size, generator, labels, device, seed, start, part)
             return
         if labels and self.labels is None:
             raise ConfigError(f"{self!r} has no labels")
         yield from image_batches(self.store, self.train_index, check_int("batch_size", batch_size),
                                  lambda k: eight_bit_to_unit(k, torch.float32), self.labels if labels else None,
-                                 self.channels_last, seed, start, self.flip, self.workers, device)
+                                 self.channels_last, seed, start, self.flip, self.workers, device, part)
 
     def __repr__(self):
         return (f"{type(self).__name__}(train={len(self.train_index)}, test={len(self.test_index)}, "

@@ -8,6 +8,8 @@ uint8, through pinned memory when the batches go to a GPU, and become floats onl
 import numpy as np
 import torch
 
+from .base import share
+
 
 def read_rows(store, rows, channels_last=False):
     """The images ``store[rows]`` as a uint8 array (B, C, H, W); a store laid out (N, H, W, C) is transposed per
@@ -22,12 +24,14 @@ class EpochOrder:
     Epoch e visits every row once, in the order of a permutation drawn by ``numpy.random.default_rng((seed, e))``;
     the stream is epoch 0, epoch 1, ... one after another, and batch k is its items k·B ... (k + 1)·B − 1 (a batch
     may span the end of an epoch). With ``flip`` each visit also draws, from the same generator, whether the image
-    is mirrored left–right (probability ½). Iteration starts at batch ``start``.
+    is mirrored left–right (probability ½). Iteration starts at batch ``start``. With ``part`` = (index, count)
+    only that part of each batch's items is yielded (base.share): one process's shard of the global batch.
     """
 
-    def __init__(self, index, batch_size, seed=0, start=0, flip=False):
+    def __init__(self, index, batch_size, seed=0, start=0, flip=False, part=None):
         self.index, self.batch_size = np.asarray(index), int(batch_size)
         self.seed, self.start, self.flip = int(seed) % 2**63, int(start), bool(flip)
+        self.rows = share(self.batch_size, part)
 
     def epoch(self, e):
         """The rows of epoch e in visiting order, and their flips."""
@@ -50,7 +54,7 @@ class EpochOrder:
                 if offset == n:
                     e, offset = e + 1, 0
                     order, flips = self.epoch(e)
-            yield np.concatenate(rows), np.concatenate(flipped)
+            yield np.concatenate(rows)[self.rows], np.concatenate(flipped)[self.rows]
 
 
 class PixelBatches(torch.utils.data.Dataset):
@@ -85,15 +89,15 @@ class PixelBatches(torch.utils.data.Dataset):
 
 
 def image_batches(store, index, batch_size, decode, labels=None, channels_last=False, seed=0, start=0, flip=False,
-                  workers=0, device=None):
-    """Endless batches (x, y) of the uint8 images ``store[index]`` in EpochOrder from batch ``start``: x decoded by
-    ``decode`` (uint8 → float32 on the device), y the labels (a LongTensor indexed by row) or None. ``workers``
-    processes read the rows (0: the main process); with CUDA the uint8 batches pass through pinned memory and are
-    copied without blocking."""
+                  workers=0, device=None, part=None):
+    """Endless batches (x, y) of the uint8 images ``store[index]`` in EpochOrder from batch ``start`` (only the
+    rows of ``part`` of each, when given): x decoded by ``decode`` (uint8 → float32 on the device), y the labels
+    (a LongTensor indexed by row) or None. ``workers`` processes read the rows (0: the main process); with CUDA
+    the uint8 batches pass through pinned memory and are copied without blocking."""
     device = torch.device(device or "cpu")
     cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(
-        PixelBatches(store, labels, channels_last), sampler=EpochOrder(index, batch_size, seed, start, flip),
+        PixelBatches(store, labels, channels_last), sampler=EpochOrder(index, batch_size, seed, start, flip, part),
         batch_size=None, num_workers=int(workers), pin_memory=cuda, generator=torch.Generator(),
         prefetch_factor=4 if workers else None)
     for x, y in loader:

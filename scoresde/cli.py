@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from sde.errors import ConfigError, ConfigWarning, check_int
+from training.distributed import launched
 from training.trainer import TrainingError
 
 from .pipeline import NonFiniteError, instantiate_config
@@ -95,11 +96,14 @@ def check_group_choices(argv, conf_dir):
 
 
 def choose_threads(setting):
-    """torch's CPU threads: an int, or 'auto' = the cores not busy now (cores − busy_cores(), at least 1).
+    """torch's CPU threads: an int, or 'auto' = the cores not busy now (cores − busy_cores(), at least 1; under
+    torchrun the cores shared equally by the processes on this machine).
     PyTorch's default of every core made training 14–28× slower on a 2-core machine with one other job
     (benchmarks/results/threads.md)."""
     cores = os.cpu_count() or 1
-    if setting == "auto":
+    if setting == "auto" and launched():
+        n = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    elif setting == "auto":
         n = max(1, min(cores, int(cores - busy_cores() + 0.5)))
     else:
         n = check_int("threads", setting)

@@ -23,6 +23,7 @@ from sde.errors import CheckpointError, ConfigError, check_int, config_scope
 from solvers import ELBO, ODELikelihood
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
+from training import distributed
 from training.checkpoint import check_fits, read_checkpoint
 from training.trainer import hide_progress, sampling_weights
 
@@ -91,6 +92,10 @@ class Pipeline:
     the DataSpec a checkpoint keeps: event shape, classes, quantization), on ``device``.
 
     Unpacks as ``sde, model = pipe``. ``step`` and ``config`` say where a loaded model came from.
+
+    Under torchrun (training.distributed) ``sample``, ``inpaint``, ``nll`` and ``elbo`` are collective: every
+    process does its contiguous share of the points with a generator of its own (drawn from the one given, see
+    distributed.rank_generator) and every process returns all of them, gathered in rank order.
     """
 
     def __init__(self, sde, model, data, device="cpu", step=None, config=None):
@@ -117,16 +122,16 @@ class Pipeline:
             solver = solver_from_name(solver, **options)
         labels = class_labels(classes, num, getattr(self.model, "num_classes", None))
         guided = GuidedScore(self.model, labels, guidance)
-        gen = generator or torch.Generator(self.device).manual_seed(int(seed))
-        x_T = self.sde.prior_sample((num, *self.data.shape), gen, self.device)
+        lo, hi, gen = _share(num, generator or torch.Generator(self.device).manual_seed(int(seed)))
+        x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)
 
         def draw(idx):
             score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()], guided.scale)
-            return solver(self.sde, score, x_T[idx], gen)
+            return solver(self.sde, score, x_T[idx - lo], gen)
 
         with Clock(self.device) as clock:
-            x, nfe = _in_batches(draw, self.model, torch.arange(num, device=self.device).split(batch), progress,
-                                 "sample")
+            x, nfe = _gathered(*_in_batches(draw, self.model, torch.arange(lo, hi, device=self.device).split(batch),
+                                            progress, "sample"))
         check_finite(x, "samples", f"the model or the solver diverged ({solver!r})")
         if not info:
             return x
@@ -154,15 +159,15 @@ class Pipeline:
                               "x")
         observation = Observation(x, mask, transform)
         whole = observation.select(torch.arange(len(x), device=self.device).repeat_interleave(num // len(x)))
-        gen = generator or torch.Generator(self.device).manual_seed(int(seed))
-        x_T = self.sde.prior_sample((num, *self.data.shape), gen, self.device)
+        lo, hi, gen = _share(num, generator or torch.Generator(self.device).manual_seed(int(seed)))
+        x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)
 
         def draw(idx):
-            return inpainter(self.sde, self.model, x_T[idx], whole.select(idx), gen)
+            return inpainter(self.sde, self.model, x_T[idx - lo], whole.select(idx), gen)
 
         with Clock(self.device) as clock:
-            out, nfe = _in_batches(draw, self.model, torch.arange(num, device=self.device).split(batch), progress,
-                                   "inpaint")
+            out, nfe = _gathered(*_in_batches(draw, self.model, torch.arange(lo, hi, device=self.device).split(batch),
+                                              progress, "inpaint"))
         check_finite(out, "completions", f"the model or the solver diverged ({inpainter!r})")
         return (out, {"nfe": nfe, "seconds": clock.seconds, "observed": observation.observed()}) if info else out
 
@@ -186,21 +191,21 @@ class Pipeline:
         {"nfe", "seconds", "x": the points evaluated (dequantized for K = 1, as given for K > 1)}. With ``labels``
         (one class per point) a conditional model gives −log p(x | y)."""
         likelihood = likelihood or _scoped("eval.ode", ODELikelihood, **options)
-        gen = generator or torch.Generator(self.device).manual_seed(int(seed))
+        lo, hi, gen = _share(len(x), generator or torch.Generator(self.device).manual_seed(int(seed)))
         x_in = x.to(self.device)
-        x, draws = self._dequantized(x_in, dequantize, dequant_draws, gen)
-        labels = None if labels is None else torch.as_tensor(labels).reshape(-1).repeat(draws)
+        x, draws = self._dequantized(x_in[lo:hi], dequantize, dequant_draws, gen)
+        labels = None if labels is None else torch.as_tensor(labels).reshape(-1)[lo:hi].repeat(draws)
 
         def solve(idx):
             score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()])
             return likelihood(self.sde, score, x[idx], gen)
 
         with Clock(self.device) as clock:
-            nll, nfe = _in_batches(solve, self.model, torch.arange(len(x), device=x.device).split(batch), progress,
-                                   "likelihood")
+            nll, nfe = _gathered(*_in_batches(solve, self.model, torch.arange(len(x), device=x.device).split(batch),
+                                              progress, "likelihood"), draws)
+            x = x_in if draws > 1 else distributed.gather_cat(x)
         nll = check_finite(nll.double().cpu(), "likelihoods", "the model or the ODE solver diverged")
-        if draws > 1:
-            nll, x = self.data.importance_weighted_nll(nll.reshape(draws, -1)), x_in
+        nll = self.data.importance_weighted_nll(nll.T) if draws > 1 else nll[:, 0]
         return (nll, {"nfe": nfe, "seconds": clock.seconds, "x": x}) if info else nll
 
     def elbo(self, x, seed=0, batch=1000, dequantize=True, elbo=None, progress=False, info=False, generator=None,
@@ -211,21 +216,23 @@ class Pipeline:
         {"nfe", "seconds", "x"}). Dequantization as for ``nll``; with ``dequant_draws`` K > 1 the K bounds B_k
         combine into −log (1/K Σ_k exp(−B_k)), the standard error by the delta method."""
         elbo = elbo or _scoped("eval.elbo", ELBO, **options)
-        gen = generator or torch.Generator(self.device).manual_seed(int(seed))
+        lo, hi, gen = _share(len(x), generator or torch.Generator(self.device).manual_seed(int(seed)))
         x_in = x.to(self.device)
-        x, draws = self._dequantized(x_in, dequantize, dequant_draws, gen)
+        x, draws = self._dequantized(x_in[lo:hi], dequantize, dequant_draws, gen)
 
         def estimate(chunk):
             bound, stderr, nfe = elbo.estimate(self.sde, self.model, chunk, gen)
             return torch.stack([bound, stderr], 1), nfe
 
         with Clock(self.device) as clock:
-            both, nfe = _in_batches(estimate, self.model, x.split(batch), progress, "elbo")
-        bound, stderr = check_finite(both.double().cpu(), "bounds", "the model diverged").unbind(1)
+            both, nfe = _gathered(*_in_batches(estimate, self.model, x.split(batch), progress, "elbo"), draws)
+            x = x_in if draws > 1 else distributed.gather_cat(x)
+        bound, stderr = check_finite(both.double().cpu(), "bounds", "the model diverged").permute(2, 1, 0)
         if draws > 1:
-            bound, stderr = bound.reshape(draws, -1), stderr.reshape(draws, -1)
             weights = torch.softmax(-bound, 0)
-            bound, stderr, x = self.data.importance_weighted_nll(bound), (weights * stderr).norm(dim=0), x_in
+            bound, stderr = self.data.importance_weighted_nll(bound), (weights * stderr).norm(dim=0)
+        else:
+            bound, stderr = bound[0], stderr[0]
         return (bound, stderr, {"nfe": nfe, "seconds": clock.seconds, "x": x}) if info else (bound, stderr)
 
     def _dequantized(self, x, dequantize, draws, generator):
@@ -265,6 +272,24 @@ def load(path, device="auto", ema=True):
 def _scoped(key, cls, **options):
     with config_scope(key):
         return cls(**options)
+
+
+def _share(num, generator):
+    """This process's contiguous share [lo, hi) of num points and its own generator drawn from ``generator``
+    (distributed.shard_range, rank_generator); (0, num, generator) in one process."""
+    world = distributed.world_size()
+    if num < world:
+        raise ConfigError(f"num={num} is fewer than the {world} processes: each needs at least one point", "num")
+    lo, hi = distributed.shard_range(num)
+    return lo, hi, distributed.rank_generator(generator)
+
+
+def _gathered(out, nfe, draws=None):
+    """Every process's ``out`` in rank order and the mean of their NFEs. With ``draws`` K, an output of K draws
+    per point stacked draw by draw, (K · n, ...), is gathered point by point as (N, K, ...)."""
+    if draws is not None:
+        out = out.reshape(draws, -1, *out.shape[1:]).transpose(0, 1)
+    return distributed.gather_cat(out), float(np.mean(distributed.gather_objects(nfe)))
 
 
 def _in_batches(fn, model, chunks, progress, what):

@@ -5,6 +5,7 @@ import torch
 
 from sde.errors import CheckpointError, check_choice
 
+from .distributed import rank_seed
 from .ema import EMA
 
 PARTS = ("model", "ema", "optimizer", "step", "data_generator", "noise_generator", "torch_rng")
@@ -20,9 +21,15 @@ class TrainState:
     ``ema_warmup``: the EMA's decay warm-up (EMA). ``train_model`` is the module the loss calls: the model itself,
     or a wrapper of it (compiled, distributed) that shares its parameters; the state saves the model. On CUDA the
     optimizer runs fused (one kernel for all parameters).
+
+    In a distributed run every process holds a TrainState: the data generator is shared (every rank draws the
+    global batch from the same stream), while process ``rank`` draws its noise, times and the global random
+    state (dropout) from streams seeded with (seed, rank) (distributed.rank_seed; rank 0 = one process).
+    ``state_dict(ranks=...)`` keeps every rank's own random states, so a run resumed on as many processes
+    continues exactly; on another number of processes rank 0 takes the saved states and the others fresh ones.
     """
 
-    def __init__(self, model, lr, weight_decay, ema_decay, seed, device, optimizer="adam", ema_warmup=True):
+    def __init__(self, model, lr, weight_decay, ema_decay, seed, device, optimizer="adam", ema_warmup=True, rank=0):
         self.model = self.train_model = model
         self.optimizer_name = check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
         fused = {"fused": True} if torch.device(device).type == "cuda" else {}
@@ -30,21 +37,38 @@ class TrainState:
         self.ema = EMA(model, ema_decay, warmup=ema_warmup)
         self.device = torch.device(device)
         self.data_generator = torch.Generator().manual_seed(seed)
-        self.noise_generator = torch.Generator(self.device).manual_seed(seed + 1)
+        self.seed, self.rank = int(seed), int(rank)
+        self.noise_generator = torch.Generator(self.device)
+        self.seed_rank_streams()
         self.step = 0
+
+    def seed_rank_streams(self):
+        """This rank's noise generator from (seed + 1, rank) and, for a rank other than 0, the global random
+        state from (seed, rank)."""
+        self.noise_generator.manual_seed(rank_seed(self.seed + 1, self.rank))
+        if self.rank:
+            torch.manual_seed(rank_seed(self.seed, self.rank))
+
+    def rank_states(self):
+        """The random states that are this rank's own: its noise generator and the global CPU (and CUDA) state."""
+        own = {"noise_generator": self.noise_generator.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return own
 
     def generator_on(self, device):
         """The run's generator for draws on ``device``: the data generator on the CPU, the noise generator on an
         accelerator."""
         return self.data_generator if torch.device(device).type == "cpu" else self.noise_generator
 
-    def state_dict(self):
+    def state_dict(self, ranks=None):
+        """Everything, with this rank's random states at the top level; ``ranks``: every rank's rank_states, in
+        rank order, kept too."""
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "optimizer_name": self.optimizer_name, "step": self.step,
-                 "data_generator": self.data_generator.get_state(),
-                 "noise_generator": self.noise_generator.get_state(), "torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+                 "data_generator": self.data_generator.get_state(), **self.rank_states()}
+        if ranks is not None and len(ranks) > 1:
+            state["ranks"] = list(ranks)
         return state
 
     def load_state_dict(self, state):
@@ -61,17 +85,22 @@ class TrainState:
         decay, warmup = self.ema.decay, self.ema.warmup
         self.ema.load_state_dict(state["ema"])
         self.ema.decay, self.ema.warmup = decay, warmup
-        own = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
+        options = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        for group, kept in zip(self.optimizer.param_groups, own):
+        for group, kept in zip(self.optimizer.param_groups, options):
             group.update(kept)
         self.data_generator.set_state(state["data_generator"])
-        if state["noise_generator"].numel() == self.noise_generator.get_state().numel():
-            self.noise_generator.set_state(state["noise_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(state["step"])
+        ranks = state.get("ranks") or [state]
+        if self.rank >= len(ranks):
+            self.seed_rank_streams()
+            return
+        own = ranks[self.rank]
+        if own["noise_generator"].numel() == self.noise_generator.get_state().numel():
+            self.noise_generator.set_state(own["noise_generator"])
+        torch.set_rng_state(own["torch_rng"])
+        if "cuda_rng" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda_rng"], self.device)
 
     def ema_model(self):
         """A copy of the model holding the averaged weights, in eval mode."""

@@ -11,9 +11,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from scoredata.base import share
 from sde.errors import CheckpointError, ConfigError, check_choice, check_int, check_number, invalid
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, signature
+from .distributed import is_main_process
 from .state import OPTIMIZERS, TrainState
 
 SCHEDULES = ("constant", "cosine")
@@ -22,13 +25,6 @@ SCHEDULES = ("constant", "cosine")
 def hide_progress(progress):
     """tqdm's ``disable`` for progress = True, False or 'auto' (shown when stderr is a terminal)."""
     return None if progress == "auto" else not progress
-
-
-def is_main_process():
-    """Whether this process writes the run's files (log, checkpoints, pictures): the only process, or rank 0 of
-    a torch.distributed run."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class TrainingError(RuntimeError):
@@ -45,10 +41,18 @@ class WithLabels:
         return self.model(x, t, self.labels)
 
 
-def prepare_batch(data, x0, labels, generator, num_classes=None, cond_drop=0.0):
+def prepare_batch(data, x0, labels, generator, num_classes=None, cond_drop=0.0, part=None):
     """A drawn batch made ready for the loss, with ``generator`` (on the batch's device): 8-bit data dequantized
     within their bins; for a conditional model (num_classes) each label replaced by the null label num_classes
-    with probability cond_drop."""
+    with probability cond_drop. With ``part`` = (index, count), x0 is that part of a global batch (share): the
+    draws are made for the whole batch (x0 tiled count times in its place) and the part's rows kept, so with a
+    shared generator the parts of all processes are prepared exactly as the whole batch is in one."""
+    if part is not None and part[1] > 1:
+        rows = share(len(x0) * part[1], part)
+        tile = [part[1]] + [1] * (x0.ndim - 1)
+        x0, labels = prepare_batch(data, x0.repeat(*tile), None if labels is None else labels.repeat(part[1]),
+                                   generator, num_classes, cond_drop)
+        return x0[rows], None if labels is None else labels[rows]
     x0 = data.dequantize(x0, generator)
     if num_classes is None:
         return x0, None
@@ -67,14 +71,17 @@ def draw_batch(data, n, generator, num_classes=None, cond_drop=0.0):
 def accumulate_gradients(model, loss, sde, x0, generator, labels=None, accumulate=1, autocast=False):
     """Backpropagates the loss of the batch x0 in ``accumulate`` equal micro-batches B_i, each scaled by
     1/accumulate, so the gradients add up to ∇ (1/k) Σ_i L(B_i) = ∇ L(x0) for a loss that averages over the batch;
-    returns that mean loss as a detached tensor, without reading it back to the host."""
+    returns that mean loss as a detached tensor, without reading it back to the host. A distributed model
+    averages the gradients over the processes once, in the last micro-batch's backward."""
     total = None
     parts = torch.tensor_split(labels, accumulate) if labels is not None else [None] * accumulate
-    for xb, yb in zip(torch.tensor_split(x0, accumulate), parts):
+    for i, (xb, yb) in enumerate(zip(torch.tensor_split(x0, accumulate), parts)):
         fn = model if yb is None else WithLabels(model, yb)
-        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=autocast):
-            value = loss(fn, sde, xb, generator)
-        (value / accumulate).backward()
+        defer = i < accumulate - 1 and hasattr(model, "no_sync")
+        with model.no_sync() if defer else contextlib.nullcontext():
+            with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=autocast):
+                value = loss(fn, sde, xb, generator)
+            (value / accumulate).backward()
         value = value.detach().float()
         total = value if total is None else total + value
     return total / accumulate
@@ -100,9 +107,18 @@ def train_step(state, loss, sde, x0, lr, grad_clip=0.0, autocast=False, labels=N
 
 
 def read_back(values):
-    """The losses of the steps since the last read-back, as Python floats: the one place the training loop waits
-    for the device."""
-    return torch.stack(values).cpu().tolist()
+    """The losses of the steps since the last read-back, as Python floats (in a distributed run averaged over the
+    processes: the global batch's losses): the one place the training loop waits for the device and the
+    other processes."""
+    return distributed.all_mean(torch.stack(values)).cpu().tolist()
+
+
+def collective_callback(fn, step, model, device):
+    """fn(step, model) on every process (a callback's sampling and evaluation split their work across the
+    processes, which must all take part; only the main process writes), without gradients, the random states
+    restored afterwards so that it does not change the run."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        fn(step, model)
 
 
 def _option(name, value, choices=(True, False)):
@@ -121,6 +137,10 @@ class Trainer:
       ``weight_decay``); gradients clipped to norm ``grad_clip``.
     - ``batch_size`` is the batch of one optimizer step: with ``accumulate`` = k its gradient is summed over k
       micro-batches of batch_size / k (less memory, the same step up to float rounding).
+    - Under torchrun (distributed.init_from_env) ``batch_size`` is the global batch: each of the W processes
+      trains on its own batch_size / W rows of it (data.batches' part) in DistributedDataParallel, which averages
+      the gradients, so W processes take the step one process takes on the whole batch; every process draws
+      its own noise (TrainState).
     - An EMA of the weights (decay ``ema_decay``; with ``ema_warmup`` min(decay, (1 + n) / (10 + n)) at update n)
       is what ``fit`` returns.
     - On CUDA: bf16 autocast (``amp``); channels-last weights and batches (``channels_last``: 'auto' = on CUDA
@@ -134,12 +154,14 @@ class Trainer:
     - Every ``ckpt_every`` steps and at the end, ``checkpoint.pt`` in the output folder is replaced atomically;
       it holds the TrainState, so a resumed run continues exactly where it stopped, and ``meta`` (what the
       caller says about the model).
-    - Every ``sample_every`` steps (0: never) ``fit``'s ``on_sample(step, ema_model)`` is called, with the
-      random states restored afterwards, so pictures do not change the run.
+    - Every ``sample_every`` steps (0: never) ``fit``'s ``on_sample(step, ema_model)`` is called on every
+      process (collective_callback), with the random states restored afterwards, so pictures do not change the
+      run.
     - A conditional model (one with ``num_classes``) trains on labelled batches, each label replaced by the null
       class with probability ``cond_drop``, so one network learns both s(x, t, y) and s(x, t, ∅).
 
-    Files (log, checkpoints, pictures) are written by the main process alone (is_main_process).
+    Files (log, checkpoints, pictures) are written by the main process alone (is_main_process); EMA and
+    checkpoints hold the model's own weights, not a wrapper's, so checkpoints move between one process and many.
     """
 
     def __init__(self, steps=5000, batch_size=512, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.999,
@@ -204,7 +226,9 @@ class Trainer:
         """
         out_dir, device = Path(out_dir), torch.device(device)
         ckpt_path = out_dir / "checkpoint.pt"
-        main = is_main_process()
+        main, rank, world = is_main_process(), distributed.rank(), distributed.world_size()
+        local_batch = self.local_batch(world)
+        part = (rank, world) if world > 1 else None
         if main:
             out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(ckpt_path)
@@ -214,12 +238,14 @@ class Trainer:
         channels_last = self.uses_channels_last(device, data)
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        wrapped = distributed.wrap(model, device)
         state = TrainState(model, self.lr, self.weight_decay, self.ema_decay, self.seed, device, self.optimizer,
-                           self.ema_warmup)
+                           self.ema_warmup, rank)
+        state.train_model = wrapped
         if resume is not None:
             state.load_state_dict(load_checkpoint(resume, model))
         if self.compile:
-            state.train_model = torch.compile(model)
+            state.train_model = torch.compile(wrapped)
         autocast = self.amp and device.type == "cuda"
         sample_every = self.sample_every if on_sample is not None else 0
 
@@ -242,7 +268,7 @@ class Trainer:
                 raise stop(f"checkpoint {ckpt_path} could not be written ({e})") from None
 
         batches = data.batches(self.batch_size, state.data_generator, labels=num_classes is not None, device=device,
-                               seed=self.seed, start=state.step)
+                               seed=self.seed, start=state.step, **({"part": part} if part else {}))
         model.train()
         with contextlib.closing(batches), RunLog(out_dir, state.step, self.tensorboard, main) as log, \
                 tqdm(total=self.steps, initial=state.step, disable=hide_progress(self.progress) if main else True,
@@ -252,7 +278,7 @@ class Trainer:
                 lr = self.learning_rate(state.step)
                 x0, labels = next(batches)
                 x0, labels = prepare_batch(data, x0, labels, state.generator_on(x0.device), num_classes,
-                                           self.cond_drop)
+                                           self.cond_drop, part)
                 x0 = x0.to(device, non_blocking=True)
                 if channels_last:
                     x0 = x0.contiguous(memory_format=torch.channels_last)
@@ -279,20 +305,30 @@ class Trainer:
                     row = []
                 if due_ckpt:
                     log.flush()
-                    pending = copy.deepcopy(state.state_dict())
-                if due_sample and main:
-                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-                        on_sample(step, state.ema_model())
+                    ranks = distributed.gather_objects(state.rank_states())
+                    pending = copy.deepcopy(state.state_dict(ranks))
+                if due_sample:
+                    collective_callback(on_sample, step, state.ema_model(), device)
             if pending is not None:
-                self.check_final_loss(state, loss, sde, data, device, autocast, stop)
+                self.check_final_loss(state, loss, sde, data, device, autocast, stop, local_batch)
                 write(pending)
         model.eval()
         return state.ema_model(), state.step
 
-    def check_final_loss(self, state, loss, sde, data, device, autocast, stop):
-        """The loss of the final weights on one more batch (drawn apart from the run's generators) is finite."""
+    def local_batch(self, world):
+        """The rows of the global batch that each of ``world`` processes trains on."""
+        if self.batch_size % world or (self.batch_size // world) % self.accumulate:
+            raise ConfigError(f"batch_size={self.batch_size} (the global batch) does not split into {world} processes "
+                              f"x accumulate={self.accumulate} equal micro-batches: use a multiple of "
+                              f"{world * self.accumulate}", "batch_size")
+        return self.batch_size // world
+
+    def check_final_loss(self, state, loss, sde, data, device, autocast, stop, batch_size=None):
+        """The loss of the final weights on one more batch of ``batch_size`` (default: the batch; drawn apart
+        from the run's generators, the same on every process) is finite."""
         gen = torch.Generator().manual_seed(self.seed + 2)
-        x0, labels = draw_batch(data, self.batch_size, gen, getattr(state.model, "num_classes", None), self.cond_drop)
+        x0, labels = draw_batch(data, batch_size or self.batch_size, gen, getattr(state.model, "num_classes", None),
+                                self.cond_drop)
         x0 = x0.to(device)
         model = state.model if labels is None else WithLabels(state.model, labels.to(device))
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):

@@ -1,0 +1,371 @@
+"""DistributedDataParallel on the CPU with gloo and two processes (torch.multiprocessing, a free port): the same
+steps as one process at the same global batch, checkpoints that move between one process and two, files from
+rank 0 alone, and sampling and likelihoods split across the ranks and gathered in order. The tests on two
+processes share one start of them (the fixture ``two``, about 25 s on a busy 2-core machine) and are slow."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from models import MixtureScore
+from scoredata import ArrayFile, GaussianMixture
+from scoredata.loader import EpochOrder
+from scoresde import Pipeline
+from sde import VPSDE
+from sde.errors import ConfigError
+from training import DSMLoss, Trainer, distributed
+from training.checkpoint import read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+
+
+class TinyNet(nn.Module):
+    """(x, t[, labels]) → tanh(W [x, t] + b) (+ a class embedding), the shape of x."""
+
+    def __init__(self, shape, num_classes=None):
+        super().__init__()
+        dim = int(np.prod(shape))
+        self.lin = nn.Linear(dim + 1, dim)
+        self.num_classes = num_classes
+        if num_classes is not None:
+            self.embed = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, x, t, labels=None):
+        out = torch.tanh(self.lin(torch.cat([x.flatten(1), t.reshape(-1, 1)], 1)))
+        if labels is not None:
+            out = out + self.embed(labels)
+        return out.reshape(x.shape)
+
+
+class MatchLoss:
+    """A loss without random draws, so that one process and several take bit-comparable steps:
+    mean ‖model(x0, ½) + x0 / 2‖²."""
+
+    def __call__(self, model, sde, x0, generator=None):
+        return (model(x0, torch.full((len(x0),), 0.5)) + 0.5 * x0).pow(2).mean()
+
+
+class RecordingDSM(DSMLoss):
+    """DSMLoss that keeps the state of the noise generator it is handed at each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.states = []
+
+    def __call__(self, model, sde, x0, generator=None):
+        self.states.append(generator.get_state().clone())
+        return super().__call__(model, sde, x0, generator)
+
+
+def conditional_mixture():
+    return GaussianMixture([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]], [0.3, 0.4, 0.5], classes=[0, 1, 1])
+
+
+def pixels_file(folder):
+    """A small uint8 image array (40, 1, 4, 4) in a .npy file: the 8-bit reader (memory-mapped, DataLoader)."""
+    path = Path(folder) / "pixels.npy"
+    if not path.exists():
+        np.save(path, np.random.default_rng(0).integers(0, 256, (40, 1, 4, 4), dtype=np.uint8))
+    return path
+
+
+def trainer(steps, **kw):
+    options = dict(steps=steps, batch_size=8, lr=1e-2, warmup=1, grad_clip=1.0, ema_decay=0.9, ckpt_every=100,
+                   amp=False, progress=False, seed=3, log_every=2)
+    return Trainer(**{**options, **kw})
+
+
+def fit(kind, steps, out, loss=None, resume=None, **kw):
+    """One of the test's training runs; returns the trained and EMA weights."""
+    torch.manual_seed(0)
+    if kind == "generated":
+        data = conditional_mixture()
+        model, kw = TinyNet(data.shape, data.num_classes), {"accumulate": 2, "cond_drop": 0.5, **kw}
+    else:
+        data = ArrayFile(pixels_file(Path(out).parents[1]), flip=True)
+        model = TinyNet(data.shape)
+    ema, step = trainer(steps, **kw).fit(model, loss or MatchLoss(), VPSDE(), data, out, "cpu", resume=resume)
+    return {"model": {k: v.clone() for k, v in model.state_dict().items()},
+            "ema": {k: v.clone() for k, v in ema.state_dict().items()}, "step": step}
+
+
+# --- what the two processes run --------------------------------------------------------------------------------
+
+def job_same_steps(tmp):
+    """Both data paths under DDP, each rank writing into its own folder; the samples drawn by on_sample."""
+    rank = distributed.rank()
+    out = {kind: fit(kind, 4, tmp / kind / f"rank{rank}") for kind in ("generated", "pixels")}
+    calls = []
+    torch.manual_seed(0)
+    data = conditional_mixture()
+    Trainer(steps=2, batch_size=4, sample_every=1, progress=False, amp=False, warmup=1).fit(
+        TinyNet(data.shape), MatchLoss(), VPSDE(), data, tmp / "sampled" / f"rank{rank}", "cpu",
+        on_sample=lambda step, model: calls.append((step, Pipeline(VPSDE(), model, data).sample(
+            3, "em", steps=4, generator=torch.Generator().manual_seed(1)))))
+    out["calls"] = calls
+    return out
+
+
+def job_dsm(tmp):
+    """DSM under DDP (its noise drawn per rank), straight through and resumed from a checkpoint of step 2."""
+    rank = distributed.rank()
+    loss = RecordingDSM()
+    straight = fit("generated", 4, tmp / "straight" / f"rank{rank}", loss=loss)
+    fit("generated", 2, tmp / "half" / f"rank{rank}", loss=DSMLoss())
+    resumed = fit("generated", 4, tmp / "resumed" / f"rank{rank}", loss=DSMLoss(),
+                  resume=tmp / "half" / "rank0" / "checkpoint.pt")
+    return {"straight": straight, "resumed": resumed, "noise": loss.states}
+
+
+def job_checkpoints(tmp):
+    """A checkpoint written by two processes (step 2), and one process's checkpoint continued by two."""
+    rank = distributed.rank()
+    fit("generated", 2, tmp / "ddp_half" / f"rank{rank}")
+    return fit("generated", 4, tmp / "from_one" / f"rank{rank}", resume=tmp / "one_half" / "checkpoint.pt")
+
+
+def job_evaluation(tmp):
+    """Sampling, inpainting, NLL and ELBO of the exact mixture score, split across the ranks and gathered."""
+    return evaluate(torch.Generator().manual_seed(5))
+
+
+def evaluate(base, rank=None):
+    """The collective calls of job_evaluation (7 points; inpainting 2 points × 4 completions). With ``rank``,
+    in one process: the same calls on that rank's share of the points, each with the generator the rank draws
+    from ``base`` for that call."""
+    data = conditional_mixture()
+    pipe = Pipeline(VPSDE(), MixtureScore(VPSDE(), data), data)
+    x_test = data.test(7, torch.Generator().manual_seed(2))
+    share = slice(None) if rank is None else slice(*distributed.shard_range(7, rank, WORLD))
+    gen = (lambda: base) if rank is None else (lambda: distributed.rank_generator(base, rank, WORLD))
+    samples = pipe.sample(len(x_test[share]), "em", steps=6, generator=gen())
+    nll = pipe.nll(x_test[share], method="rk4", steps=4, generator=gen(), max_error=1e9)
+    bound, stderr = pipe.elbo(x_test[share], draws=8, generator=gen())
+    known = slice(0, 2) if rank is None else slice(rank, rank + 1)
+    completions = pipe.inpaint(x_test[known], torch.tensor([True, False]), "em", completions=4, steps=5,
+                               generator=gen(), batch=3)
+    return {"samples": samples, "nll": nll, "elbo": bound, "stderr": stderr, "inpaint": completions}
+
+
+JOBS = (job_same_steps, job_dsm, job_checkpoints, job_evaluation)
+
+
+def worker(rank, port, tmp):
+    """Every job, one after the other, in one pair of processes (starting them is most of the cost)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    distributed.init_from_env("cpu")
+    try:
+        for job in JOBS:
+            torch.save(job(Path(tmp)), Path(tmp) / f"{job.__name__}.{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """The folder the jobs ran in, on two gloo processes, after what they need was made in this one."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    pixels_file(tmp)
+    fit("generated", 2, tmp / "one_half")
+    mp.spawn(worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
+    return tmp
+
+
+def results(tmp, job):
+    """A job's result on each rank."""
+    return [torch.load(Path(tmp) / f"{job}.{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def assert_same_weights(a, b, exact=False):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*")) if Path(folder).exists() else []
+
+
+# --- tests -------------------------------------------------------------------------------------------------------
+
+def test_shares_tile_the_range_in_order():
+    for n in (1, 7, 8, 128):
+        for world in (1, 2, 3, 8):
+            ranges = [distributed.shard_range(n, r, world) for r in range(world)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert max(hi - lo for lo, hi in ranges) - min(hi - lo for lo, hi in ranges) <= 1
+
+
+def test_one_process_is_rank_zero_of_one():
+    gen = torch.Generator().manual_seed(4)
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
+    assert distributed.rank_generator(gen) is gen and distributed.rank_seed(7, 0) == 7
+    x = torch.arange(5.0)
+    assert distributed.gather_cat(x) is x and distributed.broadcast_object("d") == "d"
+    assert len({distributed.rank_seed(7, r) for r in range(4)}) == 4
+
+
+def test_the_parts_of_a_batch_are_the_batch():
+    """EpochOrder's parts of each batch, concatenated in rank order, are the whole batch (rows and flips)."""
+    whole = EpochOrder(np.arange(11), 6, seed=2, start=1, flip=True)
+    parts = [EpochOrder(np.arange(11), 6, seed=2, start=1, flip=True, part=(r, 3)) for r in range(3)]
+    for batch, *shares in zip(whole, *parts):
+        assert [len(s[0]) for s in shares] == [2, 2, 2]
+        assert np.array_equal(batch[0], np.concatenate([s[0] for s in shares]))
+        assert np.array_equal(batch[1], np.concatenate([s[1] for s in shares]))
+        break
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+    with pytest.raises(ConfigError, match=r"batch_size=6 \(the global batch\) does not split into 4 processes"):
+        Trainer(batch_size=6).local_batch(4)
+    with pytest.raises(ConfigError, match="use a multiple of 8"):
+        Trainer(batch_size=12, accumulate=2).local_batch(4)
+    assert Trainer(batch_size=12, accumulate=2).local_batch(3) == 4
+
+
+def test_other_ranks_leave_the_run_folder_to_rank_zero(monkeypatch):
+    """Under torchrun a rank other than 0 gets Hydra overrides that write nothing; a sweep is refused."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import run
+
+    assert run.quiet_other_ranks(["train.steps=5"]) == ["train.steps=5"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    assert run.quiet_other_ranks(["train.steps=5"]) == ["train.steps=5"]
+    with pytest.raises(ConfigError, match="sweeps"):
+        run.quiet_other_ranks(["-m", "solver=em,pc"])
+    monkeypatch.setenv("RANK", "1")
+    extra = run.quiet_other_ranks(["train.steps=5"])[1:]
+    assert {"hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra.run.dir=."} <= set(extra)
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_steps_of_one_at_the_same_global_batch(two):
+    """A generated set (global batch drawn from the shared stream, each rank keeping its half; labels dropped
+    and gradients accumulated) and an 8-bit .npy read through the DataLoader (each rank reading its rows,
+    flipped and dequantized as the whole batch is): after 4 steps the weights and the EMA of both ranks equal
+    those of one process. Only rank 0 writes; the sample callback runs on both ranks, which gather the same
+    samples."""
+    tmp_path, ranks = two, results(two, "job_same_steps")
+    for kind in ("generated", "pixels"):
+        one = fit(kind, 4, tmp_path / "one" / kind)
+        for r in ranks:
+            assert r[kind]["step"] == 4
+            assert_same_weights(r[kind]["model"], one["model"])
+            assert_same_weights(r[kind]["ema"], one["ema"])
+        assert files_under(tmp_path / kind / "rank0") == ["checkpoint.pt", "train_log.csv"]
+        assert files_under(tmp_path / kind / "rank1") == []
+        log = (tmp_path / kind / "rank0" / "train_log.csv").read_text().splitlines()
+        mine = (tmp_path / "one" / kind / "train_log.csv").read_text().splitlines()
+        assert [row.split(",")[0] for row in log] == [row.split(",")[0] for row in mine]
+        np.testing.assert_allclose([float(row.split(",")[1]) for row in log[1:]],
+                                   [float(row.split(",")[1]) for row in mine[1:]], rtol=1e-4)
+    calls = [r["calls"] for r in ranks]
+    assert [c[0] for c in calls[0]] == [c[0] for c in calls[1]] == [1, 2]
+    for (_, a), (_, b) in zip(*calls):
+        assert a.shape == (3, 2) and torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_dsm_under_ddp_keeps_the_ranks_equal_with_their_own_noise(two):
+    """DSM draws its noise per rank: the ranks' noise streams differ (rank 0's is one process's), their weights
+    stay identical, and a run resumed on two processes from a checkpoint of step 2 continues exactly."""
+    tmp_path, ranks = two, results(two, "job_dsm")
+    assert_same_weights(ranks[0]["straight"]["model"], ranks[1]["straight"]["model"], exact=True)
+    assert_same_weights(ranks[0]["straight"]["ema"], ranks[1]["straight"]["ema"], exact=True)
+    noise = [r["noise"][:8] for r in ranks]  # 4 steps of 2 micro-batches (then the final check's batch)
+    for a, b in zip(*noise):
+        draws = [torch.randn(4, generator=torch.Generator().set_state(s)) for s in (a, b)]
+        assert not torch.equal(*draws)
+    assert torch.equal(noise[0][0], torch.Generator().manual_seed(3 + 1).get_state())
+    for r in ranks:
+        assert_same_weights(r["resumed"]["model"], ranks[0]["straight"]["model"], exact=True)
+    saved = read_checkpoint(tmp_path / "half" / "rank0" / "checkpoint.pt")
+    assert len(saved["ranks"]) == 2 and not torch.equal(saved["ranks"][0]["noise_generator"],
+                                                        saved["ranks"][1]["noise_generator"])
+
+
+@pytest.mark.slow
+def test_checkpoints_move_between_one_process_and_two(two, tmp_path):
+    """A checkpoint of two processes continued by one, and one process's continued by two, both end where one
+    process going straight through ends."""
+    ranks = results(two, "job_checkpoints")
+    straight = fit("generated", 4, tmp_path / "straight")
+    from_two = fit("generated", 4, tmp_path / "from_two", resume=two / "ddp_half" / "rank0" / "checkpoint.pt")
+    for got in (ranks[0], ranks[1], from_two):
+        assert got["step"] == 4
+        assert_same_weights(got["model"], straight["model"])
+        assert_same_weights(got["ema"], straight["ema"])
+
+
+@pytest.mark.slow
+def test_sharded_sampling_and_likelihoods_gather_the_shares_in_order(two):
+    """7 points over 2 ranks (3 and 4): what every rank gets back is rank 0's share followed by rank 1's, each
+    computed with the rank's own generator (the same calls made in one process on that share)."""
+    ranks = results(two, "job_evaluation")
+    shares = [evaluate(torch.Generator().manual_seed(5), r) for r in range(WORLD)]
+    for key, n in (("samples", 7), ("nll", 7), ("elbo", 7), ("stderr", 7), ("inpaint", 8)):
+        expected = torch.cat([s[key] for s in shares])
+        assert len(expected) == n and len(shares[0][key]) == n // 2
+        for got in ranks:
+            torch.testing.assert_close(got[key], expected, rtol=1e-6, atol=1e-7, msg=key)
+    assert not torch.allclose(shares[0]["samples"][:3], ranks[0]["samples"][3:6])
+
+
+@pytest.mark.slow
+def test_torchrun_trains_and_only_rank_zero_writes(tmp_path):
+    """python -m torch.distributed.run --nproc_per_node=2 run.py: one run folder (rank 0's timestamped one), its
+    files complete, nothing else written by rank 1; then resumed under torchrun from its checkpoint into a given
+    folder."""
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
+            str(ROOT / "run.py"), "device=cpu", "threads=1", "train.batch_size=64", "train.log_every=5",
+            "train.ckpt_every=10", "model.net.hidden=32", "model.net.depth=1", "sample.num=200", "sample.max_range=0",
+            "solver.steps=20", "progress=false", "train.sample_every=10"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    done = subprocess.run(base + ["train.steps=10"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list(tmp_path.glob("outputs/*/*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"] and len(runs) == 1
+    out = runs[0]
+    names = set(files_under(out))
+    assert {"checkpoint.pt", "train_log.csv", "metrics.json", "samples.npz", "samples.png", "samples_step10.png",
+            ".hydra", "run.log"} <= names
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["train_steps"] == 10
+    assert np.load(out / "samples.npz")["x"].shape == (200, 2)
+    assert done.stdout.count("train_steps") == 1
+    resumed = subprocess.run(base + ["train.steps=15", f"ckpt={out / 'checkpoint.pt'}",
+                                     f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["train_steps"] == 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "resumed"]
+    assert list(tmp_path.glob("outputs/*/*")) == runs
+    print(f"torchrun, 2 processes, 10 steps + sampling: {seconds:.1f} s")

@@ -1,0 +1,161 @@
+"""Process groups for training and evaluation on several processes started by torchrun (one per GPU, or CPU
+processes with gloo): who am I, my share of the work, and putting the shares back together.
+
+Outside torchrun (no RANK/WORLD_SIZE in the environment) every helper answers as the only process does: rank 0 of
+1, the whole range, the tensor itself.
+"""
+import datetime
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from scoredata.base import share
+
+ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def launched():
+    """Whether torchrun started this process (its RANK, WORLD_SIZE and LOCAL_RANK are in the environment)."""
+    return all(k in os.environ for k in ENV)
+
+
+def initialized():
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank():
+    return dist.get_rank() if initialized() else 0
+
+
+def world_size():
+    return dist.get_world_size() if initialized() else 1
+
+
+def is_main_process():
+    """Whether this process writes the run's files (log, checkpoints, pictures, metrics): the only process, or
+    rank 0 of a distributed run."""
+    return rank() == 0
+
+
+def process_device(device):
+    """This process's device: under torchrun a CUDA device is cuda:LOCAL_RANK (one GPU per process), whatever
+    index it was given; anything else as it is."""
+    device = torch.device(device)
+    if device.type == "cuda" and launched():
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def init_from_env(device_type="cpu", timeout_minutes=30):
+    """Joins the process group torchrun describes in the environment (NCCL for ``device_type`` 'cuda', with
+    this process on cuda:LOCAL_RANK; gloo otherwise) and returns this process's device; outside torchrun, or
+    when already joined, only the device."""
+    device = process_device(device_type)
+    if launched() and not initialized():
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes),
+                                **({"device_id": device} if cuda else {}))
+    return device
+
+
+def shutdown():
+    """Leaves the process group, if this process joined one."""
+    if initialized():
+        dist.destroy_process_group()
+
+
+def shard_range(n, index=None, count=None):
+    """This rank's contiguous share [lo, hi) of n items (``index`` of ``count`` shares; default this rank of the
+    world): lo = ⌊index · n / count⌋, so the shares differ in size by at most one and tile 0..n in rank order."""
+    index = rank() if index is None else index
+    count = world_size() if count is None else count
+    part = share(n, (index, count))
+    return part.start, part.stop
+
+
+def _collective_device(tensor):
+    """Where a tensor must be for the group's backend: the process's GPU under NCCL, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_cat(tensor):
+    """The tensors of every rank (of any lengths along the first axis, the rest of their shapes equal)
+    concatenated in rank order, on every rank, on the device and dtype this rank's tensor has."""
+    if not initialized() or world_size() == 1:
+        return tensor
+    home = _collective_device(tensor)
+    local = tensor.detach().to(home).contiguous()
+    sizes = [torch.zeros(1, dtype=torch.long, device=home) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([len(local)], device=home))
+    sizes = [int(s) for s in sizes]
+    padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=home)
+    padded[:len(local)] = local
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(tensor.device)
+
+
+def all_mean(tensor):
+    """The mean over ranks of a tensor of the same shape on every rank (itself in one process)."""
+    if not initialized() or world_size() == 1:
+        return tensor
+    home = _collective_device(tensor)
+    total = tensor.detach().to(home, dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return (total / world_size()).to(tensor.device, tensor.dtype)
+
+
+def gather_objects(obj):
+    """[the object of rank 0, rank 1, ...] on every rank (picklable Python objects); [obj] in one process."""
+    if not initialized() or world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src=0):
+    """Rank ``src``'s object (for example the run directory) on every rank; obj itself in one process."""
+    if not initialized() or world_size() == 1:
+        return obj
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def rank_seed(seed, index):
+    """A seed for process ``index`` from (seed, index): seed itself for rank 0, so one process and rank 0 draw
+    the same stream; for other ranks a 63-bit number from numpy's SeedSequence((seed, index)), independent of
+    every other rank's."""
+    if index == 0:
+        return int(seed)
+    return int(np.random.SeedSequence((int(seed) % 2**63, int(index))).generate_state(1, np.uint64)[0] >> 1)
+
+
+def rank_generator(generator, index=None, count=None):
+    """A generator of this rank's own for sampling and evaluation, on ``generator``'s device: ``count`` seeds are
+    drawn from ``generator`` (advancing it the same way on every rank) and rank ``index`` takes its own. In one
+    process, ``generator`` itself."""
+    index = rank() if index is None else index
+    count = world_size() if count is None else count
+    if count == 1:
+        return generator
+    seeds = torch.randint(0, 2**62, (count,), generator=generator, device=generator.device)
+    return torch.Generator(generator.device).manual_seed(int(seeds[index]))
+
+
+def wrap(model, device):
+    """``model`` in DistributedDataParallel in a distributed run (its gradients averaged over the ranks in
+    backward, its weights broadcast from rank 0 now), ``model`` itself in one process."""
+    if not initialized() or world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = torch.device(device)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
