@@ -20,7 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from evaluation import (classifier_report, inpainting_report, mixture_report, plot_inpainting, plot_samples,
+from evaluation import (FID, classifier_report, inpainting_report, mixture_report, plot_inpainting, plot_samples,
                         sample_quality)
 from evaluation.classify import applies as classifier_applies
 from models.guidance import GuidedScore, class_labels
@@ -42,7 +42,8 @@ TASKS = ("sample", "inpaint", "colorize")
 SUMMARY = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "swd", "swd_floor", "weights_tv",
            "logp_gap_per_dim", "class_score", "class_score_real", "class_recognised", "class_recognised_real",
            "class_recognised_noise", "classifier_accuracy",
-           "nll", "exact_nll", "bpd", "nfe_likelihood", "likelihood_seconds", "elbo", "elbo_bpd", "elbo_stderr")
+           "nll", "exact_nll", "bpd", "nfe_likelihood", "likelihood_seconds", "elbo", "elbo_bpd", "elbo_stderr", "fid",
+           "kid", "kid_std", "fid_num", "fid_seconds")
 LIKELIHOODS = {False: None, True: "ode", "ode": "ode", "elbo": "elbo"}
 
 
@@ -144,6 +145,59 @@ def sample_grid(cfg, sde, data, solver, out, device):
     return on_sample
 
 
+def fid_setup(cfg, data, device):
+    """eval.fid: the FID/KID evaluator (None when off), its feature network built and the reference statistics of
+    the training images read from eval.fid_cache or computed there, before training."""
+    if cfg.eval.fid is False:
+        return None
+    if cfg.eval.fid is not True:
+        raise invalid("fid", cfg.eval.fid, "true or false").under("eval")
+    if data.levels is None or len(data.shape) != 3:
+        raise ConfigError(f"eval.fid=true needs 8-bit images (FID compares them through an image network); {data!r} "
+                          f"holds {'continuous ' if data.levels is None else ''}points of shape {tuple(data.shape)}")
+    with config_scope("eval"):
+        check_int("fid_num", cfg.eval.fid_num, 2), check_int("fid_every", cfg.eval.fid_every, 0)
+    fid = FID(data, build("eval.fid_features", cfg.eval.fid_features, device=device), cache=cfg.eval.fid_cache,
+              seed=cfg.seed, progress=cfg.progress is True)
+    with distributed.main_first():
+        fid.reference()
+    return fid
+
+
+def fid_score(cfg, fid, sde, model, data, solver, device, progress=False):
+    """FID, KID (and its spread over subsets) of eval.fid_num samples of ``model``, drawn as task=sample draws them
+    (sample.classes, guidance.scale) sample.batch at a time, and the seconds it took."""
+    pipe, gen = Pipeline(sde, model, data, device), torch.Generator(device).manual_seed(cfg.seed + 9)
+    num, batch = cfg.eval.fid_num, cfg.sample.batch
+
+    def batches():
+        for start in range(0, num, batch):
+            yield pipe.sample(min(batch, num - start), solver, batch=batch, generator=gen, progress=progress,
+                              classes=to_plain(cfg.sample.classes), guidance=cfg.guidance.scale)
+    with Clock(device) as clock, config_scope("sample"):
+        scores = fid(batches())
+    return dict(scores, fid_seconds=clock.seconds)
+
+
+def log_fid(out, step, scores):
+    """A row (step, fid, kid) of fid_log.csv, replacing rows of this step or later (a resumed run's)."""
+    path = out / "fid_log.csv"
+    rows = path.read_text().splitlines()[1:] if path.exists() else []
+    rows = [r for r in rows if int(r.split(",")[0]) < step] + [f"{step},{scores['fid']:.6g},{scores['kid']:.6g}"]
+    path.write_text("\n".join(["step,fid,kid", *rows]) + "\n")
+
+
+def fid_during_training(cfg, fid, sde, data, solver, out, device, scored):
+    """eval.fid_every: what the trainer calls at those steps, on_eval(step, ema_model): FID and KID into
+    fid_log.csv, kept in ``scored`` by step."""
+    def on_eval(step, ema_model):
+        scored[step] = fid_score(cfg, fid, sde, ema_model, data, solver, device)
+        if distributed.is_main_process():
+            log_fid(out, step, scored[step])
+            print(f"step {step}: fid {scored[step]['fid']:.4g}, kid {scored[step]['kid']:.4g}", flush=True)
+    return on_eval
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg):
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -234,6 +288,7 @@ def run(cfg, out):
                                       "> 0, or model=oracle)")
                 y_test = data.test(cfg.eval.num, torch.Generator().manual_seed(cfg.seed + 1), labels=True)[1]
 
+    fid, scored = fid_setup(cfg, data, device), {}
     trainer = build("train", cfg.train)
     cached = cached_training(cfg)
     if next(model.parameters(), None) is not None:
@@ -247,7 +302,10 @@ def run(cfg, out):
                     "data": OmegaConf.to_container(cfg.data, resolve=True), "data_spec": data.spec()}
             with Clock(device) as clock:
                 model, step = trainer.fit(model, loss, sde, data, out, device, cfg.ckpt, meta=spec,
-                                          on_sample=sample_grid(cfg, sde, data, solver, out, device))
+                                          on_sample=sample_grid(cfg, sde, data, solver, out, device),
+                                          on_eval=fid_during_training(cfg, fid, sde, data, solver, out, device,
+                                                                      scored) if fid else None,
+                                          eval_every=cfg.eval.fid_every if fid else 0)
             metrics.update(train_steps=step, train_seconds=clock.seconds)
             if cached is not None:
                 keep_for_sweep(out / "checkpoint.pt", cached)
@@ -263,6 +321,11 @@ def run(cfg, out):
         sample_and_report(cfg, pipe, solver, classify, out, metrics, gen)
     else:
         inpaint_and_report(cfg, pipe, inpainter, x_known, observed, out, metrics, gen)
+    if fid:
+        step = metrics.get("train_steps")
+        metrics.update(scored.get(step) or fid_score(cfg, fid, sde, model, data, solver, device, cfg.progress))
+        if step is not None and main_process:
+            log_fid(out, step, metrics)
 
     if mode == "elbo":
         with config_scope("eval.elbo"):

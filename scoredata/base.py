@@ -117,6 +117,15 @@ class DataSet:
         nll = torch.as_tensor(nll)
         return math.log(nll.shape[0]) - torch.logsumexp(-nll, dim=0)
 
+    def quantize(self, x):
+        """The level k in 0..levels−1 whose bin holds each value, k = ⌊(x − lo) / w⌋ (bin width w), values beyond
+        value_range taken to the end bins; int64. The inverse of decoding to bin centres lo + (k + ½) w."""
+        if self.levels is None:
+            raise ConfigError(f"{self!r} is not quantized: it has no levels to round to")
+        lo, _ = self.value_range
+        k = torch.floor((torch.as_tensor(x).double() - lo) / self.bin_width)
+        return k.nan_to_num(0.0).clamp(0, self.levels - 1).long()
+
     @property
     def bin_width(self):
         lo, hi = self.value_range

@@ -4,6 +4,7 @@ processes with gloo): who am I, my share of the work, and putting the shares bac
 Outside torchrun (no RANK/WORLD_SIZE in the environment) every helper answers as the only process does: rank 0 of
 1, the whole range, the tensor itself.
 """
+import contextlib
 import datetime
 import os
 
@@ -60,6 +61,17 @@ def init_from_env(device_type="cpu", timeout_minutes=30):
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes),
                                 **({"device_id": device} if cuda else {}))
     return device
+
+
+@contextlib.contextmanager
+def main_first():
+    """The block runs on the main process first and on the others once it is done (the main process fills a cache
+    that the others then read)."""
+    if initialized() and not is_main_process():
+        dist.barrier()
+    yield
+    if initialized() and is_main_process():
+        dist.barrier()
 
 
 def shutdown():

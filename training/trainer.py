@@ -216,9 +216,11 @@ class Trainer:
             return torch.device(device).type == "cuda" and len(data.shape) == 3
         return self.channels_last
 
-    def fit(self, model, loss, sde, data, out_dir, device, resume=None, meta=None, on_sample=None):
+    def fit(self, model, loss, sde, data, out_dir, device, resume=None, meta=None, on_sample=None, on_eval=None,
+            eval_every=0):
         """Trains ``model`` in place up to ``steps`` and returns (ema_model, last_step); writes into ``out_dir``
-        (created if missing).
+        (created if missing). Every ``eval_every`` steps (0: never) ``on_eval(step, ema_model)`` is called as
+        on_sample is.
 
         A checkpoint is taken every ``ckpt_every`` steps but written only once it has proven good: its weights
         (model and EMA) are finite and the loss of the step after it is finite (at the last step, the loss of
@@ -248,6 +250,7 @@ class Trainer:
             state.train_model = torch.compile(wrapped)
         autocast = self.amp and device.type == "cuda"
         sample_every = self.sample_every if on_sample is not None else 0
+        eval_every = check_int("eval_every", eval_every, 0) if on_eval is not None else 0
 
         def stop(why):
             kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
@@ -288,7 +291,8 @@ class Trainer:
                 due_row = step % self.log_every == 0 or last
                 due_ckpt = step % self.ckpt_every == 0 or last
                 due_sample = sample_every and step % sample_every == 0
-                if not (due_row or due_ckpt or due_sample or pending is not None):
+                due_eval = eval_every and step % eval_every == 0
+                if not (due_row or due_ckpt or due_sample or due_eval or pending is not None):
                     continue
                 values = read_back(window)
                 bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
@@ -309,6 +313,8 @@ class Trainer:
                     pending = copy.deepcopy(state.state_dict(ranks))
                 if due_sample:
                     collective_callback(on_sample, step, state.ema_model(), device)
+                if due_eval:
+                    collective_callback(on_eval, step, state.ema_model(), device)
             if pending is not None:
                 self.check_final_loss(state, loss, sde, data, device, autocast, stop, local_batch)
                 write(pending)
