@@ -161,6 +161,7 @@ def fid_setup(cfg, data, device):
               seed=cfg.seed, progress=cfg.progress is True)
     with distributed.main_first():
         fid.reference()
+    fid.features = distributed.split_rows(fid.features)
     return fid
 
 

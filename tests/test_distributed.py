@@ -154,7 +154,11 @@ def evaluate(base, rank=None):
     known = slice(0, 2) if rank is None else slice(rank, rank + 1)
     completions = pipe.inpaint(x_test[known], torch.tensor([True, False]), "em", completions=4, steps=5,
                                generator=gen(), batch=3)
-    return {"samples": samples, "nll": nll, "elbo": bound, "stderr": stderr, "inpaint": completions}
+    out = {"samples": samples, "nll": nll, "elbo": bound, "stderr": stderr, "inpaint": completions}
+    if rank is None:
+        out["rows"] = distributed.split_rows(
+            lambda x: torch.stack([x.sum(1), torch.full((len(x),), float(distributed.rank()))], 1))(x_test)
+    return out
 
 
 JOBS = (job_same_steps, job_dsm, job_checkpoints, job_evaluation)
@@ -334,6 +338,16 @@ def test_sharded_sampling_and_likelihoods_gather_the_shares_in_order(two):
         for got in ranks:
             torch.testing.assert_close(got[key], expected, rtol=1e-6, atol=1e-7, msg=key)
     assert not torch.allclose(shares[0]["samples"][:3], ranks[0]["samples"][3:6])
+
+
+@pytest.mark.slow
+def test_split_rows_computes_each_share_on_its_rank_and_gathers_in_order(two):
+    """A per-row function (as FID's feature network) split across 2 ranks: rows 0-2 computed by rank 0, 3-6 by
+    rank 1, every rank getting back all 7 rows in order."""
+    x = conditional_mixture().test(7, torch.Generator().manual_seed(2))
+    for got in results(two, "job_evaluation"):
+        torch.testing.assert_close(got["rows"][:, 0], x.sum(1))
+        assert got["rows"][:, 1].tolist() == [0, 0, 0, 1, 1, 1, 1]
 
 
 @pytest.mark.slow

@@ -63,6 +63,18 @@ def init_from_env(device_type="cpu", timeout_minutes=30):
     return device
 
 
+def split_rows(fn):
+    """x ↦ fn(x) with the rows of x split across the processes (shard_range) and the results gathered in rank
+    order: what fn(x) gives in one process, each process computing its share (every process must call it)."""
+    def sharded(x):
+        if not initialized() or world_size() == 1:
+            return fn(x)
+        start, stop = shard_range(len(x))
+        part = torch.as_tensor(fn(x[start:stop])) if stop > start else torch.as_tensor(fn(x[:1]))[:0]
+        return gather_cat(part)
+    return sharded
+
+
 @contextlib.contextmanager
 def main_first():
     """The block runs on the main process first and on the others once it is done (the main process fills a cache
