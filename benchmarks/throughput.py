@@ -10,8 +10,9 @@ synchronised around the timed span:
   preset's batch, fp32 and bf16 autocast, eager and torch.compile, channels-last on CUDA; peak device memory;
 - sampling images/s with DPM-Solver++(2M) at --nfe network evaluations (fp32 and bf16 autocast, eager);
 - waiting for data: the same bf16 (CPU: fp32) step fed by the data pipeline (uint8 images through the DataLoader
-  with --workers processes, pinned memory, flips) against the same step fed a batch already on the device;
-  the share of step time lost to data = 1 − (steps/s with the pipeline) / (steps/s with a resident batch).
+  with --workers processes, pinned memory, flips) against the same step fed a batch already on the device, timed
+  alternately --rounds times; the share of step time lost to data = 1 − (median steps/s with the pipeline) /
+  (median steps/s with a resident batch).
 With SCORE_SDE_PATH pointing at a checkout of score_sde_pytorch, benchmarks/peer_score_sde.py measures its DDPM++
 (continuous VP, its own loss, optimizer step and EMA) in a child process on the same device, and the table gives the
 ratio of ours to it.
@@ -167,6 +168,7 @@ def main():
     parser.add_argument("--nfe", type=int, default=20)
     parser.add_argument("--num", type=int, default=None, help="images sampled (default: the batch)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating pipeline/resident timings (medians)")
     parser.add_argument("--modes", default=None, help="comma list of fp32-eager, bf16-eager, fp32-compiled, bf16-compiled")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--out", default=None)
@@ -197,11 +199,14 @@ def main():
     wait_dtype = "bf16" if cuda else "fp32"
     with tempfile.TemporaryDirectory() as folder:
         data = image_data(preset, args.workers, folder)
-        fed = time_training(preset, device, wait_dtype, False, args.steps, args.warmup, data)
-        resident = time_training(preset, device, wait_dtype, False, args.steps, args.warmup)
-        report("data wait", {"mode": f"{wait_dtype}-eager", "workers": args.workers,
-                             "pipeline_steps_per_s": fed["steps_per_s"], "resident_steps_per_s": resident["steps_per_s"],
-                             "share": 1 - fed["steps_per_s"] / resident["steps_per_s"]})
+        fed, resident = [], []
+        for _ in range(args.rounds):
+            fed.append(time_training(preset, device, wait_dtype, False, args.steps, args.warmup, data)["steps_per_s"])
+            resident.append(time_training(preset, device, wait_dtype, False, args.steps, args.warmup)["steps_per_s"])
+        fed, resident = float(np.median(fed)), float(np.median(resident))
+        report("data wait", {"mode": f"{wait_dtype}-eager", "workers": args.workers, "rounds": args.rounds,
+                             "pipeline_steps_per_s": fed, "resident_steps_per_s": resident,
+                             "share": 1 - fed / resident})
     other = peer(device, args.steps, args.warmup, args.nfe, num) if preset == "ddpmpp" else None
     if other is not None:
         report("score_sde_pytorch DDPM++", other)
@@ -237,7 +242,8 @@ def render(results, args, other):
     wait = rows.get("data wait")
     if wait:
         lines += ["", f"Waiting for data ({wait['mode']}, {wait['workers']} workers, uint8 images with flips through "
-                  f"the DataLoader): {wait['pipeline_steps_per_s']:.2f} steps/s against "
+                  f"the DataLoader; medians of {wait.get('rounds', 1)} alternating timings): "
+                  f"{wait['pipeline_steps_per_s']:.2f} steps/s against "
                   f"{wait['resident_steps_per_s']:.2f} with a batch already on the device: **{100 * wait['share']:.1f} %** "
                   "of step time."]
     return "\n".join(lines) + "\n"
