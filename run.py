@@ -30,6 +30,7 @@ from scoresde.pipeline import Clock, resolve_device
 from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, check_sample_range,
                           cached_training, choose_threads, fit_model_to_data, help_text, keep_for_sweep,
                           one_line_errors, reconcile, run_lock, show_warnings_in_one_line, warn_about_scale)
+from solvers.grids import Fitted
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
 from sde.errors import ConfigError, ConfigWarning, check_int, check_number, config_scope, invalid
@@ -65,6 +66,11 @@ def checkpoint_meta(cfg):
 def sample_and_report(cfg, pipe, solver, classify, out, metrics, gen):
     """task=sample: draw sample.num samples (for sample.classes, with guidance), score them, save and plot them."""
     sde, data = pipe.sde, pipe.data
+    fitted = getattr(solver, "grid", None)
+    fitted = fitted if isinstance(fitted, Fitted) else None
+    if fitted and fitted.save is None:
+        fitted.save = str(out / "grid.json")
+    fit_before = fitted and fitted.fitting
     with config_scope("sample"):
         x, stats = pipe.sample(cfg.sample.num, solver, batch=cfg.sample.batch, generator=gen, info=True,
                                progress=cfg.progress, classes=to_plain(cfg.sample.classes),
@@ -79,6 +85,8 @@ def sample_and_report(cfg, pipe, solver, classify, out, metrics, gen):
             if cfg.guidance.scale else ""))
     if "grid_tuning" in stats:
         metrics["grid_tuning"] = stats["grid_tuning"]
+    if fitted and fitted.fitting is not fit_before:
+        metrics.update(grid_fit=fitted.fitting, sample_seconds=stats["seconds"] - fitted.fitting["seconds"])
     metrics.update(sample_quality(x, data, torch.Generator().manual_seed(cfg.seed + 5), labels=labels))
     if isinstance(data, GaussianMixture):
         metrics.update(mixture_report(data, x, labels))

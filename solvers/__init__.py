@@ -3,7 +3,7 @@
 from .adaptive import AdaptiveSDE
 from .common import CountedScore, GridState, Solver, SteppingSolver
 from .fast import DDIM, DPMSolver, Heun
-from .grids import FixedTimes, Grid, Karras, Tuned, UniformLogSNR, UniformTime, make_grid
+from .grids import FixedTimes, Fitted, Grid, Karras, Tuned, UniformLogSNR, UniformTime, make_grid
 from .elbo import ELBO
 from .likelihood import ODELikelihood
 from .ode import ProbabilityFlowODE
@@ -12,4 +12,4 @@ from .stochastic import CORRECTORS, PREDICTORS, EulerMaruyama, PredictorCorrecto
 __all__ = ["AdaptiveSDE", "CountedScore", "Solver", "DDIM", "DPMSolver", "Heun", "EulerMaruyama",
            "PredictorCorrector", "ProbabilityFlowODE", "ODELikelihood", "ELBO", "PREDICTORS", "CORRECTORS",
            "make_grid", "SteppingSolver", "GridState", "Grid", "UniformTime", "UniformLogSNR", "Karras", "FixedTimes",
-           "Tuned"]
+           "Tuned", "Fitted"]

@@ -4,7 +4,7 @@ import torch
 
 from sde.errors import ConfigError, check_int, check_number, invalid
 
-from .grids import Tuned, as_grid
+from .grids import Fitted, Tuned, as_grid
 
 
 class CountedScore:
@@ -110,6 +110,7 @@ class SteppingSolver(Solver):
 
     order = 1
     deterministic = True
+    fits_grid = False
 
     def __init__(self, steps, grid="time", rho=7.0, eps=None, denoise=False, pilots=256, reference_steps=500,
                  seed=0):
@@ -122,6 +123,9 @@ class SteppingSolver(Solver):
         if isinstance(self.grid, Tuned) and not self.deterministic:
             raise ConfigError(f"grid='tuned' fits the paths of a deterministic solver, and {type(self).__name__} is "
                               "stochastic: choose time, logsnr, karras or a list of times", "grid")
+        if isinstance(self.grid, Fitted) and not self.fits_grid:
+            raise ConfigError(f"grid='fit' fits DPM-Solver++ (solver=dpm or fast), not {type(self).__name__}: choose "
+                              "time, logsnr, karras, tuned or a grid file", "grid")
 
     @property
     def tuning(self):

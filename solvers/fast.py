@@ -116,8 +116,11 @@ class DPMSolver(SteppingSolver):
     D̄ = D_i at order 1, (1 + 1/(2r)) D_i − 1/(2r) D_{i−1} with r = h_{i−1}/h at order 2, and the third-order
     multistep correction at order 3 (see dpm_weights). The first steps use orders 1, 2, ...; with
     ``lower_order_final`` and fewer than 15 steps the last steps count down the same way; a last step onto
-    s = 0 (eps = 0) is first order. ``grid``: as for DDIM (default logsnr). NFE = steps.
+    s = 0 (eps = 0) is first order. ``grid``: as for DDIM (default logsnr), or 'fit' (solvers.grids.Fitted). NFE =
+    steps.
     """
+
+    fits_grid = True
 
     def __init__(self, steps=40, order=2, grid="logsnr", rho=7.0, lower_order_final=True, eps=None, denoise=False,
                  pilots=256, reference_steps=500, seed=0):

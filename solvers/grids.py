@@ -1,6 +1,7 @@
 """Time grids from T down to eps. A grid is an object called as ``grid(sde, steps, eps, like=None) -> times``:
 steps + 1 times, t_0 = T > t_1 > ... > t_steps = eps, in float64 on the CPU (in ``like``'s dtype and on its device
-when given). Uniform in t, uniform in λ = log(a/s), ρ-spaced in σ = s/a, a fixed list, or tuned to a model."""
+when given). Uniform in t, uniform in λ = log(a/s), ρ-spaced in σ = s/a, a fixed list (or a file: a fitted grid's
+artifact among them), tuned to a model, or fitted to it (Fitted)."""
 import json
 import re
 from collections.abc import Sequence
@@ -105,7 +106,8 @@ class Karras(Grid):
 
 
 def read_times(path):
-    """The times a file lists: .txt (numbers separated by white space or commas), .npy (an array), .json (a list)."""
+    """The times a file lists: .txt (numbers separated by white space or commas), .npy (an array), .json (a list,
+    or an object whose "times" is one: the artifact a Fitted grid writes)."""
     path = Path(path)
     if path.suffix not in FILE_TYPES:
         raise invalid("path", str(path), f"a file of times ending in {', '.join(FILE_TYPES)}")
@@ -115,7 +117,8 @@ def read_times(path):
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False)
         if path.suffix == ".json":
-            return json.loads(path.read_text())
+            values = json.loads(path.read_text())
+            return values["times"] if isinstance(values, dict) and "times" in values else values
         return np.array(path.read_text().replace(",", " ").split(), dtype=np.float64)
     except (ValueError, OSError) as e:
         raise ConfigError(f"path={str(path)!r} cannot be read as a list of times: {e}".splitlines()[0], "path") from None
@@ -229,24 +232,84 @@ class Tuned(Grid):
                 f"rho={self.rho})")
 
 
-NAMED = {"time": UniformTime, "logsnr": UniformLogSNR, "karras": Karras, "tuned": Tuned}
+class Fitted(Grid):
+    """A grid fitted to the model it samples by ``solvers.fit.fit_grid``, for DPM-Solver++ of the solver's order:
+    ``pilots`` quasi-random prior draws (seed ``seed``) against a ``teacher_steps`` DPM-Solver++(3M) solve,
+    ``iterations`` Adam steps of rate ``lr`` from each start grid, on a robust path distance plus the squared gap
+    of mean log-density.
+    Fitted once per solver, model, process, event shape, dtype, device and end time; the last fit is written to
+    ``save`` (a .json file: {"times": [...], "fit": what it cost and found}), which any later run loads by path
+    (grid=FILE.json, a FixedTimes grid), and ``fitting`` holds what it cost and found: nfe (each on the batch
+    of pilots), seconds, objective_start, objective, mse, gap, start, pilots, path."""
+
+    name = "fit"
+
+    def __init__(self, pilots=1000, teacher_steps=200, iterations=150, lr=0.05, seed=0, save=None):
+        self.pilots = check_int("pilots", pilots)
+        self.teacher_steps = check_int("teacher_steps", teacher_steps)
+        self.iterations = check_int("iterations", iterations)
+        self.lr = check_number("lr", lr)
+        self.seed = int(seed)
+        self.save = None if save is None else str(save)
+        self._fits = {}
+        self._last = None
+
+    @property
+    def fitting(self):
+        return self._fits[self._last][1] if self._last is not None else None
+
+    def __call__(self, sde, steps, eps, like=None, solver=None, score_fn=None, x=None):
+        from .fast import DPMSolver
+        from .fit import fit_grid
+
+        x = like if x is None else x
+        if not isinstance(solver, DPMSolver) or score_fn is None or x is None:
+            raise TypeError("a Fitted grid is fitted for a DPMSolver, a score and a batch: call it with solver=, "
+                            "score_fn=, x=")
+        check_int("steps", steps)
+        key = (id(solver), id(sde), id(score_fn), steps, tuple(x.shape[1:]), x.dtype, str(x.device), float(eps))
+        if key not in self._fits:
+            t, info = fit_grid(sde, score_fn, steps, float(eps), x, order=solver.order,
+                               lower_order_final=solver.lower_order_final, pilots=self.pilots,
+                               teacher_steps=self.teacher_steps, iterations=self.iterations, lr=self.lr,
+                               seed=self.seed)
+            if self.save is not None:
+                info["path"] = self.save
+                self.write(self.save, t, info, sde, solver)
+            self._fits[key] = (t, info)
+        self._last = key
+        t = self._fits[key][0]
+        return t if like is None else t.to(device=like.device, dtype=like.dtype)
+
+    @staticmethod
+    def write(path, times, info, sde, solver):
+        """The artifact: the times (exact float64 round trip) and what the fit cost and found, as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"times": times.tolist(), "process": repr(sde), "solver": repr(solver),
+                                    "fit": info}, indent=1) + "\n")
+
+
+NAMED = {"time": UniformTime, "logsnr": UniformLogSNR, "karras": Karras, "tuned": Tuned, "fit": Fitted}
 
 
 def as_grid(grid, rho=7.0, **tuning):
     """The grid a solver's ``grid`` option names: a Grid as it is; 'time', 'logsnr', 'karras' (with ``rho``) or
-    'tuned' (with ``rho`` and ``tuning``: pilots, reference_steps, seed); a path ending in .txt, .npy or .json; or
-    a list of times (FixedTimes)."""
+    'tuned' (with ``rho`` and ``tuning``: pilots, reference_steps, seed), 'fit' (Fitted, with ``tuning``'s
+    seed); a path ending in .txt, .npy or .json; or a list of times (FixedTimes)."""
     if isinstance(grid, Grid):
         return grid
     if isinstance(grid, str) and grid in NAMED:
         kind = NAMED[grid]
+        if kind is Fitted:
+            return Fitted(seed=tuning.get("seed", 0))
         return kind(rho=rho) if kind is Karras else kind(rho=rho, **tuning) if kind is Tuned else kind()
     if isinstance(grid, str) and grid.endswith(FILE_TYPES):
         return _fixed_times("path", grid)
     if isinstance(grid, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(grid, (str, bytes)):
         return _fixed_times("times", grid)
     raise ConfigError(f"grid={grid!r} is unknown: choose one of karras, logsnr, time, tuned, a list of times or a "
-                      f"file of them ({', '.join(FILE_TYPES)})", "grid")
+                      f"file of them ({', '.join(FILE_TYPES)}), or fit (fitted to the model)", "grid")
 
 
 def _fixed_times(name, value):
