@@ -46,6 +46,7 @@ import torch
 from benchmarks.oracle import MIXTURES, noise_floor, run_one
 from sde import VESDE, VPSDE, CosineVPSDE, RectifiedFlow
 from solvers import DPMSolver
+from solvers.grids import Fitted
 from solvers.common import CountedScore, check_eps
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,6 +59,7 @@ DPM_SOLVER_ENV = "DPM_SOLVER_PYTORCH"
 OURS = {
     "ours dpm3 logsnr": lambda n: DPMSolver(steps=n, order=3),
     "ours dpm3 tuned": lambda n: DPMSolver(steps=n, order=3, grid="tuned"),
+    "ours fast (fitted grid)": lambda n: DPMSolver(steps=n, order=3, grid=Fitted()),
 }
 _SIGMA_MIN = {"final_sigmas_type": "sigma_min"}
 # diffusers peers: name -> (scheduler class name, its config)

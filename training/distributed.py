@@ -87,8 +87,10 @@ def main_first():
 
 
 def shutdown():
-    """Leaves the process group, if this process joined one."""
+    """Leaves the process group, if this process joined one, once every process has reached this point (a process
+    that tears its connections down while another still uses them can abort at exit)."""
     if initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
