@@ -60,9 +60,15 @@ def config_scope(prefix):
 
 
 def short(value, width=80):
-    """repr of a value, cut to ``width`` characters."""
+    """repr of a value, cut to ``width`` characters: a string (a path) loses its middle, so its end (the file's
+    name) stays; anything else loses its end."""
     text = repr(value.tolist() if hasattr(value, "tolist") else value)
-    return text if len(text) < width else text[: width - 3] + "..."
+    if len(text) < width:
+        return text
+    if isinstance(value, str):
+        head = (width - 3) // 3
+        return text[:head] + "..." + text[len(text) - (width - 3 - head):]
+    return text[: width - 3] + "..."
 
 
 def invalid(name, value, expected):

@@ -1,4 +1,5 @@
 import itertools
+import os
 
 import pytest
 import torch
@@ -8,6 +9,9 @@ from models import MixtureScore
 from sde import SDE, CosineVPSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 from solvers.common import check_eps
 from scoredata import GaussianMixture, RandomMixture
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one thread per test process: the workers share the cores
 
 
 class UserVP(SDE):

@@ -33,7 +33,7 @@ def test_recipe_follows_score_sde_ddpmpp(name):
     assert cfg.loss.weighting == "eps" and cfg.model.parameterization == "eps"
     if name.endswith("_ve"):
         assert cfg.solver._target_ == "solvers.PredictorCorrector" and cfg.solver.corrector == "langevin"
-        assert cfg.solver.snr == 0.16
+        assert cfg.solver.step_rule == "kernel" and cfg.solver.steps == 1000
 
 
 @pytest.mark.slow
