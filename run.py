@@ -215,8 +215,12 @@ def main(cfg):
             distributed.init_from_env(resolve_device(cfg.device).type)
             out = distributed.broadcast_object(out)
     main_process = distributed.is_main_process()
-    with one_line_errors(), run_lock(out) if main_process else contextlib.nullcontext():
-        run(cfg, out)
+    try:
+        with one_line_errors(), run_lock(out) if main_process else contextlib.nullcontext():
+            run(cfg, out)
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
     distributed.shutdown()
 
 

@@ -5,6 +5,7 @@ Outside torchrun (no RANK/WORLD_SIZE in the environment) every helper answers as
 1, the whole range, the tensor itself.
 """
 import contextlib
+import gc
 import datetime
 import os
 
@@ -86,11 +87,16 @@ def main_first():
         dist.barrier()
 
 
-def shutdown():
+def shutdown(wait=True):
     """Leaves the process group, if this process joined one, once every process has reached this point (a process
-    that tears its connections down while another still uses them can abort at exit)."""
+    that tears its connections down while another still uses them can abort at exit). Unreachable objects that
+    hold the group's work (a DDP wrapper kept alive by a reference cycle) are freed first: freed only while the
+    interpreter shuts down, gloo's threads abort the process (SIGABRT). ``wait=False`` (a process that stopped
+    on an error) leaves without waiting for the others."""
     if initialized():
-        dist.barrier()
+        gc.collect()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

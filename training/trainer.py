@@ -318,6 +318,7 @@ class Trainer:
             if pending is not None:
                 self.check_final_loss(state, loss, sde, data, device, autocast, stop, local_batch)
                 write(pending)
+        state.train_model = model
         model.eval()
         return state.ema_model(), state.step
 
