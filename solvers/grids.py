@@ -178,7 +178,41 @@ class FixedTimes(Grid):
         return f"FixedTimes({given})"
 
 
-class Tuned(Grid):
+class FittedToModel(Grid):
+    """A grid fitted to the solver that steps on it and to the model it samples: ``fit(sde, steps, eps, solver,
+    score_fn, x) -> (times, info)``, once per solver, model, process, event shape, dtype, device and end time, then
+    reused (a model trained further needs a new grid); ``last_fit`` is the info of the last one used. ``fits``
+    says which solvers a subclass can be fitted to."""
+
+    fits = object
+    fits_what = "a solver"
+
+    def __init__(self):
+        self._fits = {}
+        self._last = None
+
+    @property
+    def last_fit(self):
+        return self._fits[self._last][1] if self._last is not None else None
+
+    def __call__(self, sde, steps, eps, like=None, solver=None, score_fn=None, x=None):
+        x = like if x is None else x
+        if solver is None or not isinstance(solver, self.fits) or score_fn is None or x is None:
+            raise TypeError(f"a {type(self).__name__} grid is fitted to {self.fits_what}, a score and a batch: call it "
+                            "with solver=, score_fn=, x=")
+        check_int("steps", steps)
+        key = (id(solver), id(sde), id(score_fn), steps, tuple(x.shape[1:]), x.dtype, str(x.device), float(eps))
+        if key not in self._fits:
+            self._fits[key] = self.fit(sde, steps, float(eps), solver, score_fn, x)
+        self._last = key
+        t = self._fits[key][0]
+        return t if like is None else t.to(device=like.device, dtype=like.dtype)
+
+    def fit(self, sde, steps, eps, solver, score_fn, x):
+        raise NotImplementedError
+
+
+class Tuned(FittedToModel):
     """A grid fitted to the solver that steps on it and to the model it samples, by ``solvers.schedule.tune_grid``:
     on ``pilots`` prior draws (seeded by ``seed``) against a ``reference_steps`` DPM-Solver++(3M) solve, starting
     from the best of the three fixed grids (Karras with ``rho``). Fitted once per solver, model, process, event
@@ -193,24 +227,11 @@ class Tuned(Grid):
         self.reference_steps = check_int("reference_steps", reference_steps)
         self.seed = int(seed)
         self.rho = check_number("rho", rho)
-        self._fits = {}
-        self._last = None
+        super().__init__()
 
     @property
     def tuning(self):
-        return self._fits[self._last][1] if self._last is not None else None
-
-    def __call__(self, sde, steps, eps, like=None, solver=None, score_fn=None, x=None):
-        x = like if x is None else x
-        if solver is None or score_fn is None or x is None:
-            raise TypeError("a Tuned grid is fitted to a solver, a score and a batch: call it with solver=, score_fn=, x=")
-        check_int("steps", steps)
-        key = (id(solver), id(sde), id(score_fn), steps, tuple(x.shape[1:]), x.dtype, str(x.device), float(eps))
-        if key not in self._fits:
-            self._fits[key] = self.fit(sde, steps, float(eps), solver, score_fn, x)
-        self._last = key
-        t = self._fits[key][0]
-        return t if like is None else t.to(device=like.device, dtype=like.dtype)
+        return self.last_fit
 
     def fit(self, sde, steps, eps, solver, score_fn, like):
         """(times, info) fitted for the integrate method of ``solver`` on pilots shaped and typed like ``like``."""
@@ -232,7 +253,7 @@ class Tuned(Grid):
                 f"rho={self.rho})")
 
 
-class Fitted(Grid):
+class Fitted(FittedToModel):
     """A grid fitted to the model it samples by ``solvers.fit.fit_grid``, for DPM-Solver++ of the solver's order:
     ``pilots`` quasi-random prior draws (seed ``seed``) against a ``teacher_steps`` DPM-Solver++(3M) solve,
     ``iterations`` Adam steps of rate ``lr`` from each start grid, on a robust path distance plus the squared gap
@@ -251,35 +272,31 @@ class Fitted(Grid):
         self.lr = check_number("lr", lr)
         self.seed = int(seed)
         self.save = None if save is None else str(save)
-        self._fits = {}
-        self._last = None
+        super().__init__()
+
+    @property
+    def fits(self):
+        from .fast import DPMSolver
+
+        return DPMSolver
+
+    fits_what = "a DPMSolver"
 
     @property
     def fitting(self):
-        return self._fits[self._last][1] if self._last is not None else None
+        return self.last_fit
 
-    def __call__(self, sde, steps, eps, like=None, solver=None, score_fn=None, x=None):
-        from .fast import DPMSolver
+    def fit(self, sde, steps, eps, solver, score_fn, x):
+        """(times, info) of solvers.fit.fit_grid for the solver's order, the artifact written to ``save``."""
         from .fit import fit_grid
 
-        x = like if x is None else x
-        if not isinstance(solver, DPMSolver) or score_fn is None or x is None:
-            raise TypeError("a Fitted grid is fitted for a DPMSolver, a score and a batch: call it with solver=, "
-                            "score_fn=, x=")
-        check_int("steps", steps)
-        key = (id(solver), id(sde), id(score_fn), steps, tuple(x.shape[1:]), x.dtype, str(x.device), float(eps))
-        if key not in self._fits:
-            t, info = fit_grid(sde, score_fn, steps, float(eps), x, order=solver.order,
-                               lower_order_final=solver.lower_order_final, pilots=self.pilots,
-                               teacher_steps=self.teacher_steps, iterations=self.iterations, lr=self.lr,
-                               seed=self.seed)
-            if self.save is not None:
-                info["path"] = self.save
-                self.write(self.save, t, info, sde, solver)
-            self._fits[key] = (t, info)
-        self._last = key
-        t = self._fits[key][0]
-        return t if like is None else t.to(device=like.device, dtype=like.dtype)
+        t, info = fit_grid(sde, score_fn, steps, eps, x, order=solver.order, lower_order_final=solver.lower_order_final,
+                           pilots=self.pilots, teacher_steps=self.teacher_steps, iterations=self.iterations,
+                           lr=self.lr, seed=self.seed)
+        if self.save is not None:
+            info["path"] = self.save
+            self.write(self.save, t, info, sde, solver)
+        return t, info
 
     @staticmethod
     def write(path, times, info, sde, solver):
