@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import ScoreModel, UNet  # noqa: E402
-from scoredata import ArrayFile, Digits  # noqa: E402
+from scoredata import ArrayFile, DataSpec, Digits  # noqa: E402
 from scoresde.pipeline import Pipeline  # noqa: E402
 from sde import VPSDE  # noqa: E402
 from solvers.fast import DPMSolver  # noqa: E402
@@ -122,13 +122,7 @@ def time_training(preset, device, dtype, compiled, steps, warmup, data=None):
 def time_sampling(preset, device, dtype, nfe, num):
     sde, model = build(preset, device)
     model.eval()
-    shape = PRESETS[preset]["shape"]
-
-    class Spec:
-        pass
-    spec = Spec()
-    spec.shape = shape
-    pipe = Pipeline(sde, model, spec, device)
+    pipe = Pipeline(sde, model, DataSpec(PRESETS[preset]["shape"]), device)
     solver = DPMSolver(steps=nfe, order=2)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
         pipe.sample(num, solver, batch=num)
@@ -183,7 +177,7 @@ def main():
     modes = args.modes.split(",") if args.modes else (
         ["fp32-eager", "bf16-eager"] + ([] if args.no_compile else ["bf16-compiled"]) if cuda else ["fp32-eager"])
     params = sum(p.numel() for p in build(preset, torch.device("cpu"))[1].parameters())
-    rows, results = [], {"device": device_name(device), "preset": preset, "parameters": params, "rows": {}}
+    results = {"device": device_name(device), "preset": preset, "parameters": params, "rows": {}}
 
     def report(name, value):
         results["rows"][name] = value
