@@ -5,8 +5,8 @@ Outside torchrun (no RANK/WORLD_SIZE in the environment) every helper answers as
 1, the whole range, the tensor itself.
 """
 import contextlib
-import gc
 import datetime
+import gc
 import os
 
 import numpy as np
