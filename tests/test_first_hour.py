@@ -22,7 +22,7 @@ def test_help_lists_groups_options_and_commented_run_options():
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True, text=True,
                           env=environment(), timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for needle in ("solver=", "  dpm ", "DPM-Solver++", "data=", "  digits ", "train:", "steps: 4000",
+    for needle in ("solver=", "  dpm ", "DPM-Solver++", "data=", "  digits ", "train:", "steps: 26000",
                    "# total optimizer steps", "eval:"):
         assert needle in proc.stdout, needle
 

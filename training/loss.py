@@ -4,7 +4,7 @@ import math
 import torch
 
 from sde import expand
-from sde.errors import ConfigError, check_choice, check_number, unknown
+from sde.errors import ConfigError, check_choice, check_number, invalid, unknown
 
 WEIGHTINGS = ("eps", "likelihood", "flow", "edm")
 TIMES = ("auto", "uniform", "importance", "lognormal")
@@ -37,12 +37,15 @@ class DSMLoss:
     estimator unbiased for the same L. With λ = g² and q ∝ g² / s² the weight becomes a constant times s²:
     λ π / q = 2 log(σ(T) / σ(t_min)) s² / (T − t_min), the noise-prediction loss with t uniform in log σ.
 
-    t is drawn first (one uniform per point), then z. reduction 'mean' averages over dimensions, 'sum' adds
+    t is drawn first, then z. ``stratified`` draws the batch's N uniforms behind t one in each of the strata
+    [i/N, (i+1)/N) (u_i = (i + U_i)/N; the points of a batch are exchangeable, so no shuffle is needed): each u_i is
+    still uniform, so the estimator stays unbiased, and its variance over t falls (Kingma et al. 2021's
+    low-discrepancy sampler). reduction 'mean' averages over dimensions, 'sum' adds
     them; both average over the batch.
     """
 
     def __init__(self, weighting="eps", reduction="mean", t_min=1e-5, time="auto", p_mean=-1.2, p_std=1.2,
-                 sigma_data=0.5):
+                 sigma_data=0.5, stratified=False):
         if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
             raise unknown("weighting", weighting, WEIGHTINGS)
         self.weighting = weighting
@@ -52,6 +55,9 @@ class DSMLoss:
         self.p_mean = check_number("p_mean", p_mean, minimum=-math.inf)
         self.p_std = check_number("p_std", p_std)
         self.sigma_data = check_number("sigma_data", sigma_data)
+        if not isinstance(stratified, bool):
+            raise invalid("stratified", stratified, "true or false")
+        self.stratified = stratified
         self.law = ("lognormal" if weighting == "edm" else "uniform") if time == "auto" else time
         if self.law != "uniform" and self.t_min <= 0:
             raise ConfigError(f"t_min={t_min!r} is invalid with time={self.law!r}: that law lives in log sigma, "
@@ -69,6 +75,8 @@ class DSMLoss:
         """The loss of each point of the batch, shape (N,)."""
         n = x0.shape[0]
         u = torch.rand(n, generator=generator, device=x0.device, dtype=x0.dtype)
+        if self.stratified:
+            u = (torch.arange(n, device=x0.device, dtype=x0.dtype) + u) / n
         t, ratio = self.times(sde, u)
         z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         s = expand(sde.s(t), x0)
@@ -131,4 +139,6 @@ class DSMLoss:
         extra = "" if self.time == "auto" else f", time={self.time!r}"
         if self.law == "lognormal" or self.weighting == "edm":
             extra += f", p_mean={self.p_mean}, p_std={self.p_std}, sigma_data={self.sigma_data}"
+        if self.stratified:
+            extra += ", stratified=True"
         return f"DSMLoss(weighting={self.weighting!r}, reduction={self.reduction!r}, t_min={self.t_min}{extra})"
