@@ -17,7 +17,7 @@ schedule then ends at the budget), trains from scratch and measures:
 
 Parts: 'default' (the default job itself, `python run.py data=<set> likelihood=true` with 10,000 test points and
 20,000 samples, for its own train.steps: the seconds are measured), 'objectives' (each loss.weighting with the
-default job's other settings, for ``budget`` seconds), 'choices' (one change at a time to the default job, for
+default job's other settings, for ``budget`` seconds), 'preset' (experiment=flow_matching as 'default'), 'choices' (one change at a time to the default job, for
 ``choice_budget`` seconds: width and depth, time embedding, batch size, learning rate and schedule, EMA decay,
 stratified t). Writes <out>.md and <out>.json;
 a part given alone updates only its own rows. Training uses every core torch is given (OMP_NUM_THREADS).
@@ -48,6 +48,7 @@ DATA = {  # name: overrides
             "data.stds=[0.25,0.6,0.15,0.35,0.45,0.2]", "data.weights=[3,5,2,6,4,1]"],
     "checkerboard": ["data=checkerboard"],
 }
+PRESET = ["experiment=flow_matching"]
 OBJECTIVES = {  # name: overrides over the default job (whose loss is eps)
     "eps (the default)": [],
     "likelihood, importance t": ["loss.weighting=likelihood", "loss.time=importance"],
@@ -153,6 +154,8 @@ def job(name, overrides, out, test=10000, samples=20000):
 def part_rows(part, budget, choice_budget, out):
     if part == "default":
         return [{**job(f"`python run.py {' '.join(o)}`", o, out), "data": d} for d, o in DATA.items()]
+    if part == "preset":
+        return [{**job(f"`python run.py {' '.join(PRESET + o)}`", PRESET + o, out), "data": d} for d, o in DATA.items()]
     if part == "objectives":
         return [{**measure(n, DATA["eight_gaussians"] + o, budget, out, test=4000), "data": "eight_gaussians"}
                 for n, o in OBJECTIVES.items() if o]
@@ -177,6 +180,7 @@ def table(rows, part):
 
 TITLES = {
     "default": "The default job, `python run.py data=... likelihood=true` (its own train.steps; seconds measured)",
+    "preset": "The preset experiment=flow_matching (sde=rf, v, loss.weighting=flow), `python run.py experiment=flow_matching data=...` (its own train.steps)",
     "objectives": "Objectives with the default job's other settings on the eight Gaussians (budget {budget:g} s)",
     "choices": "One choice changed from the default job on the eight Gaussians (budget {choice_budget:g} s)",
 }
@@ -189,7 +193,7 @@ def write(rows, out, args, command):
              "same test points (model NLL by the probability-flow ODE, dopri5 at 1e-5, minus the exact NLL). "
              "Weights TV at 20,000 samples of the configured solver; 'exact TV' is what as many exact samples "
              "reach (the floor). Written by benchmarks/training.py.", ""]
-    for part in ("default", "objectives", "choices"):
+    for part in ("default", "preset", "objectives", "choices"):
         body = table(rows, part)
         if body:
             lines += [f"## {TITLES[part].format(budget=args.budget, choice_budget=args.choice_budget)}", ""] + body
@@ -200,7 +204,7 @@ def write(rows, out, args, command):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/results/training_budget")
-    p.add_argument("--part", choices=("all", "default", "objectives", "choices"), default="all")
+    p.add_argument("--part", choices=("all", "default", "preset", "objectives", "choices"), default="all")
     p.add_argument("--budget", type=float, default=240.0, help="training seconds of the objective rows")
     p.add_argument("--choice-budget", type=float, default=60.0, help="training seconds of the choice rows")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count())
@@ -209,7 +213,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
-    parts = ("default", "objectives", "choices") if args.part == "all" else (args.part,)
+    parts = ("default", "preset", "objectives", "choices") if args.part == "all" else (args.part,)
     rows = [r for r in old if r["part"] not in parts]
     for part in parts:
         rows += [{**r, "part": part} for r in part_rows(part, args.budget, args.choice_budget, out)]
