@@ -229,7 +229,8 @@ def test_conditional_digits_are_recognised_as_their_class_more_often_with_guidan
     drawn for class c as c well above chance (10 %), and more often with guidance."""
     proc = run(tmp_path / "train", "data=digits", "model=mlp", "model.net.hidden=256", "model.net.depth=3",
                "train.steps=1500", "train.batch_size=128", "train.lr=1e-3", "train.cond_drop=0.1",
-               "train.schedule=constant", "loss.stratified=false", "train.progress=false", "solver=dpm", "solver.steps=20", "sample.num=10", "sample.max_range=0")
+               "train.schedule=constant", "loss.stratified=false", "train.progress=false", "solver=dpm",
+               "solver.steps=20", "sample.num=10", "sample.max_range=0")
     assert proc.returncode == 0, proc.stderr
     accuracy = []
     for w in (0, 2):
