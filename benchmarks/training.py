@@ -97,6 +97,12 @@ def steps_per_second(cfg, out, steps=1000):
     return steps / (time.perf_counter() - start)
 
 
+def paired_kl(nll, exact_nll, dim):
+    """KL per dimension as the mean over test points of (NLL_θ(x) − NLL(x)) / d, and its standard error."""
+    gap = (np.asarray(nll, dtype=np.float64) - np.asarray(exact_nll, dtype=np.float64)) / dim
+    return float(gap.mean()), float(gap.std(ddof=1) / math.sqrt(len(gap)))
+
+
 def measure(name, overrides, budget, out, test=2000, samples=20000, fixed_steps=None):
     """Train the composed configuration for ``budget`` seconds (or ``fixed_steps``; 0: no training, as for
     model=oracle) and measure it."""
@@ -113,9 +119,9 @@ def measure(name, overrides, budget, out, test=2000, samples=20000, fixed_steps=
     start = time.perf_counter()
     nll, _ = instantiate(cfg.eval.ode)(sde, ema, x)
     ode_seconds = time.perf_counter() - start
-    gap = (nll.double() - (-data.log_prob(x.double()))) / x[0].numel()
+    kl, kl_stderr = paired_kl(nll.double().cpu().numpy(), (-data.log_prob(x.double())).numpy(), x[0].numel())
     row = {"name": name, "overrides": list(overrides), "steps": steps, "train_seconds": seconds,
-           "kl": gap.mean().item(), "kl_stderr": gap.std().item() / math.sqrt(len(gap)), "test": test,
+           "kl": kl, "kl_stderr": kl_stderr, "test": test,
            "likelihood_seconds": ode_seconds, "threads": torch.get_num_threads()}
     if isinstance(data, GaussianMixture):
         gen = torch.Generator().manual_seed(cfg.seed + 2)
@@ -141,10 +147,10 @@ def job(name, overrides, out, test=10000, samples=20000):
     wall = time.perf_counter() - start
     metrics = json.loads((run_dir / "metrics.json").read_text())
     per_point = np.load(run_dir / "likelihood.npz")
-    gap = (per_point["nll"].astype(np.float64) - per_point["exact_nll"]) / per_point["x"][0].size
+    kl, kl_stderr = paired_kl(per_point["nll"], per_point["exact_nll"], per_point["x"][0].size)
     row = {"name": name, "overrides": list(overrides), "steps": metrics["train_steps"],
-           "train_seconds": metrics["train_seconds"], "wall_seconds": wall, "kl": float(gap.mean()),
-           "kl_stderr": float(gap.std(ddof=1) / math.sqrt(len(gap))), "test": test,
+           "train_seconds": metrics["train_seconds"], "wall_seconds": wall, "kl": kl,
+           "kl_stderr": kl_stderr, "test": test,
            **({"weights_tv": metrics["weights_tv"]} if "weights_tv" in metrics else {}),
            "samples": samples, "command": "python run.py " + " ".join(overrides)}
     print(json.dumps(row), flush=True)
