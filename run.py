@@ -20,11 +20,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from evaluation import (FID, classifier_report, inpainting_report, mixture_report, plot_inpainting, plot_samples,
+from scoresde.evaluation import (FID, classifier_report, inpainting_report, mixture_report, plot_inpainting, plot_samples,
                         sample_quality)
-from evaluation.classify import applies as classifier_applies
+from scoresde.evaluation.classify import applies as classifier_applies
 from models.guidance import GuidedScore, class_labels
-from scoredata import GaussianMixture
+from scoresde.data import GaussianMixture
 from scoresde import Pipeline
 from scoresde.pipeline import Clock, resolve_device
 from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, check_sample_range,
@@ -34,9 +34,9 @@ from solvers.grids import Fitted
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
 from sde.errors import ConfigError, ConfigWarning, check_int, check_number, config_scope, invalid
-from training import distributed
-from training.checkpoint import read_checkpoint
-from training.trainer import load_for_sampling
+from scoresde.training import distributed
+from scoresde.training.checkpoint import read_checkpoint
+from scoresde.training.trainer import load_for_sampling
 
 CONF = Path(__file__).resolve().parent / "conf"
 TASKS = ("sample", "inpaint", "colorize")

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.oracle import MIXTURES, noise_floor
-from evaluation import mixture_report, sliced_wasserstein
+from scoresde.evaluation import mixture_report, sliced_wasserstein
 from models import MixtureScore
 from sde import VESDE, VPSDE
 from sde.processes import CosineVPSDE, RectifiedFlow

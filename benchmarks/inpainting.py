@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.oracle import eight_modes
-from evaluation import inpainting_report
+from scoresde.evaluation import inpainting_report
 from models import MixtureScore
-from scoredata import RandomMixture
+from scoresde.data import RandomMixture
 from sde import VESDE, VPSDE
 from solvers import EulerMaruyama, PredictorCorrector
 from solvers.inpaint import Inpainter

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import sections
-from evaluation import mixture_report, sliced_wasserstein
+from scoresde.evaluation import mixture_report, sliced_wasserstein
 from models import MixtureScore
 from sde import VESDE, VPSDE
 from solvers import DDIM, AdaptiveSDE, DPMSolver, EulerMaruyama, Heun, PredictorCorrector, ProbabilityFlowODE
 from solvers.common import check_eps
 from solvers.grids import Tuned
-from scoredata import GaussianMixture, RandomMixture
+from scoresde.data import GaussianMixture, RandomMixture
 
 SDES = {"vp": VPSDE, "ve": VESDE}
 

@@ -43,7 +43,7 @@ def square_tv(x):
 
 
 def scores(x, data, seed):
-    from evaluation import sample_quality
+    from scoresde.evaluation import sample_quality
 
     quality = sample_quality(x, data, torch.Generator().manual_seed(seed + 100))
     return {"support": quality["support"], "swd": quality["swd"], "square_tv": square_tv(x)}
@@ -58,7 +58,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     import scoresde
-    from scoredata import Checkerboard
+    from scoresde.data import Checkerboard
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, train_seconds = args.run, None

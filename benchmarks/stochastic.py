@@ -21,9 +21,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from benchmarks.oracle import MIXTURES
-from evaluation import mixture_report, sliced_wasserstein
+from scoresde.evaluation import mixture_report, sliced_wasserstein
 from models import MixtureScore
-from scoredata import RandomMixture
+from scoresde.data import RandomMixture
 from solvers import EulerMaruyama, PredictorCorrector
 from solvers.common import check_eps
 from solvers.stochastic import SDEDPMSolver

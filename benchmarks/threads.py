@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = r"""
 import json, sys, time, torch
 sys.path.insert(0, sys.argv[1])
-from scoredata import Checkerboard, Digits
+from scoresde.data import Checkerboard, Digits
 from models import MLP, UNet, ScoreModel
 from sde import VPSDE
-from training import DSMLoss, TrainState, train_step
+from scoresde.training import DSMLoss, TrainState, train_step
 torch.set_num_threads(int(sys.argv[2]))
 which, steps = sys.argv[3], int(sys.argv[4])
 torch.manual_seed(0)

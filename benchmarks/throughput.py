@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import ScoreModel, UNet  # noqa: E402
-from scoredata import ArrayFile, DataSpec, Digits  # noqa: E402
+from scoresde.data import ArrayFile, DataSpec, Digits  # noqa: E402
 from scoresde.pipeline import Pipeline  # noqa: E402
 from sde import VPSDE  # noqa: E402
 from solvers.fast import DPMSolver  # noqa: E402
-from training import DSMLoss, TrainState, train_step  # noqa: E402
-from training.trainer import prepare_batch  # noqa: E402
+from scoresde.training import DSMLoss, TrainState, train_step  # noqa: E402
+from scoresde.training.trainer import prepare_batch  # noqa: E402
 
 PRESETS = {
     "ddpmpp": dict(shape=(3, 32, 32), batch=128, net=dict(channels=128, multipliers=(1, 2, 2, 2), num_res_blocks=4,

@@ -36,9 +36,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from evaluation import mixture_report
-from scoredata import GaussianMixture
-from training import Trainer
+from scoresde.evaluation import mixture_report
+from scoresde.data import GaussianMixture
+from scoresde.training import Trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 DATA = {  # name: overrides

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from scoredata import GaussianMixture
+from scoresde.data import GaussianMixture
 from sde.errors import ConfigError
 
 from .embedding import check_labels

@@ -27,7 +27,7 @@ class ScoreModel(nn.Module):
 
     and every one is converted exactly into the others: x̂_0 = (x − s ε̂)/a = (x + s² score)/a.
     ``net`` is a module net(x, t), or a callable net(shape=...) (a Hydra partial) built with the event shape
-    of ``data`` (a scoredata.DataSet, or the DataSpec a checkpoint keeps). ``conditional=True`` builds it with
+    of ``data`` (a scoresde.data.DataSet, or the DataSpec a checkpoint keeps). ``conditional=True`` builds it with
     the data's ``num_classes`` (net(x, t, y): score(x, t, y) = ∇log p_t(x | y), the null label num_classes
     giving the unconditional score).
     """

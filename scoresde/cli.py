@@ -22,11 +22,10 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from sde.errors import ConfigError, ConfigWarning, check_int
-from training.distributed import launched
-from training.trainer import TrainingError
+from sde.errors import ConfigError, ConfigWarning, NonFiniteError, TrainingError, check_int
+from scoresde.training.distributed import launched
 
-from .pipeline import NonFiniteError, instantiate_config
+from .pipeline import instantiate_config
 
 GROUPS = ("sde", "solver", "model", "data", "mask", "experiment")
 CHECKPOINT_GROUPS = ("sde", "model", "data")

@@ -18,20 +18,16 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from models.guidance import GuidedScore, class_labels
-from scoredata import DataSpec
-from sde.errors import CheckpointError, ConfigError, check_int, config_scope
+from scoresde.data import DataSpec
+from sde.errors import CheckpointError, ConfigError, NonFiniteError, check_int, config_scope
 from solvers import ELBO, ODELikelihood
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
-from training import distributed
-from training.checkpoint import check_fits, read_checkpoint
-from training.trainer import hide_progress, sampling_weights
+from scoresde.training import distributed
+from scoresde.training.checkpoint import check_fits, read_checkpoint
+from scoresde.training.trainer import hide_progress, sampling_weights
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-class NonFiniteError(RuntimeError):
-    """A sample or a likelihood came out NaN or infinite: the model or the solver diverged."""
 
 
 def check_finite(values, what, advice):
@@ -93,7 +89,7 @@ class Pipeline:
 
     Unpacks as ``sde, model = pipe``. ``step`` and ``config`` say where a loaded model came from.
 
-    Under torchrun (training.distributed) ``sample``, ``inpaint``, ``nll`` and ``elbo`` are collective: every
+    Under torchrun (scoresde.training.distributed) ``sample``, ``inpaint``, ``nll`` and ``elbo`` are collective: every
     process does its contiguous share of the points with a generator of its own (drawn from the one given, see
     distributed.rank_generator) and every process returns all of them, gathered in rank order.
     """

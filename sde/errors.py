@@ -39,6 +39,14 @@ class ConfigWarning(Keyed, UserWarning):
     """A legal but suspicious value (for example a schedule that decreases)."""
 
 
+class NonFiniteError(RuntimeError):
+    """A sample or a likelihood came out NaN or infinite: the model or the solver diverged."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be read, or that does not fit what it is loaded into."""
 

@@ -4,11 +4,11 @@ import os
 import pytest
 import torch
 
-from evaluation import mixture_report
+from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from sde import SDE, CosineVPSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 from solvers.common import check_eps
-from scoredata import GaussianMixture, RandomMixture
+from scoresde.data import GaussianMixture, RandomMixture
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per test process: the workers share the cores

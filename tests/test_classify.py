@@ -3,8 +3,8 @@ class score at chance."""
 import numpy as np
 import torch
 
-from evaluation.classify import applies, class_scores, classifier_report
-from scoredata import Checkerboard, Digits, GaussianMixture
+from scoresde.evaluation.classify import applies, class_scores, classifier_report
+from scoresde.data import Checkerboard, Digits, GaussianMixture
 
 
 def test_class_scores_of_known_probabilities():

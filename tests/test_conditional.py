@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import ALL_SDES, slow_except
-from evaluation import mixture_report
+from scoresde.evaluation import mixture_report
 from models import MLP, GuidedScore, MixtureScore, ScoreModel, class_labels
-from scoredata import GaussianMixture
+from scoresde.data import GaussianMixture
 from scoresde import Pipeline
 from sde import ConfigError, VPSDE
 from solvers import DPMSolver, EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
@@ -191,7 +191,7 @@ def test_conditional_networks_take_labels_and_start_unconditional():
 def test_a_conditional_score_model_from_labelled_data_and_refused_without_labels():
     from functools import partial
 
-    from scoredata import Checkerboard
+    from scoresde.data import Checkerboard
 
     mix = labelled_mixture()
     model = ScoreModel(partial(MLP, hidden=16, depth=1, embed_dim=8), VPSDE(), data=mix, conditional=True)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from scoredata.files import ArrayFile, Digits, ImageFolder, eight_bit_to_unit
-from scoredata.toys import Checkerboard, EightGaussians, Moons, Rings, SwissRoll
+from scoresde.data.files import ArrayFile, Digits, ImageFolder, eight_bit_to_unit
+from scoresde.data.toys import Checkerboard, EightGaussians, Moons, Rings, SwissRoll
 
 TOYS = [Checkerboard, SwissRoll, Moons, Rings, EightGaussians]
 

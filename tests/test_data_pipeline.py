@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from scoredata import ArrayFile, Checkerboard, Cifar10, Cifar100, ImageData, ImageFolder
-from scoredata.files import eight_bit_to_unit
+from scoresde.data import ArrayFile, Checkerboard, Cifar10, Cifar100, ImageData, ImageFolder
+from scoresde.data.files import eight_bit_to_unit
 from sde.errors import ConfigError
 
 
@@ -223,13 +223,14 @@ def test_data_configs_name_their_options():
     """Every option of the new data configs is a parameter of its class (Hydra builds them)."""
     import inspect
 
+    from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     from test_run import ROOT
 
     for name in ("cifar10", "cifar100", "array", "folder", "digits"):
         cfg = OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")
-        cls = getattr(__import__("scoredata"), cfg._target_.split(".")[1])
+        cls = get_class(cfg._target_)
         params = inspect.signature(cls).parameters
         assert {k for k in cfg if k != "_target_"} <= set(params), name
         assert "flip" in cfg and "workers" in cfg, name

@@ -3,18 +3,18 @@ import numpy as np
 import pytest
 import torch
 
-import scoredata
-from scoredata import ArrayFile, Checkerboard, DataSet, DataSpec, Digits, EightGaussians, GaussianMixture
+import scoresde.data
+from scoresde.data import ArrayFile, Checkerboard, DataSet, DataSpec, Digits, EightGaussians, GaussianMixture
 from sde import ConfigError
 
 SETS = {
     "gmm": lambda: GaussianMixture([[0.0, 0.0], [3.0, 3.0]], [0.5, 0.2], [1, 3]),
-    "random": lambda: scoredata.RandomMixture(components=3, dim=5),
+    "random": lambda: scoresde.data.RandomMixture(components=3, dim=5),
     "eight": EightGaussians,
     "checkerboard": Checkerboard,
-    "moons": scoredata.Moons,
-    "rings": scoredata.Rings,
-    "swissroll": scoredata.SwissRoll,
+    "moons": scoresde.data.Moons,
+    "rings": scoresde.data.Rings,
+    "swissroll": scoresde.data.SwissRoll,
     "digits": Digits,
 }
 

@@ -17,13 +17,13 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from models import MixtureScore
-from scoredata import ArrayFile, GaussianMixture
-from scoredata.loader import EpochOrder
+from scoresde.data import ArrayFile, GaussianMixture
+from scoresde.data.loader import EpochOrder
 from scoresde import Pipeline
 from sde import VPSDE
 from sde.errors import ConfigError
-from training import DSMLoss, Trainer, distributed
-from training.checkpoint import read_checkpoint
+from scoresde.training import DSMLoss, Trainer, distributed
+from scoresde.training.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

@@ -11,12 +11,12 @@ import torch
 
 from conftest import ALL_SDES, UserFlow, mixture_16d, mixture_2d
 from models import MLP, MixtureScore, ScoreModel
-from scoredata import DataSpec, GaussianMixture
+from scoresde.data import DataSpec, GaussianMixture
 from scoresde import Pipeline
 from sde import ConfigError
 from solvers import ELBO, ODELikelihood
 from test_run import run
-from training import DSMLoss, Trainer
+from scoresde.training import DSMLoss, Trainer
 
 SDES = {**ALL_SDES, "user_flow": UserFlow}
 

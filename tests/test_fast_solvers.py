@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import ALL_SDES, assert_recovers, mixture_16d, mixture_2d, reference, sample, slow_except
-from evaluation import mixture_report
+from scoresde.evaluation import mixture_report
 from models import MixtureScore
-from scoredata import GaussianMixture
+from scoresde.data import GaussianMixture
 from sde import ConfigError, config_scope
 from solvers import ProbabilityFlowODE
 from solvers.adaptive import AdaptiveSDE

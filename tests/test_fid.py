@@ -14,9 +14,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from evaluation import FID, InceptionFeatures, frechet_distance, kid
-from evaluation.fid import Moments, polynomial_mmd2, to_uint8
-from scoredata import DataSpec, Digits, ImageData
+from scoresde.evaluation import FID, InceptionFeatures, frechet_distance, kid
+from scoresde.evaluation.fid import Moments, polynomial_mmd2, to_uint8
+from scoresde.data import DataSpec, Digits, ImageData
 from sde.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_a_stale_or_broken_cache_file_is_recomputed(tmp_path):
 
 
 def test_fid_refuses_data_that_are_not_8_bit_images():
-    from scoredata import Checkerboard
+    from scoresde.data import Checkerboard
 
     with pytest.raises(ConfigError, match="FID needs 8-bit images"):
         FID(Checkerboard(), StandIn())
@@ -333,7 +333,7 @@ def test_the_trainer_calls_on_eval_every_eval_every_steps_without_changing_the_r
     from test_long_training import CPU, small_model, trainer
 
     from conftest import ALL_SDES, mixture_2d
-    from training import DSMLoss
+    from scoresde.training import DSMLoss
 
     sde, calls = ALL_SDES["vp"](), []
 

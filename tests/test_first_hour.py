@@ -89,7 +89,7 @@ def test_image_grid_shows_real_images(tmp_path):
 def test_image_grid_puts_a_row_of_real_images_above_the_samples(tmp_path):
     from PIL import Image
 
-    from evaluation import plot_samples
+    from scoresde.evaluation import plot_samples
 
     plot_samples(-np.ones((16, 1, 8, 8)), tmp_path / "grid.png", np.ones((40, 1, 8, 8)), value_range=(-1, 1))
     picture = np.asarray(Image.open(tmp_path / "grid.png").convert("L"), dtype=float)
@@ -143,7 +143,7 @@ def test_the_digits_preset_composes_a_cpu_sized_image_job():
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=digits"])
-    assert cfg.data._target_ == "scoredata.Digits" and cfg.model.net._target_ == "models.UNet"
+    assert cfg.data._target_ == "scoresde.data.Digits" and cfg.model.net._target_ == "models.UNet"
     assert cfg.solver._target_ == "solvers.fast.DPMSolver" and cfg.solver.steps <= 20
     assert cfg.model.net.channels <= 32 and cfg.train.steps * cfg.train.batch_size <= 400_000
     assert cfg.likelihood is True and cfg.eval.num <= 180 and cfg.eval.classifier == "auto"

@@ -9,7 +9,7 @@ import torch
 
 import scoresde
 from models import MixtureScore
-from scoredata import DataSpec, GaussianMixture
+from scoresde.data import DataSpec, GaussianMixture
 from sde import CheckpointError, ConfigError, VESDE, VPSDE
 from test_run import SMALL_MLP, run
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import ALL_SDES
-from evaluation import mixture_report
+from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from sde import ConfigError, RectifiedFlow, VPSDE, config_scope
-from scoredata import GaussianMixture
+from scoresde.data import GaussianMixture
 from solvers import DDIM, DPMSolver, FixedTimes, Fitted, Heun
 from solvers.common import CountedScore, check_eps
 from solvers.fit import fit_grid, logp_gap, student, times_of

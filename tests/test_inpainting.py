@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import ALL_SDES
-from evaluation import inpainting_report
+from scoresde.evaluation import inpainting_report
 from models import MixtureScore
-from scoredata import GaussianMixture, RandomMixture
+from scoresde.data import GaussianMixture, RandomMixture
 from scoresde import Pipeline
 from sde import ConfigError, VPSDE
 from solvers import DDIM, DPMSolver, EulerMaruyama, PredictorCorrector, ProbabilityFlowODE

@@ -6,24 +6,37 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORS = {"sde": 0, "scoredata": 1, "models": 2, "solvers": 2, "training": 3, "evaluation": 3, "scoresde": 4}
-LIBRARY = ("sde", "scoredata", "models", "solvers", "training", "evaluation")
+FLOORS = {"sde": 0, "scoresde.data": 1, "models": 2, "solvers": 2, "scoresde.training": 3, "scoresde.evaluation": 3,
+          "scoresde": 4}
+LIBRARY = ("sde", "scoresde.data", "models", "solvers", "scoresde.training", "scoresde.evaluation")
 CONFIG_KEY = re.compile(r"\b(solver|train|loss|eval)\.[a-z_]|\b(sde|model|data|sample)\.[a-z_]+(\.[a-z_]+)*=")
 
 
+def floor_of(module):
+    """The package of FLOORS a dotted module name belongs to (the longest prefix), or None."""
+    parts = module.split(".")
+    for k in range(len(parts), 0, -1):
+        if ".".join(parts[:k]) in FLOORS:
+            return ".".join(parts[:k])
+    return None
+
+
 def modules(package):
-    return sorted((ROOT / package).rglob("*.py"))
+    """The files of a package of FLOORS, without those of its subpackages that have a floor of their own."""
+    root = ROOT / package.replace(".", "/")
+    return sorted(p for p in root.rglob("*.py")
+                  if floor_of(".".join(p.relative_to(ROOT).with_suffix("").parts)) == package)
 
 
 def imported_packages(path):
-    """Top-level names of our packages that a file imports (absolute imports; relative ones stay inside)."""
+    """The packages of FLOORS that a file imports (absolute imports; relative ones stay inside)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(floor_of(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names & set(FLOORS)
+            names.add(floor_of(node.module))
+    return names - {None}
 
 
 @pytest.mark.parametrize("package", sorted(FLOORS))
@@ -35,8 +48,9 @@ def test_no_package_imports_upward_or_sideways(package):
 
 
 def test_the_floors_cover_every_package():
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
-    assert packages == set(FLOORS)
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in ROOT.glob("*/*/__init__.py")}
+    packages |= {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages - {"tests", "benchmarks"} == set(FLOORS)
 
 
 @pytest.mark.parametrize("package", LIBRARY)
@@ -49,8 +63,8 @@ def test_library_messages_do_not_name_config_keys(package):
 
 
 def test_data_sets_are_classes():
-    import scoredata
+    import scoresde.data
 
-    for name in scoredata.__all__:
-        obj = getattr(scoredata, name)
-        assert isinstance(obj, type) and issubclass(obj, scoredata.DataSet), name
+    for name in scoresde.data.__all__:
+        obj = getattr(scoresde.data, name)
+        assert isinstance(obj, type) and issubclass(obj, scoresde.data.DataSet), name

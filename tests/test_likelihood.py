@@ -6,7 +6,7 @@ import torch
 
 from conftest import ALL_SDES, mixture_16d, mixture_2d
 from models import MixtureScore
-from scoredata import DataSpec, GaussianMixture
+from scoresde.data import DataSpec, GaussianMixture
 from sde import ConfigError
 from solvers import ODELikelihood
 from solvers.likelihood import exact_divergence, hutchinson_divergence

@@ -11,7 +11,7 @@ import torch
 from benchmarks.oracle import MIXTURES
 from conftest import ALL_SDES
 from models import MixtureScore
-from scoredata import GaussianMixture
+from scoresde.data import GaussianMixture
 from sde import ConfigError
 from solvers import ODELikelihood, UniformLogSNR
 from solvers.likelihood import FlooredLogSNR, exponential_weights

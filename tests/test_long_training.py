@@ -11,13 +11,14 @@ import torch
 
 from conftest import ALL_SDES, mixture_2d
 from models import MLP, ScoreModel
-from scoredata import ImageData
+from scoresde.data import ImageData
 from sde.errors import CheckpointError, ConfigError
-from training import DSMLoss, Trainer
-from training import trainer as trainer_module
-from training.checkpoint import load_checkpoint
-from training.state import TrainState
-from training.trainer import TrainingError, accumulate_gradients
+from scoresde.training import DSMLoss, Trainer
+from scoresde.training import trainer as trainer_module
+from scoresde.training.checkpoint import load_checkpoint
+from scoresde.training.state import TrainState
+from sde.errors import TrainingError
+from scoresde.training.trainer import accumulate_gradients
 from test_training import NaNAfter
 
 CPU = torch.device("cpu")

@@ -6,7 +6,7 @@ import torch
 
 from conftest import mixture_2d
 from models import MixtureScore
-from scoredata import GaussianMixture
+from scoresde.data import GaussianMixture
 
 
 def test_oracle_score_is_the_gradient_of_the_exact_log_density(any_sde):

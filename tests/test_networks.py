@@ -5,7 +5,7 @@ from torch import nn
 
 from conftest import mixture_2d
 from models import MixtureScore
-from training import EMA
+from scoresde.training import EMA
 from models.embedding import FourierEmbedding, SinusoidalEmbedding, time_embedding
 from models.mlp import MLP
 from models.unet import UNet

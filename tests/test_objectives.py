@@ -9,10 +9,10 @@ import torch
 
 from conftest import ALL_SDES, UserFlow, mixture_2d
 from models import MLP, MixtureScore, ScoreModel
-from scoredata import GaussianMixture
+from scoresde.data import GaussianMixture
 from sde import ConfigError, expand
 from solvers import ODELikelihood
-from training import DSMLoss, Trainer
+from scoresde.training import DSMLoss, Trainer
 
 CPU = torch.device("cpu")
 WEIGHTINGS = ("eps", "likelihood", "flow", "edm")

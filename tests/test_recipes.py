@@ -22,7 +22,7 @@ def recipe(name):
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_follows_score_sde_ddpmpp(name):
     cfg = recipe(name)
-    assert cfg.sde._target_ == RECIPES[name] and cfg.data._target_ == "scoredata.Cifar10" and cfg.data.flip
+    assert cfg.sde._target_ == RECIPES[name] and cfg.data._target_ == "scoresde.data.Cifar10" and cfg.data.flip
     net = cfg.model.net
     assert (net.channels, list(net.multipliers), list(net.attention_resolutions), net.dropout) == \
         (128, [1, 2, 2, 2], [16], 0.1)

@@ -242,7 +242,7 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path):
     (tmp_path / "nanloss.py").write_text(textwrap.dedent("""
-        from training import DSMLoss
+        from scoresde.training import DSMLoss
 
         class NaNAfter(DSMLoss):
             def __init__(self, bad=30, **kwargs):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import ALL_SDES, assert_recovers, mixture_16d, mixture_2d, sample, slow_except
-from evaluation import mixture_report
+from scoresde.evaluation import mixture_report
 from sde import ConfigError, config_scope
 from solvers import EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
 

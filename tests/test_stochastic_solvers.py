@@ -8,9 +8,9 @@ import torch
 
 from conftest import ALL_SDES, reference, sample, slow_except
 from benchmarks.oracle import eight_modes
-from evaluation import mixture_report
+from scoresde.evaluation import mixture_report
 from models import MixtureScore
-from scoredata import GaussianMixture, RandomMixture
+from scoresde.data import GaussianMixture, RandomMixture
 from sde import ConfigError, config_scope
 from solvers import PredictorCorrector
 from solvers.fast import dpm_weights

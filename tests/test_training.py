@@ -10,11 +10,12 @@ from scipy.integrate import quad
 from conftest import ALL_SDES, mixture_2d
 from models import MLP, MixtureScore, ScoreModel
 from solvers import ODELikelihood, ProbabilityFlowODE
-from evaluation import mixture_report
-from scoredata import GaussianMixture
-from training import DSMLoss, Trainer
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.trainer import TrainingError, load_for_sampling
+from scoresde.evaluation import mixture_report
+from scoresde.data import GaussianMixture
+from scoresde.training import DSMLoss, Trainer
+from scoresde.training.checkpoint import load_checkpoint, save_checkpoint
+from sde.errors import TrainingError
+from scoresde.training.trainer import load_for_sampling
 
 CPU = torch.device("cpu")
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scoredata.base import share
+from scoresde.data.base import share
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 

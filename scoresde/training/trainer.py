@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from scoredata.base import share
-from sde.errors import CheckpointError, ConfigError, check_choice, check_int, check_number, invalid
+from scoresde.data.base import share
+from sde.errors import CheckpointError, TrainingError, ConfigError, check_choice, check_int, check_number, invalid
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, signature
@@ -25,10 +25,6 @@ SCHEDULES = ("constant", "cosine")
 def hide_progress(progress):
     """tqdm's ``disable`` for progress = True, False or 'auto' (shown when stderr is a terminal)."""
     return None if progress == "auto" else not progress
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
 
 
 class WithLabels:

@@ -37,7 +37,7 @@ class TensorData(DataSet):
     The points stay as given and are split by index, never copied whole. When ``levels`` is 256 (8-bit images)
     they are uint8 (in memory, or a memory-mapped file; ``channels_last``: stored (N, H, W, C)), decoded to bin
     centres per draw, and ``batches`` feeds training through a DataLoader (``workers`` processes, pinned memory
-    on CUDA, random left–right ``flip``, a seeded and resumable order; see scoredata.loader).
+    on CUDA, random left–right ``flip``, a seeded and resumable order; see scoresde.data.loader).
     """
 
     def __init__(self, x, labels=None, test_fraction=0.1, seed=0, name="data", split=None, flip=False, workers=0,

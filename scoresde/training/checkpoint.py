@@ -43,7 +43,30 @@ def read_checkpoint(path):
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"ckpt={str(path)!r} is not a checkpoint of this framework", "ckpt")
     state["path"] = str(path)
+    if isinstance(state.get("meta"), dict):
+        state["meta"] = _renamed(state["meta"])
     return state
+
+
+MOVED = {"scoredata.": "scoresde.data.", "training.": "scoresde.training.", "evaluation.": "scoresde.evaluation."}
+
+
+def _renamed(node):
+    """A checkpoint's metadata with the ``_target_`` paths of modules that have since moved into ``scoresde``
+    (checkpoints written before the move name ``scoredata.X``) pointing at their new place."""
+    if isinstance(node, dict):
+        return {k: _moved(v) if k == "_target_" else _renamed(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_renamed(v) for v in node]
+    return node
+
+
+def _moved(target):
+    if isinstance(target, str):
+        for old, new in MOVED.items():
+            if target.startswith(old):
+                return new + target[len(old):]
+    return target
 
 
 def check_fits(state, model):
