@@ -30,7 +30,7 @@ from scoresde.pipeline import Clock, resolve_device
 from scoresde.cli import (build, check_data_fits, check_group_choices, check_override_keys, check_sample_range,
                           cached_training, choose_threads, fit_model_to_data, help_text, keep_for_sweep,
                           one_line_errors, reconcile, run_lock, show_warnings_in_one_line, warn_about_scale)
-from solvers.grids import Fitted
+from solvers.fitting import fallback, save_grid
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
 from sde.errors import ConfigError, ConfigWarning, check_int, check_number, config_scope, invalid
@@ -66,11 +66,6 @@ def checkpoint_meta(cfg):
 def sample_and_report(cfg, pipe, solver, classify, out, metrics, gen):
     """task=sample: draw sample.num samples (for sample.classes, with guidance), score them, save and plot them."""
     sde, data = pipe.sde, pipe.data
-    fitted = getattr(solver, "grid", None)
-    fitted = fitted if isinstance(fitted, Fitted) else None
-    if fitted and fitted.save is None:
-        fitted.save = str(out / "grid.json")
-    fit_before = fitted and fitted.fitting
     with config_scope("sample"):
         x, stats = pipe.sample(cfg.sample.num, solver, batch=cfg.sample.batch, generator=gen, info=True,
                                progress=cfg.progress, classes=to_plain(cfg.sample.classes),
@@ -83,10 +78,8 @@ def sample_and_report(cfg, pipe, solver, classify, out, metrics, gen):
         metrics.update(guidance_scale=cfg.guidance.scale, nfe_counts="network passes per sample" + (
             "; under guidance each pass holds the batch twice (conditional and null labels)"
             if cfg.guidance.scale else ""))
-    if "grid_tuning" in stats:
-        metrics["grid_tuning"] = stats["grid_tuning"]
-    if fitted and fitted.fitting is not fit_before:
-        metrics.update(grid_fit=fitted.fitting, sample_seconds=stats["seconds"] - fitted.fitting["seconds"])
+    if "grid_fit" in stats:
+        metrics["grid_fit"] = save_grid(out / "grid.json", stats["grid_fit"])
     metrics.update(sample_quality(x, data, torch.Generator().manual_seed(cfg.seed + 5), labels=labels))
     if isinstance(data, GaussianMixture):
         metrics.update(mixture_report(data, x, labels))
@@ -143,6 +136,7 @@ def sample_grid(cfg, sde, data, solver, out, device):
     prior points each time with the run's solver (64 for images, else up to 1000) into samples_step{N}.png; every
     process samples its share, the main process draws the picture."""
     num = 64 if len(data.shape) == 3 else min(cfg.sample.num, 1000)
+    solver = fallback(solver)
 
     def on_sample(step, ema_model):
         x = Pipeline(sde, ema_model, data, device).sample(num, solver, batch=cfg.sample.batch,

@@ -2,13 +2,12 @@
 
     import scoresde
     pipe = scoresde.load("outputs/2026-11-25/12-00-00")      # a run directory or its checkpoint.pt
-    x = pipe.sample(1000, solver="dpm", steps=20)             # any solver of conf/solver/, with its options
+    x = pipe.sample(1000, solver="dpm", steps=20)             # any solver of SOLVERS, with its options
     nll = pipe.nll(x_test)                                     # nats per point; pipe.bits_per_dim(nll)
     bound, stderr = pipe.elbo(x_test)                          # the variational bound on it, and its MC error
     sde, model = pipe                                          # the pieces, for a loop of your own
 """
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,14 +19,14 @@ from tqdm.auto import tqdm
 from models.guidance import GuidedScore, class_labels
 from scoresde.data import DataSpec
 from sde.errors import CheckpointError, ConfigError, NonFiniteError, check_int, config_scope
-from solvers import ELBO, ODELikelihood
+from solvers import (DDIM, ELBO, AdaptiveSDE, DPMSolver, EulerMaruyama, FitGrid, Heun, Karras, ODELikelihood,
+                     PredictorCorrector, ProbabilityFlowODE, SDEDPMSolver, UniformLogSNR, UniformTime)
+from solvers.fitting import fit_solver
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
 from scoresde.training import distributed
 from scoresde.training.checkpoint import check_fits, read_checkpoint
 from scoresde.training.trainer import hide_progress, sampling_weights
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def check_finite(values, what, advice):
@@ -63,13 +62,37 @@ def resolve_device(name):
     return device
 
 
+SOLVERS = {
+    "em": (EulerMaruyama, dict(steps=200, eps=None, denoise=False, grid=UniformTime())),
+    "pc": (PredictorCorrector, dict(steps=1000, predictor="reverse_diffusion", corrector="langevin", snr=0.1,
+                                    step_rule="kernel", corrector_steps=1, eps=None, denoise=False,
+                                    grid=UniformTime())),
+    "ode": (ProbabilityFlowODE, dict(method="dopri5", rtol=1e-5, atol=1e-5, steps=100, grid="time", eps=None,
+                                     denoise=False)),
+    "adaptive": (AdaptiveSDE, dict(rtol=0.05, atol=0.01, h_init=0.01, safety=0.9, exponent=0.9, rejection="bridge",
+                                   memory=8, max_iters=10000, eps=None, denoise=False)),
+    "ddim": (DDIM, dict(steps=100, grid=Karras(7.0), eps=None, denoise=False)),
+    "heun": (Heun, dict(steps=30, grid=Karras(7.0), eps=None, denoise=False)),
+    "dpm": (DPMSolver, dict(steps=40, order=2, grid=UniformLogSNR(), lower_order_final=True, eps=None,
+                            denoise=False)),
+    "sde_dpm": (SDEDPMSolver, dict(steps=100, multistep=3, eta=1.0, grid=UniformLogSNR(), eps=None, denoise=False)),
+    "fast": (DPMSolver, dict(steps=10, order=3, grid=FitGrid(pilots=1000, teacher_steps=200, iterations=150, lr=0.05,
+                                                               seed=0), lower_order_final=True, eps=None,
+                             denoise=False)),
+}
+"""The solvers by short name: class and default options (those of conf/solver/NAME.yaml)."""
+
+
 def solver_from_name(name, **options):
-    """The solver conf/solver/NAME.yaml describes, with ``options`` over its defaults."""
-    path = CONF / "solver" / f"{name}.yaml"
-    if not path.is_file():
-        choices = ", ".join(sorted(p.stem for p in (CONF / "solver").glob("*.yaml")))
-        raise ConfigError(f"solver={name!r} is unknown: choose one of {choices}", "solver")
-    return instantiate_config("solver", OmegaConf.merge(OmegaConf.load(path), options))
+    """The solver SOLVERS names, with ``options`` over its defaults."""
+    if name not in SOLVERS:
+        raise ConfigError(f"solver={name!r} is unknown: choose one of {', '.join(sorted(SOLVERS))}", "solver")
+    cls, defaults = SOLVERS[name]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}={options[unknown[0]]!r} is not an option of solver={name!r}: its options "
+                          f"are {', '.join(defaults)}", unknown[0])
+    return cls(**{**defaults, **options})
 
 
 def instantiate_config(key, node, **kwargs):
@@ -111,29 +134,33 @@ class Pipeline:
         a name from conf/solver/ with ``options`` over its defaults), ``batch`` at a time, with randomness from
         ``generator`` (default: one seeded with ``seed``). A conditional model samples ``classes`` (a class, a
         list, or 'all' in balance; None: unconditional) with classifier-free guidance of scale ``guidance``
-        (models.GuidedScore). With ``info`` also {"nfe": network passes per sample, "seconds": wall time,
-        "labels": the class of each sample or None} (and "grid_tuning" for a tuned grid)."""
+        (models.GuidedScore). A solver whose grid is fitted to the model (solvers.fitting.FitGrid, TuneGrid) is
+        fitted first, once for this model (solvers.fitting.fit_solver keeps the fit), on its unguided score. With
+        ``info`` also {"nfe": network passes per sample, "seconds": wall time of the sampling, "labels": the class
+        of each sample or None}, and "grid_fit": the fit's record when this call fitted the grid."""
         num, batch = check_int("num", num), check_int("batch", batch)
         if isinstance(solver, str):
             solver = solver_from_name(solver, **options)
         labels = class_labels(classes, num, getattr(self.model, "num_classes", None))
         guided = GuidedScore(self.model, labels, guidance)
-        lo, hi, gen = _share(num, generator or torch.Generator(self.device).manual_seed(int(seed)))
-        x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)
+        solver, fit = fit_solver(solver, self.sde, self.model if labels is None else GuidedScore(self.model),
+                                 self.data.shape, self.device)
 
-        def draw(idx):
-            score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()], guided.scale)
-            return solver(self.sde, score, x_T[idx - lo], gen)
+        def setup(lo, hi, gen):
+            x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)
 
-        with Clock(self.device) as clock:
-            x, nfe = _gathered(*_in_batches(draw, self.model, torch.arange(lo, hi, device=self.device).split(batch),
-                                            progress, "sample"))
+            def draw(idx):
+                score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()], guided.scale)
+                return solver(self.sde, score, x_T[idx - lo], gen)
+            return draw, torch.arange(lo, hi, device=self.device).split(batch), None
+
+        x, nfe, seconds = self._map(num, seed, generator, setup, progress, "sample")
         check_finite(x, "samples", f"the model or the solver diverged ({solver!r})")
         if not info:
             return x
-        stats = {"nfe": nfe, "seconds": clock.seconds, "labels": labels}
-        if getattr(solver, "tuning", None):
-            stats["grid_tuning"] = {k: v.tolist() if torch.is_tensor(v) else v for k, v in solver.tuning.items()}
+        stats = {"nfe": nfe, "seconds": seconds, "labels": labels}
+        if fit is not None and not fit["reused"]:
+            stats["grid_fit"] = fit
         return x, stats
 
     def inpaint(self, x, mask, solver="em", completions=1, method="replace", jumps=1, transform=None, seed=0,
@@ -147,25 +174,24 @@ class Pipeline:
         num, batch = check_int("completions", completions) * len(x), check_int("batch", batch)
         if isinstance(solver, str):
             solver = solver_from_name(solver, **options)
-        inpainter = solver if isinstance(solver, Inpainter) else _scoped("inpaint", Inpainter, solver=solver,
-                                                                          method=method, jumps=jumps)
+        inpainter = solver if isinstance(solver, Inpainter) else Inpainter(solver, method, jumps)
         x = x.to(self.device)
         if tuple(x.shape[1:]) != tuple(self.data.shape):
             raise ConfigError(f"x of shape {tuple(x.shape)} does not fit the data's shape {tuple(self.data.shape)}",
                               "x")
         observation = Observation(x, mask, transform)
         whole = observation.select(torch.arange(len(x), device=self.device).repeat_interleave(num // len(x)))
-        lo, hi, gen = _share(num, generator or torch.Generator(self.device).manual_seed(int(seed)))
-        x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)
 
-        def draw(idx):
-            return inpainter(self.sde, self.model, x_T[idx - lo], whole.select(idx), gen)
+        def setup(lo, hi, gen):
+            x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)
 
-        with Clock(self.device) as clock:
-            out, nfe = _gathered(*_in_batches(draw, self.model, torch.arange(lo, hi, device=self.device).split(batch),
-                                              progress, "inpaint"))
+            def draw(idx):
+                return inpainter(self.sde, self.model, x_T[idx - lo], whole.select(idx), gen)
+            return draw, torch.arange(lo, hi, device=self.device).split(batch), None
+
+        out, nfe, seconds = self._map(num, seed, generator, setup, progress, "inpaint")
         check_finite(out, "completions", f"the model or the solver diverged ({inpainter!r})")
-        return (out, {"nfe": nfe, "seconds": clock.seconds, "observed": observation.observed()}) if info else out
+        return (out, {"nfe": nfe, "seconds": seconds, "observed": observation.observed()}) if info else out
 
     def colorize(self, x, **options):
         """Colour versions of the images x (N, C, H, W) that keep their gray level (1, …, 1)ᵀx/√C: inpainting in
@@ -186,23 +212,26 @@ class Pipeline:
         −log (1/K Σ_k p(x + u_k)) (DataSet.importance_weighted_nll), tighter as K grows. With ``info`` also
         {"nfe", "seconds", "x": the points evaluated (dequantized for K = 1, as given for K > 1)}. With ``labels``
         (one class per point) a conditional model gives −log p(x | y)."""
-        likelihood = likelihood or _scoped("eval.ode", ODELikelihood, **options)
-        lo, hi, gen = _share(len(x), generator or torch.Generator(self.device).manual_seed(int(seed)))
+        likelihood = likelihood or ODELikelihood(**options)
         x_in = x.to(self.device)
-        x, draws = self._dequantized(x_in[lo:hi], dequantize, dequant_draws, gen)
-        labels = None if labels is None else torch.as_tensor(labels).reshape(-1)[lo:hi].repeat(draws)
+        points = {}
 
-        def solve(idx):
-            score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()])
-            return likelihood(self.sde, score, x[idx], gen)
+        def setup(lo, hi, gen):
+            x, draws = self._dequantized(x_in[lo:hi], dequantize, dequant_draws, gen)
+            y = None if labels is None else torch.as_tensor(labels).reshape(-1)[lo:hi].repeat(draws)
+            points.update(x=x, draws=draws)
 
-        with Clock(self.device) as clock:
-            nll, nfe = _gathered(*_in_batches(solve, self.model, torch.arange(len(x), device=x.device).split(batch),
-                                              progress, "likelihood"), draws)
-            x = x_in if draws > 1 else distributed.gather_cat(x)
+            def solve(idx):
+                score = self.model if y is None else GuidedScore(self.model, y[idx.cpu()])
+                return likelihood(self.sde, score, x[idx], gen)
+            return solve, torch.arange(len(x), device=x.device).split(batch), draws
+
+        nll, nfe, seconds = self._map(len(x_in), seed, generator, setup, progress, "likelihood")
+        draws = points["draws"]
+        x = x_in if draws > 1 else distributed.gather_cat(points["x"])
         nll = check_finite(nll.double().cpu(), "likelihoods", "the model or the ODE solver diverged")
         nll = self.data.importance_weighted_nll(nll.T) if draws > 1 else nll[:, 0]
-        return (nll, {"nfe": nfe, "seconds": clock.seconds, "x": x}) if info else nll
+        return (nll, {"nfe": nfe, "seconds": seconds, "x": x}) if info else nll
 
     def elbo(self, x, seed=0, batch=1000, dequantize=True, elbo=None, progress=False, info=False, generator=None,
              dequant_draws=1, **options):
@@ -211,25 +240,41 @@ class Pipeline:
         and its per-point Monte Carlo standard error: ``bound, stderr = pipe.elbo(x)`` (with ``info`` also a dict
         {"nfe", "seconds", "x"}). Dequantization as for ``nll``; with ``dequant_draws`` K > 1 the K bounds B_k
         combine into −log (1/K Σ_k exp(−B_k)), the standard error by the delta method."""
-        elbo = elbo or _scoped("eval.elbo", ELBO, **options)
-        lo, hi, gen = _share(len(x), generator or torch.Generator(self.device).manual_seed(int(seed)))
+        elbo = elbo or ELBO(**options)
         x_in = x.to(self.device)
-        x, draws = self._dequantized(x_in[lo:hi], dequantize, dequant_draws, gen)
+        points = {}
 
-        def estimate(chunk):
-            bound, stderr, nfe = elbo.estimate(self.sde, self.model, chunk, gen)
-            return torch.stack([bound, stderr], 1), nfe
+        def setup(lo, hi, gen):
+            x, draws = self._dequantized(x_in[lo:hi], dequantize, dequant_draws, gen)
+            points.update(x=x, draws=draws)
 
-        with Clock(self.device) as clock:
-            both, nfe = _gathered(*_in_batches(estimate, self.model, x.split(batch), progress, "elbo"), draws)
-            x = x_in if draws > 1 else distributed.gather_cat(x)
+            def estimate(chunk):
+                bound, stderr, nfe = elbo.estimate(self.sde, self.model, chunk, gen)
+                return torch.stack([bound, stderr], 1), nfe
+            return estimate, x.split(batch), draws
+
+        both, nfe, seconds = self._map(len(x_in), seed, generator, setup, progress, "elbo")
+        draws = points["draws"]
+        x = x_in if draws > 1 else distributed.gather_cat(points["x"])
         bound, stderr = check_finite(both.double().cpu(), "bounds", "the model diverged").permute(2, 1, 0)
         if draws > 1:
             weights = torch.softmax(-bound, 0)
             bound, stderr = self.data.importance_weighted_nll(bound), (weights * stderr).norm(dim=0)
         else:
             bound, stderr = bound[0], stderr[0]
-        return (bound, stderr, {"nfe": nfe, "seconds": clock.seconds, "x": x}) if info else (bound, stderr)
+        return (bound, stderr, {"nfe": nfe, "seconds": seconds, "x": x}) if info else (bound, stderr)
+
+    def _map(self, num, seed, generator, setup, progress, what):
+        """The skeleton of sample, inpaint, nll and elbo: this process's share [lo, hi) of ``num`` points and its
+        own generator (from ``generator``, else one seeded with ``seed``: _share); ``setup(lo, hi, gen) -> (fn,
+        chunks, draws)`` prepares the share, ``fn(chunk) -> (out, nfe)`` runs on each chunk (with a progress bar
+        of the model's evaluations), and the outputs of every process are gathered in rank order (by point, for
+        ``draws`` stacked draws per point: _gathered). Returns (out, mean NFE, seconds of the chunks' work)."""
+        lo, hi, gen = _share(num, generator or torch.Generator(self.device).manual_seed(int(seed)))
+        fn, chunks, draws = setup(lo, hi, gen)
+        with Clock(self.device) as clock:
+            out, nfe = _gathered(*_in_batches(fn, self.model, chunks, progress, what), draws)
+        return out, nfe, clock.seconds
 
     def _dequantized(self, x, dequantize, draws, generator):
         """The points to evaluate: x, or its dequantization (``draws`` of them stacked, for quantized data), and
@@ -263,11 +308,6 @@ def load(path, device="auto", ema=True):
     model.load_state_dict(weights)
     device = resolve_device(device)
     return Pipeline(sde, model.to(device).eval(), spec, device, step, meta)
-
-
-def _scoped(key, cls, **options):
-    with config_scope(key):
-        return cls(**options)
 
 
 def _share(num, generator):

@@ -8,7 +8,7 @@ from sde import expand
 
 from sde.errors import ConfigError, check_choice, check_int, check_number
 
-from .common import Solver, randn_like
+from .base import Solver, randn_like
 
 REJECTIONS = ("bridge", "resample")
 

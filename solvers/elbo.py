@@ -6,7 +6,7 @@ import torch
 from sde import SDE, expand
 from sde.errors import check_int, check_number
 
-from .common import CountedScore, randn_like, time_dtype
+from .base import CountedScore, randn_like, time_dtype
 
 
 class ELBO:

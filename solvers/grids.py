@@ -1,7 +1,10 @@
-"""Time grids from T down to eps. A grid is an object called as ``grid(sde, steps, eps, like=None) -> times``:
-steps + 1 times, t_0 = T > t_1 > ... > t_steps = eps, in float64 on the CPU (in ``like``'s dtype and on its device
-when given). Uniform in t, uniform in λ = log(a/s), ρ-spaced in σ = s/a, a fixed list (or a file: a fitted grid's
-artifact among them), tuned to a model, or fitted to it (Fitted)."""
+"""Time grids from T down to eps, as values. A grid is an object called as ``grid(sde, steps, eps, like=None) ->
+times``: steps + 1 times, t_0 = T > t_1 > ... > t_steps = eps, in float64 on the CPU (in ``like``'s dtype and on its
+device when given). Uniform in t, uniform in λ = log(a/s), ρ-spaced in σ = s/a, uniform in a floored log-SNR, or a
+fixed list (or a file: a fitted grid's artifact among them).
+
+A GridRecipe is the description of a grid still to be fitted to a model (solvers.fitting: FitGrid, TuneGrid); a
+solver holds it as its grid, and solvers.fitting.fit_solver turns it into FixedTimes before sampling."""
 import json
 import re
 from collections.abc import Sequence
@@ -44,13 +47,12 @@ def times_at_log_snr(sde, lam, eps):
 
 class Grid:
     """``grid(sde, steps, eps, like=None) -> times``: steps + 1 times from sde.T down to eps, strictly decreasing,
-    the ends exact. A subclass states ``times(sde, steps, eps)`` in float64 on the CPU. ``solver``, ``score_fn``
-    and ``x`` (a batch like the ones to be sampled; default ``like``) are what a grid fitted to a model needs (see
-    Tuned); the others ignore them."""
+    the ends exact. A subclass states ``times(sde, steps, eps)`` in float64 on the CPU."""
 
     name = None
+    needs_fit = False
 
-    def __call__(self, sde, steps, eps, like=None, solver=None, score_fn=None, x=None):
+    def __call__(self, sde, steps, eps, like=None):
         t = self.times(sde, check_int("steps", steps), float(eps))
         return t if like is None else t.to(device=like.device, dtype=like.dtype)
 
@@ -59,6 +61,9 @@ class Grid:
 
     def check_steps(self, steps):
         """Refuses a step count the grid cannot give (a fixed list gives only its own)."""
+
+    def check_solver(self, solver):
+        """Refuses a solver the grid cannot serve (every fixed grid serves every stepping solver)."""
 
     def __repr__(self):
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -105,9 +110,32 @@ class Karras(Grid):
         return times_at_log_snr(sde, -self.rho * torch.log(root[0] + u * (root[1] - root[0])), eps)
 
 
+class FlooredLogSNR(Grid):
+    """Uniform in v = −½ log(σ² + σ_f²), σ = s/a, σ_f = ``sigma_floor``: uniform in λ = log(a/s) where σ ≫ σ_f,
+    with a few long steps below σ_f, where data without structure finer than σ_f leave the ODE and its divergence
+    nearly constant. sigma_floor = 0 is the 'logsnr' grid. Needs eps > 0 where s(0) = 0."""
+
+    name = "logsnr_floor"
+
+    def __init__(self, sigma_floor=0.02):
+        self.sigma_floor = check_number("sigma_floor", sigma_floor, strict=False)
+
+    def times(self, sde, steps, eps):
+        check_finite_log_snr(sde, eps, self.name)
+        lam = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
+        floor2 = self.sigma_floor**2
+        v = -0.5 * torch.logaddexp(-2 * lam, torch.tensor(np.log(floor2) if floor2 > 0 else -np.inf))
+        u = torch.arange(steps + 1, dtype=torch.float64) / steps
+        v = v[0] + u * (v[1] - v[0])
+        sigma2 = floor2 * torch.expm1(-2 * v - np.log(floor2)) if floor2 > 0 else torch.exp(-2 * v)
+        grid = -0.5 * torch.log(sigma2)
+        grid[0], grid[-1] = lam[0], lam[1]
+        return times_at_log_snr(sde, grid, eps)
+
+
 def read_times(path):
     """The times a file lists: .txt (numbers separated by white space or commas), .npy (an array), .json (a list,
-    or an object whose "times" is one: the artifact a Fitted grid writes)."""
+    or an object whose "times" is one: the artifact solvers.fitting.save_grid writes)."""
     path = Path(path)
     if path.suffix not in FILE_TYPES:
         raise invalid("path", str(path), f"a file of times ending in {', '.join(FILE_TYPES)}")
@@ -178,155 +206,41 @@ class FixedTimes(Grid):
         return f"FixedTimes({given})"
 
 
-class FittedToModel(Grid):
-    """A grid fitted to the solver that steps on it and to the model it samples: ``fit(sde, steps, eps, solver,
-    score_fn, x) -> (times, info)``, once per solver, model, process, event shape, dtype, device and end time, then
-    reused (a model trained further needs a new grid); ``last_fit`` is the info of the last one used. ``fits``
-    says which solvers a subclass can be fitted to."""
+class GridRecipe(Grid):
+    """A grid to be fitted to the model it will sample, described but not yet computed (solvers.fitting.FitGrid,
+    TuneGrid): solvers.fitting.fit_solver fits it and gives the solver on the FixedTimes found; called as a grid
+    it refuses. ``fallback`` is the fixed grid it stands for where no fit is wanted (a cheap preview)."""
 
-    fits = object
-    fits_what = "a solver"
+    needs_fit = True
+    fallback = UniformLogSNR()
 
-    def __init__(self):
-        self._fits = {}
-        self._last = None
-
-    @property
-    def last_fit(self):
-        return self._fits[self._last][1] if self._last is not None else None
-
-    def __call__(self, sde, steps, eps, like=None, solver=None, score_fn=None, x=None):
-        x = like if x is None else x
-        if solver is None or not isinstance(solver, self.fits) or score_fn is None or x is None:
-            raise TypeError(f"a {type(self).__name__} grid is fitted to {self.fits_what}, a score and a batch: call it "
-                            "with solver=, score_fn=, x=")
-        check_int("steps", steps)
-        key = (id(solver), id(sde), id(score_fn), steps, tuple(x.shape[1:]), x.dtype, str(x.device), float(eps))
-        if key not in self._fits:
-            self._fits[key] = self.fit(sde, steps, float(eps), solver, score_fn, x)
-        self._last = key
-        t = self._fits[key][0]
-        return t if like is None else t.to(device=like.device, dtype=like.dtype)
-
-    def fit(self, sde, steps, eps, solver, score_fn, x):
-        raise NotImplementedError
+    def __call__(self, sde, steps, eps, like=None):
+        raise ConfigError(f"grid={self!r} is fitted to a model before sampling: use solvers.fitting.fit_solver "
+                          "(scoresde.Pipeline.sample does) or solvers.fitting.fallback for its plain grid", "grid")
 
 
-class Tuned(FittedToModel):
-    """A grid fitted to the solver that steps on it and to the model it samples, by ``solvers.schedule.tune_grid``:
-    on ``pilots`` prior draws (seeded by ``seed``) against a ``reference_steps`` DPM-Solver++(3M) solve, starting
-    from the best of the three fixed grids (Karras with ``rho``). Fitted once per solver, model, process, event
-    shape, dtype, device and end time, then reused (a model trained further needs a new grid); ``tuning`` says what
-    the last fit found and cost: times, start, loss_start, loss, solves, nfe (per pilot), pilots. Only deterministic
-    solvers can be fitted: the objective compares paths."""
-
-    name = "tuned"
-
-    def __init__(self, pilots=256, reference_steps=500, seed=0, rho=7.0):
-        self.pilots = check_int("pilots", pilots)
-        self.reference_steps = check_int("reference_steps", reference_steps)
-        self.seed = int(seed)
-        self.rho = check_number("rho", rho)
-        super().__init__()
-
-    @property
-    def tuning(self):
-        return self.last_fit
-
-    def fit(self, sde, steps, eps, solver, score_fn, like):
-        """(times, info) fitted for the integrate method of ``solver`` on pilots shaped and typed like ``like``."""
-        from .common import CountedScore
-        from .fast import DPMSolver
-        from .schedule import tune_grid
-
-        gen = torch.Generator(like.device).manual_seed(self.seed)
-        pilots = sde.prior_sample((self.pilots, *like.shape[1:]), gen, like.device, like.dtype)
-        score = CountedScore(score_fn)
-        fine = DPMSolver(self.reference_steps, order=3, grid="logsnr")
-        t, info = tune_grid(lambda t, x: solver.integrate(sde, score, x, t),
-                            lambda x: fine.integrate(sde, score, x, fine.times(sde, score_fn, x, eps)),
-                            sde, pilots, steps, eps, rho=self.rho)
-        return t, dict(info, times=t, nfe=score.nfe, pilots=self.pilots)
-
-    def __repr__(self):
-        return (f"Tuned(pilots={self.pilots}, reference_steps={self.reference_steps}, seed={self.seed}, "
-                f"rho={self.rho})")
+NAMED = {"time": UniformTime, "logsnr": UniformLogSNR, "karras": Karras, "logsnr_floor": FlooredLogSNR}
+RENAMED = {"tuned": "solvers.fitting.TuneGrid", "fit": "solvers.fitting.FitGrid"}
 
 
-class Fitted(FittedToModel):
-    """A grid fitted to the model it samples by ``solvers.fit.fit_grid``, for DPM-Solver++ of the solver's order:
-    ``pilots`` quasi-random prior draws (seed ``seed``) against a ``teacher_steps`` DPM-Solver++(3M) solve,
-    ``iterations`` Adam steps of rate ``lr`` from each start grid, on a robust path distance plus the squared gap
-    of mean log-density.
-    Fitted once per solver, model, process, event shape, dtype, device and end time; the last fit is written to
-    ``save`` (a .json file: {"times": [...], "fit": what it cost and found}), which any later run loads by path
-    (grid=FILE.json, a FixedTimes grid), and ``fitting`` holds what it cost and found: nfe (each on the batch
-    of pilots), seconds, objective_start, objective, mse, gap, start, pilots, path."""
-
-    name = "fit"
-
-    def __init__(self, pilots=1000, teacher_steps=200, iterations=150, lr=0.05, seed=0, save=None):
-        self.pilots = check_int("pilots", pilots)
-        self.teacher_steps = check_int("teacher_steps", teacher_steps)
-        self.iterations = check_int("iterations", iterations)
-        self.lr = check_number("lr", lr)
-        self.seed = int(seed)
-        self.save = None if save is None else str(save)
-        super().__init__()
-
-    @property
-    def fits(self):
-        from .fast import DPMSolver
-
-        return DPMSolver
-
-    fits_what = "a DPMSolver"
-
-    @property
-    def fitting(self):
-        return self.last_fit
-
-    def fit(self, sde, steps, eps, solver, score_fn, x):
-        """(times, info) of solvers.fit.fit_grid for the solver's order, the artifact written to ``save``."""
-        from .fit import fit_grid
-
-        t, info = fit_grid(sde, score_fn, steps, eps, x, order=solver.order, lower_order_final=solver.lower_order_final,
-                           pilots=self.pilots, teacher_steps=self.teacher_steps, iterations=self.iterations,
-                           lr=self.lr, seed=self.seed)
-        if self.save is not None:
-            info["path"] = self.save
-            self.write(self.save, t, info, sde, solver)
-        return t, info
-
-    @staticmethod
-    def write(path, times, info, sde, solver):
-        """The artifact: the times (exact float64 round trip) and what the fit cost and found, as JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"times": times.tolist(), "process": repr(sde), "solver": repr(solver),
-                                    "fit": info}, indent=1) + "\n")
-
-
-NAMED = {"time": UniformTime, "logsnr": UniformLogSNR, "karras": Karras, "tuned": Tuned, "fit": Fitted}
-
-
-def as_grid(grid, rho=7.0, **tuning):
-    """The grid a solver's ``grid`` option names: a Grid as it is; 'time', 'logsnr', 'karras' (with ``rho``) or
-    'tuned' (with ``rho`` and ``tuning``: pilots, reference_steps, seed), 'fit' (Fitted, with ``tuning``'s
-    seed); a path ending in .txt, .npy or .json; or a list of times (FixedTimes)."""
+def as_grid(grid):
+    """The grid a solver's ``grid`` option names: a Grid as it is; 'time', 'logsnr', 'karras' (ρ = 7),
+    'logsnr_floor' (NAMED, each with its defaults); a path ending in .txt, .npy or .json; or a list of times
+    (FixedTimes)."""
     if isinstance(grid, Grid):
         return grid
     if isinstance(grid, str) and grid in NAMED:
-        kind = NAMED[grid]
-        if kind is Fitted:
-            return Fitted(seed=tuning.get("seed", 0))
-        return kind(rho=rho) if kind is Karras else kind(rho=rho, **tuning) if kind is Tuned else kind()
+        return NAMED[grid]()
+    if isinstance(grid, str) and grid in RENAMED:
+        raise ConfigError(f"grid={grid!r} is now a grid fitted to the model: grid={{_target_: {RENAMED[grid]}}} "
+                          f"(Python: grid={RENAMED[grid].rsplit('.', 1)[1]}())", "grid")
     if isinstance(grid, str) and grid.endswith(FILE_TYPES):
         return _fixed_times("path", grid)
     if isinstance(grid, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(grid, (str, bytes)):
         return _fixed_times("times", grid)
-    raise ConfigError(f"grid={grid!r} is unknown: choose one of karras, logsnr, time, tuned, a list of times or a "
-                      f"file of them ({', '.join(FILE_TYPES)}), or fit (fitted to the model)", "grid")
+    raise ConfigError(f"grid={grid!r} is unknown: choose one of karras, logsnr, time, logsnr_floor, a list of times "
+                      f"or a file of them ({', '.join(FILE_TYPES)}), or a grid fitted to the model "
+                      "(solvers.fitting.FitGrid, TuneGrid)", "grid")
 
 
 def _fixed_times(name, value):
@@ -346,4 +260,5 @@ def make_grid(sde, steps, eps, kind="time", rho=7.0, like=None):
     """
     check_choice("grid", kind, GRIDS)
     check_int("steps", steps)
-    return as_grid(kind, check_number("rho", rho))(sde, steps, eps, like=like)
+    grid = Karras(rho) if kind == "karras" else NAMED[kind]()
+    return grid(sde, steps, eps, like=like)

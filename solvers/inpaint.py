@@ -4,7 +4,7 @@ import torch
 from sde import expand
 from sde.errors import ConfigError, check_choice, check_int
 
-from .common import CountedScore, GridState, SteppingSolver, check_eps, randn_like
+from .base import CountedScore, GridState, SteppingSolver, check_eps, randn_like
 
 METHODS = ("replace", "resample")
 
@@ -39,7 +39,7 @@ class Inpainter:
         solver = self.solver
         score = CountedScore(score_fn)
         eps = check_eps(sde, solver.eps)
-        state = GridState(sde, score, solver.times(sde, score_fn, x, eps), x, generator)
+        state = GridState(sde, score, solver.times(sde, eps), x, generator)
         x = self.impose(state, observation, x, state.t[0])
         solver.start(state, x)
         for i in range(state.steps):

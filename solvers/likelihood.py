@@ -11,20 +11,19 @@ method='exponential' integrates the same ODE in λ = log(a/s), where it reads (D
 since h = (d log s/dt) x + (dλ/dt) a D and div h = d (d log s/dt) + (dλ/dt) a tr ∂D/∂x; the integrand
 a tr(∂D/∂x) = e^{2λ} tr Cov[x_0 | x_t] runs smoothly from 0 (λ → −∞) to d (λ → ∞).
 """
-import numpy as np
 import torch
 from torchdiffeq import odeint
 
 from sde.errors import ConfigError, check_choice, check_int, check_number, invalid
 
-from .common import CountedScore, GridState, randn_like, step_time_dtype, time_dtype
-from .grids import GRIDS, Grid, as_grid, check_finite_log_snr, times_at_log_snr
+from .base import CountedScore, GridState, randn_like, step_time_dtype, time_dtype
+from .exponential import adams_weights
+from .grids import GRIDS, FlooredLogSNR, as_grid
 from .ode import ADAPTIVE, FIXED, ode_options, ode_times
 
 DIVERGENCES = ("auto", "exact", "gaussian", "rademacher")
 EXPONENTIAL = "exponential"
 LIKELIHOOD_GRIDS = ("auto",) + GRIDS + ("logsnr_floor",)
-QUADRATURE_NODES = 16
 
 
 def exact_divergence(fn, x, max_rows=65536):
@@ -56,55 +55,6 @@ def hutchinson_divergence(fn, x, v):
     return h.detach(), (vjp * v).reshape(x.shape[0], -1).sum(1)
 
 
-class FlooredLogSNR(Grid):
-    """Uniform in v = −½ log(σ² + σ_f²), σ = s/a, σ_f = ``sigma_floor``: uniform in λ = log(a/s) where σ ≫ σ_f,
-    with a few long steps below σ_f, where data without structure finer than σ_f leave the ODE and its divergence
-    nearly constant. sigma_floor = 0 is the 'logsnr' grid. Needs eps > 0 where s(0) = 0."""
-
-    name = "logsnr_floor"
-
-    def __init__(self, sigma_floor=0.02):
-        self.sigma_floor = check_number("sigma_floor", sigma_floor, strict=False)
-
-    def times(self, sde, steps, eps):
-        check_finite_log_snr(sde, eps, self.name)
-        lam = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
-        floor2 = self.sigma_floor**2
-        v = -0.5 * torch.logaddexp(-2 * lam, torch.tensor(np.log(floor2) if floor2 > 0 else -np.inf))
-        u = torch.arange(steps + 1, dtype=torch.float64) / steps
-        v = v[0] + u * (v[1] - v[0])
-        sigma2 = floor2 * torch.expm1(-2 * v - np.log(floor2)) if floor2 > 0 else torch.exp(-2 * v)
-        grid = -0.5 * torch.log(sigma2)
-        grid[0], grid[-1] = lam[0], lam[1]
-        return times_at_log_snr(sde, grid, eps)
-
-
-def exponential_weights(lam, order):
-    """Weights of the exponential Adams–Bashforth step from λ_i to λ_{i+1} (any direction), which takes D and
-    the divergence integrand c as the polynomials through their values at the last k = min(order, i + 1) nodes
-    λ_i, λ_{i−1}, …  (Lagrange basis L_j):
-
-        W[i, j] = ∫_{λ_i}^{λ_{i+1}} e^{λ − λ_{i+1}} L_j(λ) dλ,     Q[i, j] = ∫_{λ_i}^{λ_{i+1}} L_j(λ) dλ,
-
-    by Gauss–Legendre quadrature (exact to rounding for steps of a few units in λ). Shapes (steps, order)."""
-    u, w = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(QUADRATURE_NODES))
-    steps = len(lam) - 1
-    W = torch.zeros(steps, order, dtype=torch.float64)
-    Q = torch.zeros(steps, order, dtype=torch.float64)
-    for i in range(steps):
-        nodes = lam[i - torch.arange(min(order, i + 1))]
-        half = 0.5 * (lam[i + 1] - lam[i])
-        at, wq = lam[i] + half * (u + 1), half * w
-        for j in range(len(nodes)):
-            basis = torch.ones_like(at)
-            for k in range(len(nodes)):
-                if k != j:
-                    basis = basis * (at - nodes[k]) / (nodes[j] - nodes[k])
-            W[i, j] = (wq * torch.exp(at - lam[i + 1]) * basis).sum()
-            Q[i, j] = (wq * basis).sum()
-    return W, Q
-
-
 class ODELikelihood:
     """``likelihood(sde, score_fn, x, generator) -> (nll, nfe)``: per-sample −log p_0(x) in nats.
 
@@ -113,7 +63,7 @@ class ODELikelihood:
 
         x_{i+1} = (s_{i+1}/s_i) x_i + a_{i+1} Σ_j W[i, j] D_{i−j},   ∫ c dλ += Σ_j Q[i, j] c_{i−j}
 
-    (exponential_weights). NFE = steps: one evaluation at each node but the last, giving D and, in the same pass,
+    (solvers.exponential.adams_weights). NFE = steps: one evaluation at each node but the last, giving D and, in the same pass,
     c = a tr(∂D/∂x) (exact: one backward pass over d stacked copies of the batch; Hutchinson: one backward pass).
     grid 'auto' is 'time' for the torchdiffeq methods and 'logsnr_floor' (FlooredLogSNR with ``sigma_floor``) for 'exponential'.
     divergence: 'exact', 'gaussian' or 'rademacher' (Hutchinson, one probe vector per sample held
@@ -250,11 +200,11 @@ class ODELikelihood:
         kind = dict(device=x.device, dtype=x.dtype)
         state.ratio, state.a, state.a_next = (s64[1:] / s64[:-1]).to(**kind), a64.tolist(), a64[1:].to(**kind)
         state.weights = [(W.to(**kind), Q.to(device=x.device, dtype=step_time_dtype(x))) for W, Q in
-                         (exponential_weights(lam, k) for k in (self.order, self.order - 1 if self.order > 1 else 2))]
+                         (adams_weights(lam, k) for k in (self.order, self.order - 1 if self.order > 1 else 2))]
 
     def step(self, state, solves):
         """One evaluation at node i on the first solve's x: D = x̂₀ and c = a tr(∂D/∂x) (state.divergence), kept in
-        the history; each solve (x, ∫ c dλ) then steps to node i + 1 with its own weights (exponential_weights)."""
+        the history; each solve (x, ∫ c dλ) then steps to node i + 1 with its own weights (adams_weights)."""
         sde, i, t = state.sde, state.i, state.t[state.i]
         with torch.enable_grad():
             d, trace = state.divergence(lambda y: sde.x0_from_score(y, state.score(y, t), t), solves[0][0])

@@ -4,7 +4,7 @@ from torchdiffeq import odeint
 
 from sde.errors import check_choice, check_int, check_number
 
-from .common import Solver, time_dtype
+from .base import Solver, time_dtype
 from .grids import GRIDS, make_grid
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")

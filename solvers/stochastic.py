@@ -1,13 +1,12 @@
 """Samplers of the reverse-time SDE: Euler–Maruyama, predictor–corrector with interchangeable pieces, and
 SDE-DPM-Solver++ (an exponential integrator of the reverse SDE in λ = log(a/s), multistep in the data prediction)."""
-import math
-
 import torch
 
 from sde import expand
 from sde.errors import check_choice, check_int, check_number
 
-from .common import SteppingSolver, randn_like
+from .base import SteppingSolver, randn_like
+from .exponential import exponential_weights
 
 
 def euler_maruyama_step(sde, score, x, t, t_next, generator, last=False):
@@ -80,8 +79,8 @@ class EulerMaruyama(SteppingSolver):
 
     deterministic = False
 
-    def __init__(self, steps=1000, eps=None, denoise=False, grid="time", rho=7.0):
-        super().__init__(steps, grid, rho, eps, denoise)
+    def __init__(self, steps=1000, eps=None, denoise=False, grid="time"):
+        super().__init__(steps, grid, eps, denoise)
 
     def step(self, state, x, t, t_next):
         return euler_maruyama_step(state.sde, state.score, x, t, t_next, state.generator, last=state.last)
@@ -95,8 +94,8 @@ class PredictorCorrector(SteppingSolver):
     deterministic = False
 
     def __init__(self, steps=1000, predictor="reverse_diffusion", corrector="langevin", snr=0.1,
-                 corrector_steps=1, eps=None, denoise=False, grid="time", rho=7.0, step_rule="kernel"):
-        super().__init__(steps, grid, rho, eps, denoise)
+                 corrector_steps=1, eps=None, denoise=False, grid="time", step_rule="kernel"):
+        super().__init__(steps, grid, eps, denoise)
         self.predictor = check_choice("predictor", predictor, PREDICTORS)
         self.corrector = check_choice("corrector", "none" if corrector is None else corrector, CORRECTORS)
         self.snr = check_number("snr", snr)
@@ -109,17 +108,6 @@ class PredictorCorrector(SteppingSolver):
         for _ in range(self.corrector_steps if correct is not None else 0):
             x = correct(sde, score, x, t, generator, self.snr, self.step_rule)
         return PREDICTORS[self.predictor](sde, score, x, t, t_next, generator, last=state.last)
-
-
-def exponential_weights(h, nodes, rho):
-    """Weights w_j with  Σ_j w_j D_j = ρ ∫_0^h e^{−ρ v} P(v) dv,  P the polynomial through (v_j, D_j), for
-    ``nodes`` v_j = λ_{i+1} − λ_j ≥ 0 (float64 tensors): with the moments
-    M_k = ρ ∫_0^h e^{−ρ v} v^k dv = k! ρ^{−k} P(k + 1, ρ h) (P the regularized lower incomplete gamma function),
-    w solves the Vandermonde system Σ_j v_j^k w_j = M_k, k < len(nodes)."""
-    k = torch.arange(len(nodes), dtype=torch.float64)
-    moments = torch.exp(torch.lgamma(k + 1) - k * math.log(rho)) * torch.special.gammainc(k + 1, rho * h)
-    vandermonde = nodes[None, :] ** k[:, None]
-    return torch.linalg.solve(vandermonde, moments)
 
 
 def sde_kernel(sde, t, u, eta):
@@ -154,10 +142,10 @@ class SDEDPMSolver(SteppingSolver):
 
     deterministic = False
 
-    def __init__(self, steps=100, multistep=3, eta=1.0, grid="logsnr", rho=7.0, eps=None, denoise=False):
+    def __init__(self, steps=100, multistep=3, eta=1.0, grid="logsnr", eps=None, denoise=False):
         self.eta = check_number("eta", eta, strict=False)
         self.deterministic = self.eta == 0
-        super().__init__(steps, grid, rho, eps, denoise)
+        super().__init__(steps, grid, eps, denoise)
         self.multistep = check_choice("multistep", multistep, (1, 2, 3))
         self.order = self.multistep if self.deterministic else min(self.multistep, 2)
 

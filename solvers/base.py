@@ -1,10 +1,12 @@
 """What every solver shares: the score-call counter, checks, the final denoising step, and the loop of a solver
 that steps over a time grid."""
+import copy
+
 import torch
 
-from sde.errors import ConfigError, check_int, check_number, invalid
+from sde.errors import check_int, invalid
 
-from .grids import Fitted, Tuned, as_grid
+from .grids import as_grid
 
 
 class CountedScore:
@@ -100,44 +102,41 @@ class GridState:
 class SteppingSolver(Solver):
     """A solver that is its step: ``step(state, x, t, t_next) -> x`` carries x from t to t_next < t, and the loop
     over the intervals of a time grid, from T down to eps, is written here once. ``order`` is the solver's order of
-    convergence (weak order for a stochastic one); ``deterministic`` says whether its path is a function of x_T.
+    convergence (weak order for a stochastic one); ``deterministic`` says whether its path is a function of x_T;
+    ``fits_grid`` whether solvers.fitting.FitGrid can fit a grid to it (it needs a differentiable step).
 
-    ``grid`` is a Grid (solvers.grids), a name ('time', 'logsnr', 'karras' with ``rho``, 'tuned' with ``rho``,
-    ``pilots``, ``reference_steps``, ``seed``), a list of times or a file of them (see grids.as_grid); the grid
-    is built for each call with ``steps`` intervals. A multistep solver keeps its history on the state;
-    ``start(state, x)`` may prepare tables of coefficients once per solve.
+    ``grid`` is a Grid (solvers.grids: a value), a name ('time', 'logsnr', 'karras', 'logsnr_floor'), a list of
+    times or a file of them (see grids.as_grid), or a GridRecipe (solvers.fitting.FitGrid, TuneGrid) that
+    solvers.fitting.fit_solver replaces by the times it fits; the grid is built for each call with ``steps``
+    intervals. A multistep solver keeps its history on the state; ``start(state, x)`` may prepare tables of
+    coefficients once per solve.
     """
 
     order = 1
     deterministic = True
     fits_grid = False
 
-    def __init__(self, steps, grid="time", rho=7.0, eps=None, denoise=False, pilots=256, reference_steps=500,
-                 seed=0):
+    def __init__(self, steps, grid="time", eps=None, denoise=False):
         super().__init__(eps, denoise)
         self.steps = check_int("steps", steps)
-        self.rho = check_number("rho", rho)
-        self.grid = as_grid(grid, self.rho, pilots=check_int("pilots", pilots),
-                            reference_steps=check_int("reference_steps", reference_steps), seed=int(seed))
+        self.grid = as_grid(grid)
         self.grid.check_steps(self.steps)
-        if isinstance(self.grid, Tuned) and not self.deterministic:
-            raise ConfigError(f"grid='tuned' fits the paths of a deterministic solver, and {type(self).__name__} is "
-                              "stochastic: choose time, logsnr, karras or a list of times", "grid")
-        if isinstance(self.grid, Fitted) and not self.fits_grid:
-            raise ConfigError(f"grid='fit' fits DPM-Solver++ (solver=dpm or fast), not {type(self).__name__}: choose "
-                              "time, logsnr, karras, tuned or a grid file", "grid")
+        self.grid.check_solver(self)
 
-    @property
-    def tuning(self):
-        """What fitting the grid found and cost (a tuned grid's ``tuning``), else None."""
-        return getattr(self.grid, "tuning", None)
+    def with_grid(self, grid):
+        """A copy of this solver stepping on ``grid`` (anything ``grid`` accepts), its other options kept."""
+        solver = copy.copy(self)
+        solver.grid = as_grid(grid)
+        solver.grid.check_steps(solver.steps)
+        solver.grid.check_solver(solver)
+        return solver
 
     def solve(self, sde, score, x, eps, generator):
-        return self.integrate(sde, score, x, self.times(sde, score.score_fn, x, eps), generator)
+        return self.integrate(sde, score, x, self.times(sde, eps), generator)
 
-    def times(self, sde, score_fn, x, eps):
-        """The grid for sampling x with score_fn: steps + 1 times from T to eps, float64 on the CPU."""
-        return self.grid(sde, self.steps, eps, solver=self, score_fn=score_fn, x=x)
+    def times(self, sde, eps):
+        """The grid of a solve: steps + 1 times from T to eps, float64 on the CPU."""
+        return self.grid(sde, self.steps, eps)
 
     def integrate(self, sde, score, x, times, generator=None):
         """x carried along ``times`` (float64, CPU, from T down) by one ``step`` per interval."""
