@@ -4,7 +4,7 @@ the benchmark's 8-mode 2-D and 64-D mixtures (benchmarks/oracle.py) for VP, VE, 
     python -m benchmarks.fast --out benchmarks/results/fast
 
 For each (mixture, process, budget): the fitted grid (conf/solver/fast.yaml's settings) beside DPM-Solver++(3M)
-on the uniform-λ and uniform-t grids and, at 10 NFE, on grid=tuned (the former MSE fit): weights TV, the gap of
+on the uniform-λ and uniform-t grids and, at 10 NFE, on TuneGrid (the former MSE fit): weights TV, the gap of
 the mean exact log-density per dimension against exact samples, and SWD beside its two-sample floor, on
 ``--num`` samples; and what each fit cost (model evaluations on its batch of pilots, seconds on this CPU, the
 objective before and after), and each grid's TV and gap on the prior draws of further seeds. Targets at 10 NFE:
@@ -23,8 +23,8 @@ from scoresde.evaluation import mixture_report, sliced_wasserstein
 from models import MixtureScore
 from sde import VESDE, VPSDE
 from sde.processes import CosineVPSDE, RectifiedFlow
-from solvers import DPMSolver, Fitted
-from solvers.common import check_eps
+from solvers import DPMSolver, FitGrid, TuneGrid, fit_solver
+from solvers.base import check_eps
 
 ROOT = Path(__file__).resolve().parents[1]
 SDES = {"vp": VPSDE, "ve": VESDE, "cosine": CosineVPSDE, "rf": RectifiedFlow}
@@ -33,10 +33,10 @@ TEACHER = 200
 
 
 def fast_grid(**changes):
-    """The grid of conf/solver/fast.yaml (its settings, save excepted), with ``changes``."""
+    """The grid recipe of conf/solver/fast.yaml, with ``changes``."""
     conf = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/solver/fast.yaml").grid)
-    conf.pop("_target_"), conf.pop("save")
-    return Fitted(**{**conf, **changes})
+    conf.pop("_target_")
+    return FitGrid(**{**conf, **changes})
 
 
 def settings(budget):
@@ -44,7 +44,7 @@ def settings(budget):
     yield "logsnr", DPMSolver(budget, order=3, grid="logsnr")
     yield "time", DPMSolver(budget, order=3, grid="time")
     if budget == 10:
-        yield "tuned (MSE)", DPMSolver(budget, order=3, grid="tuned")
+        yield "tuned (MSE)", DPMSolver(budget, order=3, grid=TuneGrid())
         yield f"teacher ({TEACHER} NFE)", DPMSolver(TEACHER, order=3, grid="logsnr")
 
 
@@ -53,14 +53,10 @@ def run_one(sde, mixture, solver, num, seeds):
     in ``seeds``; the first seed's metrics, and each seed's TV and gap in ``seeds``."""
     oracle = MixtureScore(sde, mixture)
     eps = check_eps(sde, solver.eps)
-    like = torch.zeros(1, *mixture.shape)
-    start = time.perf_counter()
-    times = solver.times(sde, oracle, like, eps)
-    fit_seconds = time.perf_counter() - start
-    fit = getattr(solver.grid, "fitting", None) or getattr(solver.grid, "tuning", None)
+    solver, fit = fit_solver(solver, sde, oracle, mixture.shape)
+    times = solver.times(sde, eps)
     if fit is not None:
-        fit = {k: v for k, v in fit.items() if not torch.is_tensor(v)}
-        fit.setdefault("seconds", fit_seconds)
+        fit = {k: v for k, v in fit.items() if k not in ("times", "process", "solver", "reused")}
     e = torch.tensor(eps, dtype=torch.float64)
     truth = mixture.perturbed(sde.a(e).item(), sde.s(e).item())
     result = {"fit": fit, "times": times.tolist(), "seeds": []}

@@ -20,8 +20,8 @@ from scoresde.evaluation import mixture_report, sliced_wasserstein
 from models import MixtureScore
 from sde import VESDE, VPSDE
 from solvers import DDIM, AdaptiveSDE, DPMSolver, EulerMaruyama, Heun, PredictorCorrector, ProbabilityFlowODE
-from solvers.common import check_eps
-from solvers.grids import Tuned
+from solvers import TuneGrid, fit_solver
+from solvers.base import check_eps
 from scoresde.data import GaussianMixture, RandomMixture
 
 SDES = {"vp": VPSDE, "ve": VESDE}
@@ -47,7 +47,7 @@ SOLVERS = {
     "heun": lambda n: Heun(steps=n // 2) if n >= 2 else None,
     "dpm2": lambda n: DPMSolver(steps=n, order=2),
     "dpm3": lambda n: DPMSolver(steps=n, order=3),
-    "dpm3_tuned": lambda n: DPMSolver(steps=n, order=3, grid="tuned") if n <= 50 else None,
+    "dpm3_tuned": lambda n: DPMSolver(steps=n, order=3, grid=TuneGrid()) if n <= 50 else None,
 }
 # adaptive solvers: their own NFE, one run per tolerance
 ADAPTIVE = {
@@ -61,12 +61,9 @@ def run_one(sde, mixture, solver, num, seed):
     oracle = MixtureScore(sde, mixture)
     x_T = sde.prior_sample((num, *mixture.shape), gen)
     eps = check_eps(sde, solver.eps)
-    tune = None
-    if isinstance(getattr(solver, "grid", None), Tuned):
-        start = time.perf_counter()
-        solver.times(sde, oracle, x_T, eps)
-        tune = {k: solver.tuning[k] for k in ("solves", "nfe", "pilots", "start", "loss_start", "loss")}
-        tune["seconds"] = time.perf_counter() - start
+    solver, fit = fit_solver(solver, sde, oracle, mixture.shape, dtype=x_T.dtype)
+    tune = None if fit is None else {k: fit[k] for k in ("solves", "nfe", "pilots", "start", "loss_start", "loss",
+                                                         "seconds")}
     start = time.perf_counter()
     x, nfe = solver(sde, oracle, x_T, gen)
     seconds = time.perf_counter() - start
@@ -137,7 +134,7 @@ def table(rows, args):
     tuned = [r for r in rows if r.get("tune")]
     if tuned:
         lines += ["### Grid tuning", "",
-                  "`grid=tuned` fits the grid once per model, SDE and budget (solvers/schedule.py); its cost is not in "
+                  "`TuneGrid` fits the grid once per model, SDE and budget (solvers/fitting.py); its cost is not in "
                   "the NFE and seconds above. Pilot loss: mean squared distance per dimension to the fine solve, on "
                   "the start grid and after tuning.", "",
                   "| mixture | SDE | solver | NFE | start grid | pilot loss start → tuned | solves | evaluations "

@@ -45,9 +45,8 @@ import torch
 
 from benchmarks.oracle import MIXTURES, noise_floor, run_one
 from sde import VESDE, VPSDE, CosineVPSDE, RectifiedFlow
-from solvers import DPMSolver
-from solvers.grids import Fitted
-from solvers.common import CountedScore, check_eps
+from solvers import DPMSolver, FitGrid, TuneGrid
+from solvers.base import CountedScore, check_eps
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -58,8 +57,8 @@ DPM_SOLVER_ENV = "DPM_SOLVER_PYTORCH"
 # our deterministic settings, name -> (NFE -> solver); solver=fast is one more line here
 OURS = {
     "ours dpm3 logsnr": lambda n: DPMSolver(steps=n, order=3),
-    "ours dpm3 tuned": lambda n: DPMSolver(steps=n, order=3, grid="tuned"),
-    "ours fast (fitted grid)": lambda n: DPMSolver(steps=n, order=3, grid=Fitted()),
+    "ours dpm3 tuned": lambda n: DPMSolver(steps=n, order=3, grid=TuneGrid()),
+    "ours fast (fitted grid)": lambda n: DPMSolver(steps=n, order=3, grid=FitGrid()),
 }
 _SIGMA_MIN = {"final_sigmas_type": "sigma_min"}
 # diffusers peers: name -> (scheduler class name, its config)

@@ -25,7 +25,7 @@ from scoresde.evaluation import mixture_report, sliced_wasserstein
 from models import MixtureScore
 from scoresde.data import RandomMixture
 from solvers import EulerMaruyama, PredictorCorrector
-from solvers.common import check_eps
+from solvers.base import check_eps
 from solvers.stochastic import SDEDPMSolver
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -38,7 +38,7 @@ from models import ScoreModel, UNet  # noqa: E402
 from scoresde.data import ArrayFile, DataSpec, Digits  # noqa: E402
 from scoresde.pipeline import Pipeline  # noqa: E402
 from sde import VPSDE  # noqa: E402
-from solvers.fast import DPMSolver  # noqa: E402
+from solvers.deterministic import DPMSolver  # noqa: E402
 from scoresde.training import DSMLoss, TrainState, train_step  # noqa: E402
 from scoresde.training.trainer import prepare_batch  # noqa: E402
 

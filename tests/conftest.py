@@ -7,7 +7,8 @@ import torch
 from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from sde import SDE, CosineVPSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE
-from solvers.common import check_eps
+from solvers.base import check_eps
+from solvers.fitting import fit_solver
 from scoresde.data import GaussianMixture, RandomMixture
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -84,7 +85,9 @@ def mixture_16d():
 def sample(sde, solver, mixture, n, seed=0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     x_T = sde.prior_sample((n, *mixture.shape), generator=gen, dtype=dtype)
-    return solver(sde, MixtureScore(sde, mixture), x_T, gen)
+    score = MixtureScore(sde, mixture)
+    solver, _ = fit_solver(solver, sde, score, mixture.shape, dtype=dtype)
+    return solver(sde, score, x_T, gen)
 
 
 def reference(sde, solver, mixture):

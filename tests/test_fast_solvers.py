@@ -12,10 +12,11 @@ from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from scoresde.data import GaussianMixture
 from sde import ConfigError, config_scope
-from solvers import ProbabilityFlowODE
+from solvers import Karras, ProbabilityFlowODE, TuneGrid, fit_solver
 from solvers.adaptive import AdaptiveSDE
-from solvers.common import check_eps
-from solvers.fast import DDIM, DPMSolver, Heun, make_grid
+from solvers.base import check_eps
+from solvers.deterministic import DDIM, DPMSolver, Heun
+from solvers.grids import make_grid
 
 
 def smooth_mixture():
@@ -89,7 +90,7 @@ RECOMMENDED = {  # the constructors' defaults, except DPM-3's step count
     "heun": Heun,                                       # 60 NFE
     "dpm2": DPMSolver,                                  # 40 NFE
     "dpm3": lambda: DPMSolver(order=3, steps=30),       # 30 NFE
-    "dpm3_tuned": lambda: DPMSolver(order=3, steps=25, grid="tuned"),  # 25 NFE after fitting its grid; at 20
+    "dpm3_tuned": lambda: DPMSolver(order=3, steps=25, grid=TuneGrid()),  # 25 NFE after fitting its grid; at 20
     # the std of mixture_2d's narrowest component (0.2) is 4.1 % off, against 1.9–2.5 % at 25
     "adaptive": AdaptiveSDE,                            # about 300 NFE (VP), 470 (VE) on the 2-D mixture
 }
@@ -121,9 +122,9 @@ def test_tuned_grid_beats_every_fixed_grid_on_fresh_draws():
     draws than on any of the three fixed grids (RMS error: 0.035 against 0.051 for the best, logsnr), and the
     grid runs from T down to eps."""
     sde, mixture = ALL_SDES["vp"](), mixture_2d()
-    solver = DPMSolver(steps=20, order=3, grid="tuned")
     x_T = sde.prior_sample((1000, 2), torch.Generator().manual_seed(7), dtype=torch.float64)
     oracle = MixtureScore(sde, mixture)
+    solver, info = fit_solver(DPMSolver(steps=20, order=3, grid=TuneGrid()), sde, oracle, (2,), dtype=torch.float64)
     exact = ProbabilityFlowODE(method="dopri5", rtol=1e-9, atol=1e-9)(sde, oracle, x_T)[0]
 
     def error(s):
@@ -134,10 +135,9 @@ def test_tuned_grid_beats_every_fixed_grid_on_fresh_draws():
     tuned = error(solver)
     fixed = {grid: error(DPMSolver(steps=20, order=3, grid=grid)) for grid in ("time", "logsnr", "karras")}
     assert tuned < 0.8 * min(fixed.values()), (tuned, fixed)
-    info = solver.tuning
     assert info["loss"] < info["loss_start"] and info["pilots"] == 256
     assert info["nfe"] == 500 + 20 * info["solves"]
-    t = info["times"]
+    t = torch.tensor(info["times"])
     assert t[0] == sde.T and t[-1] == check_eps(sde, None) and (t[1:] < t[:-1]).all()
 
 
@@ -149,7 +149,7 @@ def test_tuned_dpm3_meets_the_20_nfe_target_on_the_benchmark_mixture(sde_name):
     from benchmarks.oracle import eight_modes
 
     sde, mixture = ALL_SDES[sde_name](), eight_modes()
-    solver = DPMSolver(steps=20, order=3, grid="tuned")
+    solver = DPMSolver(steps=20, order=3, grid=TuneGrid())
     x, nfe = sample(sde, solver, mixture, 20000, seed=5)
     report = mixture_report(reference(sde, solver, mixture), x)
     assert nfe == 20
@@ -157,21 +157,22 @@ def test_tuned_dpm3_meets_the_20_nfe_target_on_the_benchmark_mixture(sde_name):
 
 
 def test_tuning_is_done_once_per_model_and_process():
-    solver = DPMSolver(steps=6, order=2, grid="tuned", pilots=16, reference_steps=50)
+    solver = DPMSolver(steps=6, order=2, grid=TuneGrid(pilots=16, reference_steps=50))
     vp, ve, mixture = ALL_SDES["vp"](), ALL_SDES["ve"](), mixture_2d()
     oracle = MixtureScore(vp, mixture)
     x_T = vp.prior_sample((10, 2), torch.Generator().manual_seed(0))
-    assert solver(vp, oracle, x_T)[1] == 6
-    first = solver.tuning
-    assert solver(vp, oracle, x_T)[1] == 6 and solver.tuning is first
-    solver(ve, MixtureScore(ve, mixture), ve.prior_sample((10, 2)))
-    assert solver.tuning is not first and solver.tuning["times"][0] == ve.T
+    tuned, first = fit_solver(solver, vp, oracle, (2,))
+    assert tuned(vp, oracle, x_T)[1] == 6 and not first["reused"]
+    again, second = fit_solver(solver, vp, MixtureScore(vp, mixture), (2,))
+    assert again(vp, oracle, x_T)[1] == 6 and second["reused"] and second["times"] == first["times"]
+    _, other = fit_solver(solver, ve, MixtureScore(ve, mixture), (2,))
+    assert not other["reused"] and other["times"][0] == ve.T
     assert "_tuned" not in repr(solver)
 
 
 def test_tuned_grid_needs_a_positive_end_time():
-    with pytest.raises(ValueError, match="grid='tuned' needs a finite log_snr at both ends"):
-        sample(ALL_SDES["vp"](), DPMSolver(steps=5, grid="tuned", eps=0.0, pilots=8, reference_steps=20),
+    with pytest.raises(ValueError, match="grid='TuneGrid' needs a finite log_snr at both ends"):
+        sample(ALL_SDES["vp"](), DPMSolver(steps=5, grid=TuneGrid(pilots=8, reference_steps=20), eps=0.0),
                mixture_2d(), 4)
 
 
@@ -283,12 +284,12 @@ def test_images_keep_their_shape_and_dtype(dtype):
 
 @pytest.mark.parametrize("make, message", [
     (lambda: DDIM(steps=0), "solver.steps=0 is invalid: expected an integer >= 1"),
-    (lambda: DDIM(grid="cosine"), "solver.grid='cosine' is unknown: choose one of karras, logsnr, time, tuned"),
-    (lambda: DPMSolver(grid="tuned", pilots=0), "solver.pilots=0 is invalid"),
-    (lambda: DPMSolver(grid="tuned", reference_steps=-5), "solver.reference_steps=-5 is invalid"),
-    (lambda: DDIM(rho=0), "solver.rho=0 is invalid"),
+    (lambda: DDIM(grid="cosine"), "solver.grid='cosine' is unknown: choose one of karras, logsnr, time, logsnr_floor"),
+    (lambda: DPMSolver(grid=TuneGrid(pilots=0)), "solver.pilots=0 is invalid"),
+    (lambda: DPMSolver(grid=TuneGrid(reference_steps=-5)), "solver.reference_steps=-5 is invalid"),
+    (lambda: DDIM(grid=Karras(rho=0)), "solver.rho=0 is invalid"),
     (lambda: Heun(steps=2.5), "solver.steps=2.5 is invalid"),
-    (lambda: Heun(rho="x"), "solver.rho='x' is invalid"),
+    (lambda: Heun(grid=Karras(rho="x")), "solver.rho='x' is invalid"),
     (lambda: DPMSolver(order=4), "solver.order=4 is unknown: choose one of 1, 2, 3"),
     (lambda: DPMSolver(grid="uniform"), "solver.grid='uniform' is unknown"),
     (lambda: AdaptiveSDE(rtol=-1), "solver.rtol=-1 is invalid"),

@@ -144,7 +144,7 @@ def test_the_digits_preset_composes_a_cpu_sized_image_job():
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=digits"])
     assert cfg.data._target_ == "scoresde.data.Digits" and cfg.model.net._target_ == "models.UNet"
-    assert cfg.solver._target_ == "solvers.fast.DPMSolver" and cfg.solver.steps <= 20
+    assert cfg.solver._target_ == "solvers.deterministic.DPMSolver" and cfg.solver.steps <= 20
     assert cfg.model.net.channels <= 32 and cfg.train.steps * cfg.train.batch_size <= 400_000
     assert cfg.likelihood is True and cfg.eval.num <= 180 and cfg.eval.classifier == "auto"
     assert cfg.eval.ode.method == "rk4" and cfg.eval.ode.max_error > 0

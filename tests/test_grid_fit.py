@@ -1,4 +1,4 @@
-"""Fitting a grid to a model (solvers.fit, grids.Fitted): the differentiable student is DPM-Solver++ itself, its
+"""Fitting a grid to a model (solvers.fitting: FitGrid, fit_solver): the differentiable student is DPM-Solver++ itself, its
 time derivative is right, the fit improves the distribution an oracle case samples over its start grid, a fitted
 grid written to a file and loaded by path gives the same samples bit for bit (in a new run.py process too, with
 the fit's cost in metrics.json), and a bad grid file or a solver that cannot be fitted gets one line."""
@@ -16,9 +16,9 @@ from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from sde import ConfigError, RectifiedFlow, VPSDE, config_scope
 from scoresde.data import GaussianMixture
-from solvers import DDIM, DPMSolver, FixedTimes, Fitted, Heun
-from solvers.common import CountedScore, check_eps
-from solvers.fit import fit_grid, logp_gap, student, times_of
+from solvers import DDIM, DPMSolver, FitGrid, FixedTimes, Heun, fit_solver, save_grid
+from solvers.base import CountedScore, check_eps
+from solvers.fitting import fit_grid, logp_gap, student, times_of
 from solvers.grids import make_grid, times_at_log_snr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,9 @@ def eight_modes():
 def draw(sde, mixture, solver, num, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x_T = sde.prior_sample((num, *mixture.shape), gen)
-    return solver(sde, MixtureScore(sde, mixture), x_T, gen)
+    oracle = MixtureScore(sde, mixture)
+    solver, _ = fit_solver(solver, sde, oracle, mixture.shape)
+    return solver(sde, oracle, x_T, gen)
 
 
 def quality(sde, mixture, x, eps):
@@ -85,7 +87,7 @@ def test_the_fit_brings_the_log_density_gap_and_weights_to_the_targets_where_its
     sde, mixture = RectifiedFlow(), eight_modes()
     eps = check_eps(sde, None)
     oracle = MixtureScore(sde, mixture)
-    times, info = fit_grid(sde, oracle, 10, eps, torch.zeros(1, 2), pilots=1000, iterations=100, starts=("logsnr",))
+    times, info = fit_grid(sde, oracle, 10, eps, (2,), pilots=1000, iterations=100, starts=("logsnr",))
     start = DPMSolver(10, order=3, grid="logsnr")
     start_tv, start_gap = quality(sde, mixture, draw(sde, mixture, start, 20000)[0], eps)
     x, nfe = draw(sde, mixture, DPMSolver(10, order=3, grid=FixedTimes(times=times)), 20000)
@@ -100,13 +102,14 @@ def test_the_fit_brings_the_log_density_gap_and_weights_to_the_targets_where_its
 def test_a_fitted_grid_is_written_with_its_cost_and_loaded_by_path_gives_identical_samples(tmp_path):
     sde, mixture = VPSDE(), eight_modes()
     path = tmp_path / "grid.json"
-    solver = DPMSolver(6, order=3, grid=Fitted(**TINY, save=path))
+    solver, record = fit_solver(DPMSolver(6, order=3, grid=FitGrid(**TINY)), sde, MixtureScore(sde, mixture), (2,))
     x, nfe = draw(sde, mixture, solver, 500)
     assert nfe == 6
+    record = save_grid(path, record)
     saved = json.loads(path.read_text())
     assert len(saved["times"]) == 7 and saved["fit"]["pilots"] == 64 and saved["fit"]["path"] == str(path)
     for key in ("nfe", "seconds", "objective_start", "objective", "mse", "gap", "start"):
-        assert key in saved["fit"] and key in solver.grid.fitting
+        assert key in saved["fit"] and key in record
     loaded = DPMSolver(6, order=3, grid=str(path))
     assert isinstance(loaded.grid, FixedTimes)
     assert torch.equal(draw(sde, mixture, loaded, 500)[0], x)
@@ -153,6 +156,8 @@ def test_a_bad_grid_file_or_a_solver_that_cannot_be_fitted_gets_one_line(tmp_pat
     (tmp_path / "ends.json").write_text(json.dumps({"times": [1.0, 0.5, 0.01]}))
     with pytest.raises(ConfigError, match="must run from T = 1 to the solver's end time"):
         draw(sde, mixture, DPMSolver(2, grid=str(tmp_path / "ends.json")), 10)
-    one_line(lambda: DDIM(10, grid="fit"), r"^solver.grid='fit' fits DPM-Solver\+\+ .*not DDIM")
-    one_line(lambda: Heun(5, grid=Fitted()), r"^solver.grid='fit' fits DPM-Solver\+\+ .*not Heun")
-    one_line(lambda: Fitted(pilots=0), r"^solver.pilots=0 is invalid")
+    one_line(lambda: DDIM(10, grid=FitGrid()), r"^solver.grid=FitGrid\(.*\) fits DPM-Solver\+\+ .*not DDIM")
+    one_line(lambda: Heun(5, grid=FitGrid()), r"^solver.grid=FitGrid\(.*\) fits DPM-Solver\+\+ .*not Heun")
+    one_line(lambda: FitGrid(pilots=0), r"^solver.pilots=0 is invalid")
+    one_line(lambda: DDIM(10, grid="fit"), r"^solver.grid='fit' is now fitted to the model by "
+                                           r"{_target_: solvers.fitting.FitGrid}")

@@ -13,8 +13,8 @@ from models import MixtureScore
 from scoresde.data import GaussianMixture
 from sde import ConfigError, config_scope
 from solvers import (DDIM, DPMSolver, EulerMaruyama, FixedTimes, Heun, Karras, PredictorCorrector, SteppingSolver,
-                     Tuned, UniformLogSNR, UniformTime)
-from solvers.common import check_eps
+                     TuneGrid, UniformLogSNR, UniformTime, fit_solver)
+from solvers.base import check_eps
 from solvers.grids import as_grid
 
 
@@ -107,7 +107,7 @@ def test_fixed_times_from_a_list_and_from_files(tmp_path):
     (lambda: FixedTimes([1.0, 0.1], path="t.txt"), "not both or neither"),
     (lambda: FixedTimes(path="missing.json"), r"^path='missing.json' is not a file"),
     (lambda: FixedTimes(path="times.csv"), r"^path='times.csv' is invalid: expected a file of times ending in .txt"),
-    (lambda: as_grid("cosine"), "^grid='cosine' is unknown: choose one of karras, logsnr, time, tuned, a list of times"),
+    (lambda: as_grid("cosine"), "^grid='cosine' is unknown: choose one of karras, logsnr, time, logsnr_floor, a list of times"),
     (lambda: as_grid(3), "^grid=3 is unknown"),
     (lambda: as_grid([1.0, 2.0]), r"^grid=\[1.0, 2.0\] is invalid: expected times strictly decreasing"),
     (lambda: as_grid("missing.npy"), "^grid='missing.npy' is not a file"),
@@ -135,32 +135,35 @@ def test_a_fixed_list_must_fit_the_process_and_the_solver():
     one_line_error(under_solver(lambda: DDIM(steps=5, grid=times)),
                    r"^solver.steps=5 is invalid: expected 2, the number of intervals of the grid's 3 times")
     one_line_error(under_solver(lambda: DDIM(steps=2, grid=[1.0, 0.3, 0.3])), "^solver.grid=.* strictly decreasing")
-    one_line_error(under_solver(lambda: EulerMaruyama(steps=5, grid="tuned")),
-                   "^solver.grid='tuned' fits the paths of a deterministic solver")
+    one_line_error(under_solver(lambda: EulerMaruyama(steps=5, grid=TuneGrid())),
+                   r"^solver.grid=TuneGrid\(.*\) fits the paths of a deterministic solver")
+    one_line_error(under_solver(lambda: DDIM(steps=5, grid="tuned")),
+                   r"^solver.grid='tuned' is now fitted to the model by {_target_: solvers.fitting.TuneGrid}")
     x, nfe = sample(vp, DDIM(steps=2, grid=times), mixture_2d(), 10)
     assert nfe == 2 and torch.isfinite(x).all()
 
 
 def test_names_map_to_grid_objects():
     assert type(as_grid("time")) is UniformTime and type(as_grid("logsnr")) is UniformLogSNR
-    assert as_grid("karras", rho=3.0).rho == 3.0
-    tuned = as_grid("tuned", rho=5.0, pilots=8, reference_steps=20, seed=1)
+    assert as_grid("karras").rho == 7.0 and as_grid(Karras(rho=3.0)).rho == 3.0
+    tuned = as_grid(TuneGrid(rho=5.0, pilots=8, reference_steps=20, seed=1))
     assert (tuned.pilots, tuned.reference_steps, tuned.seed, tuned.rho) == (8, 20, 1, 5.0)
     grid = Karras(rho=2.0)
     assert as_grid(grid) is grid and DPMSolver(grid=grid).grid is grid
 
 
 def test_solver_configs_build_their_default_grids_and_take_names():
-    """conf/solver/*.yaml give each solver the grid it always had; a name on the command line replaces it."""
+    """The solver table (the defaults of conf/solver/*.yaml) gives each solver the grid it always had; a name or a
+    grid object replaces it."""
     from scoresde.pipeline import solver_from_name
 
     defaults = {"em": UniformTime, "pc": UniformTime, "ddim": Karras, "heun": Karras, "dpm": UniformLogSNR}
     for name, kind in defaults.items():
         assert type(solver_from_name(name).grid) is kind, name
-    assert solver_from_name("ddim", rho=5.0).grid.rho == 5.0
+    assert solver_from_name("ddim", grid=Karras(rho=5.0)).grid.rho == 5.0
     assert type(solver_from_name("heun", grid="logsnr").grid) is UniformLogSNR
-    assert type(solver_from_name("dpm", grid="tuned", pilots=8).grid) is Tuned
-    assert solver_from_name("dpm", grid="tuned", pilots=8).grid.pilots == 8
+    assert type(solver_from_name("dpm", grid=TuneGrid(pilots=8)).grid) is TuneGrid
+    assert solver_from_name("dpm", grid=TuneGrid(pilots=8)).grid.pilots == 8
 
 
 # -- solvers as steps -------------------------------------------------------------------------------------------
@@ -191,10 +194,10 @@ def test_a_new_solver_is_one_step():
 
 def test_heun_and_ddim_fit_a_tuned_grid_too():
     sde, mixture = ALL_SDES["vp"](), mixture_2d()
-    for solver in (Heun(steps=4, grid=Tuned(pilots=16, reference_steps=40)),
-                   DDIM(steps=6, grid="tuned", pilots=16, reference_steps=40)):
+    for solver in (Heun(steps=4, grid=TuneGrid(pilots=16, reference_steps=40)),
+                   DDIM(steps=6, grid=TuneGrid(pilots=16, reference_steps=40))):
+        solver, info = fit_solver(solver, sde, MixtureScore(sde, mixture), mixture.shape)
         x, nfe = sample(sde, solver, mixture, 20)
-        info = solver.tuning
         assert nfe == (2 if isinstance(solver, Heun) else 1) * solver.steps
         assert info["loss"] <= info["loss_start"] and info["times"][0] == sde.T and torch.isfinite(x).all()
 

@@ -14,7 +14,7 @@ from conftest import mixture_2d
 from models import MixtureScore
 from sde import SDE, CosineVPSDE, RectifiedFlow, VESDE, VPSDE
 from solvers import DDIM, DPMSolver, FixedTimes
-from solvers.common import check_eps
+from solvers.base import check_eps
 
 PROCESSES = [VPSDE, VESDE, CosineVPSDE, RectifiedFlow]
 
