@@ -13,8 +13,8 @@ from conftest import ALL_SDES
 from models import MixtureScore
 from scoresde.data import GaussianMixture
 from sde import ConfigError
-from solvers import ODELikelihood, UniformLogSNR
-from solvers.likelihood import FlooredLogSNR, exponential_weights
+from solvers import FlooredLogSNR, ODELikelihood, UniformLogSNR
+from solvers.exponential import adams_weights
 
 DOCUMENTED = dict(method="exponential", steps=50)  # README, eval.ode: order 4, grid logsnr_floor, sigma_floor 0.02
 BOUND = 0.005  # nats per dimension, mean over points of |error|
@@ -75,11 +75,11 @@ def test_fourth_order_on_a_gaussian_image():
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
-def test_exponential_weights_are_exact_for_polynomials(order):
+def test_adams_weights_are_exact_for_polynomials(order):
     """Σ_j W[i, j] P(λ_{i−j}) = ∫ e^{λ − λ_{i+1}} P dλ and Σ_j Q[i, j] P(λ_{i−j}) = ∫ P dλ for every polynomial P of
     degree < k (the order of step i), on an uneven decreasing grid; degree k is not exact."""
     lam = torch.tensor([6.0, 5.1, 4.5, 3.2, 2.9, 1.0, -0.5, -0.9], dtype=torch.float64)
-    W, Q = exponential_weights(lam, order)
+    W, Q = adams_weights(lam, order)
     u, w = np.polynomial.legendre.leggauss(40)
     for i in range(len(lam) - 1):
         k = min(order, i + 1)

@@ -13,9 +13,9 @@ from models import MixtureScore
 from scoresde.data import GaussianMixture, RandomMixture
 from sde import ConfigError, config_scope
 from solvers import PredictorCorrector
-from solvers.fast import dpm_weights
+from solvers.exponential import dpm_weights, exponential_weights
 from solvers.grids import UniformLogSNR
-from solvers.stochastic import SDEDPMSolver, exponential_weights, langevin_step, sde_kernel
+from solvers.stochastic import SDEDPMSolver, langevin_step, sde_kernel
 from test_fast_solvers import smooth_mixture
 
 PROCESSES = ["vp", "ve", "cosine", "rf"]
@@ -25,7 +25,7 @@ PROCESSES = ["vp", "ve", "cosine", "rf"]
 
 def test_eta_zero_weights_are_dpm_solver_plus_plus_with_exact_integrals():
     """At η = 0 (ρ = 1) the weights are DPM-Solver++'s: −a φ₁ with one prediction, −a φ₁ D_i + a φ₂ Δ₀ with two,
-    and solvers.fast.dpm_weights' third-order row with three."""
+    and solvers.exponential.dpm_weights' third-order row with three."""
     sde = ALL_SDES["vp"]()
     t = UniformLogSNR()(sde, 12, 1e-3)
     lam, a = sde.log_snr(t), sde.a(t)
