@@ -135,7 +135,8 @@ class Pipeline:
         ``generator`` (default: one seeded with ``seed``). A conditional model samples ``classes`` (a class, a
         list, or 'all' in balance; None: unconditional) with classifier-free guidance of scale ``guidance``
         (models.GuidedScore). A solver whose grid is fitted to the model (solvers.fitting.FitGrid, TuneGrid) is
-        fitted first, once for this model (solvers.fitting.fit_solver keeps the fit), on its unguided score. With
+        fitted first, once for this model (solvers.fitting.fit_solver keeps the fit), on the unconditional score
+        model(x, t) (p_t: the same for every class list, guidance scale and batch size). With
         ``info`` also {"nfe": network passes per sample, "seconds": wall time of the sampling, "labels": the class
         of each sample or None}, and "grid_fit": the fit's record when this call fitted the grid."""
         num, batch = check_int("num", num), check_int("batch", batch)
@@ -143,8 +144,7 @@ class Pipeline:
             solver = solver_from_name(solver, **options)
         labels = class_labels(classes, num, getattr(self.model, "num_classes", None))
         guided = GuidedScore(self.model, labels, guidance)
-        solver, fit = fit_solver(solver, self.sde, self.model if labels is None else GuidedScore(self.model),
-                                 self.data.shape, self.device)
+        solver, fit = fit_solver(solver, self.sde, self.model, self.data.shape, self.device)
 
         def setup(lo, hi, gen):
             x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)

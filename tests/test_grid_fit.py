@@ -161,3 +161,87 @@ def test_a_bad_grid_file_or_a_solver_that_cannot_be_fitted_gets_one_line(tmp_pat
     one_line(lambda: FitGrid(pilots=0), r"^solver.pilots=0 is invalid")
     one_line(lambda: DDIM(10, grid="fit"), r"^solver.grid='fit' is now fitted to the model by "
                                            r"{_target_: solvers.fitting.FitGrid}")
+
+
+# -- fits keyed by what they were fitted to ----------------------------------------------------------------------
+
+def tiny_mlp(sde, data, seed):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(seed)
+    node = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/mlp.yaml"),
+                           {"net": {"hidden": 16, "depth": 1, "embed_dim": 8}})
+    model = instantiate(node, sde=sde, data=data).eval()
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(0.3 * torch.randn_like(weight))
+    return model
+
+
+def test_a_second_model_never_gets_the_first_models_grid():
+    """The cache is keyed by the model's fingerprint: another network (or the same one trained further) is fitted
+    anew, the same weights in a new object reuse the fit."""
+    sde, mixture = VPSDE(), eight_modes()
+    recipe = FitGrid(pilots=32, teacher_steps=10, iterations=1)
+    solver = DPMSolver(4, order=3, grid=recipe)
+    first, second = tiny_mlp(sde, mixture, 0), tiny_mlp(sde, mixture, 1)
+    _, a = fit_solver(solver, sde, first, (2,))
+    _, b = fit_solver(solver, sde, second, (2,))
+    assert not a["reused"] and not b["reused"] and a["objective_start"] != b["objective_start"]
+    copy = tiny_mlp(sde, mixture, 0)
+    _, again = fit_solver(solver, sde, copy, (2,))
+    assert again["reused"] and again["times"] == a["times"] and again["objective"] == a["objective"]
+    with torch.no_grad():
+        next(copy.parameters()).add_(0.1)
+    _, trained = fit_solver(solver, sde, copy, (2,))
+    assert not trained["reused"] and trained["objective_start"] != a["objective_start"]
+    _, other_solver = fit_solver(DPMSolver(4, order=2, grid=recipe), sde, first, (2,))
+    assert not other_solver["reused"]
+
+
+def test_a_guided_run_fits_once_for_any_batch_size_and_class_list():
+    """Pipeline.sample fits the grid on the unguided score, once for the model: a guided batch of 2000 (the
+    issue's command) samples, and other batch sizes and classes reuse the fit; the sampling seconds leave the fit
+    out."""
+    from scoresde.pipeline import Pipeline
+
+    sde, mixture = VPSDE(), GaussianMixture([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], [0.3, 0.5, 0.2], [0.5, 0.3, 0.2])
+    pipe = Pipeline(sde, MixtureScore(sde, mixture), mixture)
+    solver = DPMSolver(10, order=3, grid=FitGrid(**TINY, seed=3))
+    x, stats = pipe.sample(2000, solver, batch=2000, classes="all", info=True)
+    assert x.shape == (2000, 2) and torch.isfinite(x).all() and stats["nfe"] == 10
+    fit = stats["grid_fit"]
+    assert fit["nfe"] > 0 and fit["seconds"] > 0 and not fit["reused"] and len(fit["times"]) == 11
+    for num, batch, classes, guidance in [(300, 128, [0, 2], 1.5), (200, 200, None, 0.0), (64, 7, "all", 0.5)]:
+        y, again = pipe.sample(num, solver, batch=batch, classes=classes, guidance=guidance, info=True)
+        assert "grid_fit" not in again and y.shape == (num, 2) and torch.isfinite(y).all()
+    unconditional = Pipeline(sde, MixtureScore(sde, mixture), mixture).sample(2000, solver, batch=2000)
+    fitted, _ = fit_solver(solver, sde, MixtureScore(sde, mixture), (2,))
+    assert torch.equal(unconditional, pipe.sample(2000, fitted, batch=2000))
+
+
+def test_the_solver_table_agrees_with_conf_solver():
+    """Every conf/solver/NAME.yaml instantiates to the solver the front door's table names NAME."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from scoresde.pipeline import SOLVERS, solver_from_name
+
+    files = sorted((ROOT / "conf" / "solver").glob("*.yaml"))
+    assert sorted(p.stem for p in files) == sorted(SOLVERS)
+    for path in files:
+        assert repr(instantiate(OmegaConf.load(path))) == repr(solver_from_name(path.stem)), path.stem
+
+
+def test_a_preview_takes_the_recipes_plain_grid():
+    from scoresde.pipeline import solver_from_name
+    from solvers import UniformLogSNR, fallback
+
+    fast = solver_from_name("fast")
+    preview = fallback(fast)
+    assert type(preview.grid) is UniformLogSNR and (preview.steps, preview.order) == (fast.steps, fast.order)
+    assert type(fast.grid) is FitGrid and fallback(preview) is preview
+    with pytest.raises(ConfigError, match="fitted to a model before sampling"):
+        draw_unfitted = fast(VPSDE(), MixtureScore(VPSDE(), eight_modes()), torch.zeros(4, 2))
+        assert draw_unfitted is None
