@@ -296,3 +296,37 @@ def test_posterior_is_the_gaussian_conditional(any_sde):
     assert torch.allclose(std**2, s2_u - alpha**2 * s2_u**2 / s2_t, rtol=1e-8)
     per_sample = any_sde.posterior(x, x0, t.expand(6), u.expand(6))
     assert torch.allclose(per_sample[0], mean) and torch.allclose(per_sample[1].reshape(-1), std.expand(6))
+
+
+def test_the_solvers_package_imports_as_a_dag_without_imports_inside_functions():
+    """grids ← base ← the solvers ← fitting: no module of solvers/ imports one that imports it back, and none
+    imports inside a function to dodge a circle."""
+    import ast
+    from pathlib import Path
+
+    import solvers
+
+    root = Path(solvers.__file__).parent
+    graph = {}
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {node.module.split(".")[0] for node in ast.walk(tree)
+                            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        inner = [node.lineno for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
+        assert not inner, f"solvers/{path.name} imports inside a function at lines {inner}"
+    done, visiting = set(), []
+
+    def visit(name):
+        assert name not in visiting, f"import circle: {' -> '.join(visiting + [name])}"
+        if name in done:
+            return
+        visiting.append(name)
+        for child in graph.get(name, ()):
+            visit(child)
+        visiting.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+    assert graph["grids"] == set() and graph["base"] == {"grids"}
