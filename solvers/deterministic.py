@@ -88,9 +88,9 @@ class DPMSolver(SteppingSolver):
     fits_grid = True
 
     def __init__(self, steps=40, order=2, grid="logsnr", lower_order_final=True, eps=None, denoise=False):
+        super().__init__(steps, grid, eps, denoise)
         self.order = check_choice("order", order, (1, 2, 3))
         self.lower_order_final = bool(lower_order_final)
-        super().__init__(steps, grid, eps, denoise)
 
     def start(self, state, x):
         """Tables of the steps' orders, the ratios s_{i+1}/s_i and the weights, from the grid in float64."""

@@ -333,11 +333,11 @@ def fallback(solver):
 def save_grid(path, record):
     """Writes a fit's record to ``path`` (.json): {"times": [...] (an exact float64 round trip), "process",
     "solver", "fit": what it cost and found, with "path"}, which a later run loads as grid=PATH (FixedTimes).
-    Returns the record with "path" added."""
+    Returns the "fit" part (for a run's metrics)."""
     path = Path(path)
-    record = dict(record, path=str(path))
     fit = {k: v for k, v in record.items() if k not in ("times", "process", "solver", "reused")}
+    fit["path"] = str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"times": record["times"], "process": record["process"], "solver": record["solver"],
                                 "fit": fit}, indent=1) + "\n")
-    return record
+    return fit

@@ -232,8 +232,9 @@ def as_grid(grid):
     if isinstance(grid, str) and grid in NAMED:
         return NAMED[grid]()
     if isinstance(grid, str) and grid in RENAMED:
-        raise ConfigError(f"grid={grid!r} is now fitted to the model by {{_target_: "
-                          f"{RENAMED[grid]}}} (in Python {RENAMED[grid].rsplit('.', 1)[1]}())", "grid")
+        path = RENAMED[grid]
+        raise ConfigError(f"grid={grid!r} is now fitted to the model by {path}: grid={{_target_:{path}}} (in Python "
+                          f"{path.rsplit('.', 1)[1]}())", "grid")
     if isinstance(grid, str) and grid.endswith(FILE_TYPES):
         return _fixed_times("path", grid)
     if isinstance(grid, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(grid, (str, bytes)):

@@ -105,11 +105,11 @@ def test_a_fitted_grid_is_written_with_its_cost_and_loaded_by_path_gives_identic
     solver, record = fit_solver(DPMSolver(6, order=3, grid=FitGrid(**TINY)), sde, MixtureScore(sde, mixture), (2,))
     x, nfe = draw(sde, mixture, solver, 500)
     assert nfe == 6
-    record = save_grid(path, record)
+    fit = save_grid(path, record)
     saved = json.loads(path.read_text())
     assert len(saved["times"]) == 7 and saved["fit"]["pilots"] == 64 and saved["fit"]["path"] == str(path)
     for key in ("nfe", "seconds", "objective_start", "objective", "mse", "gap", "start"):
-        assert key in saved["fit"] and key in record
+        assert key in saved["fit"] and key in record and fit[key] == record[key]
     loaded = DPMSolver(6, order=3, grid=str(path))
     assert isinstance(loaded.grid, FixedTimes)
     assert torch.equal(draw(sde, mixture, loaded, 500)[0], x)
@@ -160,7 +160,7 @@ def test_a_bad_grid_file_or_a_solver_that_cannot_be_fitted_gets_one_line(tmp_pat
     one_line(lambda: Heun(5, grid=FitGrid()), r"^solver.grid=FitGrid\(.*\) fits DPM-Solver\+\+ .*not Heun")
     one_line(lambda: FitGrid(pilots=0), r"^solver.pilots=0 is invalid")
     one_line(lambda: DDIM(10, grid="fit"), r"^solver.grid='fit' is now fitted to the model by "
-                                           r"{_target_: solvers.fitting.FitGrid}")
+                                           r"solvers.fitting.FitGrid: solver.grid={_target_:solvers.fitting.FitGrid}")
 
 
 # -- fits keyed by what they were fitted to ----------------------------------------------------------------------
