@@ -194,8 +194,8 @@ def test_a_new_solver_is_one_step():
 
 def test_heun_and_ddim_fit_a_tuned_grid_too():
     sde, mixture = ALL_SDES["vp"](), mixture_2d()
-    for solver in (Heun(steps=4, grid=TuneGrid(pilots=16, reference_steps=40)),
-                   DDIM(steps=6, grid=TuneGrid(pilots=16, reference_steps=40))):
+    for solver in (Heun(steps=3, grid=TuneGrid(pilots=8, reference_steps=20)),
+                   DDIM(steps=4, grid=TuneGrid(pilots=8, reference_steps=20))):
         solver, info = fit_solver(solver, sde, MixtureScore(sde, mixture), mixture.shape)
         x, nfe = sample(sde, solver, mixture, 20)
         assert nfe == (2 if isinstance(solver, Heun) else 1) * solver.steps

@@ -91,8 +91,11 @@ def test_denoising_step_is_tweedie():
 def test_images_keep_their_shape():
     means = torch.randn(2, 1, 4, 4, dtype=torch.float64) * 2
     mix = type(mixture_2d())(means, [0.3, 0.4], [1, 2])
-    for make in SOLVERS.values():
-        x, _ = sample(ALL_SDES["vp"](), make(), mix, 6)
+    for solver in (EulerMaruyama(steps=10), PredictorCorrector(steps=10),
+                   PredictorCorrector(steps=10, predictor="euler_maruyama"),
+                   PredictorCorrector(steps=10, predictor="ancestral", corrector="none"), ProbabilityFlowODE(),
+                   ProbabilityFlowODE(method="rk4", steps=10)):
+        x, _ = sample(ALL_SDES["vp"](), solver, mix, 6)
         assert x.shape == (6, 1, 4, 4)
 
 
