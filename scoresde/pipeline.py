@@ -169,12 +169,16 @@ class Pipeline:
         known; of the event shape or x's shape) in the view M x of an orthogonal channel ``transform`` M (None:
         x itself), sampled by ``solver`` (a stepping solver, or its name with ``options``) with the known part
         replaced after every step (``method`` 'replace', or 'resample' with ``jumps`` tries per step: see
-        solvers.Inpainter). Returns (N · completions, *shape), point by point (with ``info`` also {"nfe",
-        "seconds", "observed": what was seen of each point, in data space})."""
+        solvers.Inpainter); a grid recipe is fitted first, as for ``sample``. Returns (N · completions, *shape),
+        point by point (with ``info`` also {"nfe", "seconds", "observed": what was seen of each point, in data
+        space})."""
         num, batch = check_int("completions", completions) * len(x), check_int("batch", batch)
         if isinstance(solver, str):
             solver = solver_from_name(solver, **options)
         inpainter = solver if isinstance(solver, Inpainter) else Inpainter(solver, method, jumps)
+        fitted, _ = fit_solver(inpainter.solver, self.sde, self.model, self.data.shape, self.device)
+        if fitted is not inpainter.solver:
+            inpainter = Inpainter(fitted, inpainter.method, inpainter.jumps)
         x = x.to(self.device)
         if tuple(x.shape[1:]) != tuple(self.data.shape):
             raise ConfigError(f"x of shape {tuple(x.shape)} does not fit the data's shape {tuple(self.data.shape)}",

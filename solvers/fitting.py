@@ -213,7 +213,7 @@ class TuneGrid(GridRecipe):
                               "is stochastic: choose time, logsnr, karras or a list of times", "grid")
 
     def fit(self, sde, solver, score_fn, eps, shape, device, dtype):
-        """(times, info) tuned for ``solver.integrate`` on pilots of event ``shape``."""
+        """(times, info) tuned for the integrate method of ``solver`` on pilots of event ``shape``."""
         gen = torch.Generator(device).manual_seed(self.seed)
         pilots = sde.prior_sample((self.pilots, *shape), gen, device, dtype)
         score = CountedScore(score_fn)

@@ -63,8 +63,8 @@ class ODELikelihood:
 
         x_{i+1} = (s_{i+1}/s_i) x_i + a_{i+1} Σ_j W[i, j] D_{i−j},   ∫ c dλ += Σ_j Q[i, j] c_{i−j}
 
-    (solvers.exponential.adams_weights). NFE = steps: one evaluation at each node but the last, giving D and, in the same pass,
-    c = a tr(∂D/∂x) (exact: one backward pass over d stacked copies of the batch; Hutchinson: one backward pass).
+    (solvers.exponential.adams_weights). NFE = steps: one evaluation at each node but the last, giving D and, in
+    the same pass, c = a tr(∂D/∂x) (exact: one backward pass over d stacked copies of the batch; Hutchinson: one backward pass).
     grid 'auto' is 'time' for the torchdiffeq methods and 'logsnr_floor' (FlooredLogSNR with ``sigma_floor``) for 'exponential'.
     divergence: 'exact', 'gaussian' or 'rademacher' (Hutchinson, one probe vector per sample held
     through the solve), or 'auto': exact up to ``exact_max_dim`` dimensions, Rademacher above.

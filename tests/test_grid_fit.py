@@ -1,7 +1,8 @@
-"""Fitting a grid to a model (solvers.fitting: FitGrid, fit_solver): the differentiable student is DPM-Solver++ itself, its
-time derivative is right, the fit improves the distribution an oracle case samples over its start grid, a fitted
-grid written to a file and loaded by path gives the same samples bit for bit (in a new run.py process too, with
-the fit's cost in metrics.json), and a bad grid file or a solver that cannot be fitted gets one line."""
+"""Fitting a grid to a model (solvers.fitting: FitGrid, fit_solver): the differentiable student is DPM-Solver++
+itself, its time derivative is right, the fit improves the distribution an oracle case samples over its start
+grid, a fitted grid written to a file and loaded by path gives the same samples bit for bit (in a new run.py
+process too, with the fit's cost in metrics.json), a bad grid file or a solver that cannot be fitted gets one
+line, and a fit is keyed by the model it was fitted to (a guided run fits once)."""
 import json
 import subprocess
 import sys

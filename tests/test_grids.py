@@ -138,7 +138,8 @@ def test_a_fixed_list_must_fit_the_process_and_the_solver():
     one_line_error(under_solver(lambda: EulerMaruyama(steps=5, grid=TuneGrid())),
                    r"^solver.grid=TuneGrid\(.*\) fits the paths of a deterministic solver")
     one_line_error(under_solver(lambda: DDIM(steps=5, grid="tuned")),
-                   r"^solver.grid='tuned' is now fitted to the model by solvers.fitting.TuneGrid: solver.grid={_target_:solvers.fitting.TuneGrid}")
+                   r"^solver.grid='tuned' is now fitted to the model by solvers.fitting.TuneGrid: "
+                   r"solver.grid={_target_:solvers.fitting.TuneGrid}")
     x, nfe = sample(vp, DDIM(steps=2, grid=times), mixture_2d(), 10)
     assert nfe == 2 and torch.isfinite(x).all()
 
