@@ -282,3 +282,19 @@ def test_a_users_own_class_loads_only_when_trusted(tmp_path, monkeypatch):
         assert type(scoresde.load(path, device="cpu", trusted=trusted).sde).__name__ == "MySDE"
     with pytest.raises(CheckpointError, match="my_process.MySDE"):
         scoresde.load(path, device="cpu", trusted={"my_process.Other"})
+
+
+@pytest.mark.parametrize("which", ["model", "ema"])
+def test_the_network_is_checked_against_the_tensors_not_the_files_signature(tmp_path, which):
+    path = write(tmp_path / "c.pt", SMALL)
+    state = torch.load(path, weights_only=True)
+    weights = dict(state["model"])
+    key = next(iter(weights))
+    weights[key] = torch.zeros(3, *weights[key].shape)
+    if which == "model":
+        state["model"] = weights
+    else:
+        state["ema"] = {"shadow": weights}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=rf"was written for a different model \(first difference: {key}:"):
+        scoresde.load(path, device="cpu")

@@ -65,13 +65,24 @@ def _read(path):
 
 
 def check_fits(state, model):
-    """Raises a CheckpointError unless ``state`` was written for a model of ``model``'s structure."""
-    mine, theirs = signature(model), state.get("signature", "")
-    if mine != theirs:
-        a, b = set(mine.split(";")), set(theirs.split(";"))
-        diff = sorted(b - a)[:1] or sorted(a - b)[:1]
-        raise CheckpointError(f"ckpt={state['path']!r} was written for a different model (first difference: "
-                              f"{diff[0]}); use the model config it was trained with", "ckpt")
+    """Raises a CheckpointError unless the tensors of ``state`` (its weights, and its EMA weights where it has
+    them) have the names and shapes of ``model``'s parameters and buffers; the file's own signature string is
+    not taken on trust."""
+    mine = signature(model)
+    ema = state.get("ema")
+    for which, weights in (("model", state.get("model")), ("EMA", ema.get("shadow") if isinstance(ema, dict)
+                                                          else None)):
+        if weights is None and which == "EMA":
+            continue
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise CheckpointError(f"ckpt={state['path']!r} holds {which} weights that are not a dict of tensors: "
+                                  "it is not a checkpoint of this framework", "ckpt")
+        theirs = ";".join(f"{k}:{tuple(v.shape)}" for k, v in weights.items())
+        if set(mine.split(";")) != set(theirs.split(";")):
+            a, b = set(mine.split(";")), set(theirs.split(";"))
+            diff = sorted(b - a)[:1] or sorted(a - b)[:1]
+            raise CheckpointError(f"ckpt={state['path']!r} was written for a different model (first difference: "
+                                  f"{diff[0]}); use the model config it was trained with", "ckpt")
 
 
 def load_checkpoint(path, model):
