@@ -68,7 +68,8 @@ ALIASES = {
 """Other spellings of a table entry's path (its defining module) that a configuration may have used."""
 
 MOVED = {"scoredata.": "scoresde.data.", "training.": "scoresde.training.", "evaluation.": "scoresde.evaluation."}
-"""Module prefixes that checkpoints written before the single ``scoresde`` package name."""
+"""The module prefixes that checkpoints written before the single ``scoresde`` package name, and where those
+modules are now."""
 
 SPECIAL = {"_target_", "_name_", "_partial_"}
 """The keys of Hydra's that a checkpoint's metadata may hold: a target, its stable name, a partial flag."""
