@@ -3,6 +3,8 @@ the NLL; ``Pipeline(sde, model, data)`` wraps any score (the exact mixture oracl
 
 The package also holds the data sets (``scoresde.data``), training (``scoresde.training``) and evaluation
 (``scoresde.evaluation``); the front door is imported on first use, so that those floors import without it.
+An install ships the configs inside the package: ``scoresde.paths.config_dir()`` is that folder (the checkout's
+``conf/`` when run from a checkout).
 """
 __all__ = ["Pipeline", "load"]
 

@@ -295,10 +295,12 @@ class Pipeline:
         return self.data.bits_per_dim(float(torch.as_tensor(nll, dtype=torch.float64).mean()))
 
 
-def load(path, device="auto", ema=True):
+def load(path, device="auto", ema=True, trusted=False):
     """A Pipeline from a run directory (its checkpoint.pt) or a checkpoint file: the process, the network with
-    its EMA weights (``ema=False``: the raw weights) on ``device``, and the data's description."""
-    state = read_checkpoint(path)
+    its EMA weights (``ema=False``: the raw weights) on ``device``, and the data's description. The checkpoint
+    builds only the framework's own parts (read_checkpoint); ``trusted=True``, or a collection of ``_target_``
+    paths, lets it name other classes, such as a user's own SDE."""
+    state = read_checkpoint(path, trusted)
     meta = state.get("meta") or {}
     if "sde" not in meta or "model" not in meta or "data_spec" not in meta:
         raise CheckpointError(f"ckpt={state['path']!r} does not record its sde, model and data shape (it was "

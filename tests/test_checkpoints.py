@@ -1,13 +1,24 @@
 """Checkpoints know their model: through run.py, a checkpoint samples with its own process and network, and a
-run that asks for another one ends in one line naming both values; bugs keep their tracebacks."""
+run that asks for another one ends in one line naming both values; bugs keep their tracebacks. A checkpoint names
+its parts by stable names and builds nothing outside the framework's table unless the reader trusts it."""
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+import scoresde
+from scoresde.data import DataSpec
+from scoresde.training.checkpoint import read_checkpoint, save_checkpoint, signature
+from scoresde.training.names import ALIASES, NAMES, name_of
+from sde import CheckpointError
 from test_run import SMALL_MLP, run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN = ["sde=subvp", "train.steps=5", "solver=ddim", "solver.steps=5", "sample.num=20", *SMALL_MLP]
 
@@ -30,8 +41,13 @@ def one_line(proc):
 @pytest.mark.slow
 def test_checkpoint_records_its_configuration(trained):
     meta = torch.load(trained, weights_only=True)["meta"]
-    assert meta["sde"]["_target_"] == "sde.SubVPSDE"
+    assert meta["sde"]["_name_"] == "sde/subvp" and meta["sde"]["beta_max"] == 20.0
+    assert meta["model"]["_name_"] == "model/score" and meta["model"]["net"]["_name_"] == "net/mlp"
+    assert "_target_" not in str(meta)
     assert meta["model"]["net"]["hidden"] == 64 and meta["model"]["parameterization"] == "eps"
+    meta = read_checkpoint(trained)["meta"]
+    assert meta["sde"]["_target_"] == "sde.SubVPSDE" and meta["model"]["net"]["_target_"] == "models.MLP"
+    assert "_name_" not in str(meta)
     assert meta["data_spec"] == {"shape": [2], "num_classes": None, "levels": None, "value_range": None}
 
 
@@ -107,3 +123,178 @@ def test_a_bug_keeps_its_traceback(tmp_path, error):
                    "sample.num=10", cwd=tmp_path)
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" in proc.stderr and f"{error}: {message}" in proc.stderr
+
+
+SMALL = {"sde": {"_target_": "sde.SubVPSDE", "beta_min": 0.1, "beta_max": 20.0, "T": 1.0},
+         "model": {"_target_": "models.ScoreModel", "parameterization": "eps",
+                   "net": {"_target_": "models.MLP", "_partial_": True, "hidden": 16, "depth": 1, "embed_dim": 8}},
+         "data": {"_target_": "scoresde.data.Checkerboard"},
+         "data_spec": {"shape": [2], "num_classes": None, "levels": None, "value_range": None}}
+
+
+def write(path, meta, config=SMALL):
+    """A checkpoint of a small untrained network built from ``config``, whose meta is ``meta`` as given."""
+    torch.manual_seed(0)
+    sde = instantiate(OmegaConf.create(config["sde"]))
+    model = instantiate(OmegaConf.create(config["model"]), sde=sde, data=DataSpec(**config["data_spec"]))
+    weights = model.state_dict()
+    torch.save({"model": weights, "ema": {"shadow": weights}, "step": 3, "signature": signature(model),
+                "meta": meta}, path)
+    return path
+
+
+def test_every_name_stands_for_a_class_and_every_alias_for_the_same():
+    from hydra._internal.utils import _locate
+
+    for name, path in NAMES.items():
+        assert isinstance(_locate(path), type), name
+    for alias, name in ALIASES.items():
+        assert _locate(alias) is _locate(NAMES[name]), alias
+
+
+@pytest.mark.parametrize("group", ["sde", "model", "data", "solver"])
+def test_every_part_the_configs_can_choose_has_a_name(group):
+    """Every ``_target_`` of conf/<group> (nested ones included) is in the table."""
+    def targets(node):
+        if isinstance(node, dict):
+            yield from ([node["_target_"]] if "_target_" in node else [])
+            for v in node.values():
+                yield from targets(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from targets(v)
+
+    for path in sorted((ROOT / "conf" / group).glob("*.yaml")):
+        for target in targets(OmegaConf.to_container(OmegaConf.load(path))):
+            assert name_of(target) is not None, f"{path.name}: {target}"
+
+
+def test_names_are_written_and_read_back_as_the_current_targets(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", model={}, meta=SMALL)
+    raw = torch.load(tmp_path / "c.pt", weights_only=True)["meta"]
+    assert raw["sde"] == {"_name_": "sde/subvp", "beta_min": 0.1, "beta_max": 20.0, "T": 1.0}
+    assert raw["model"]["net"] == {"_name_": "net/mlp", "_partial_": True, "hidden": 16, "depth": 1, "embed_dim": 8}
+    assert raw["data"] == {"_name_": "data/checkerboard"}
+    assert read_checkpoint(tmp_path / "c.pt")["meta"] == SMALL
+
+
+def old_style(meta):
+    """Meta as checkpoints wrote it before the move into scoresde: module paths, scoredata.X for data sets."""
+    meta = json.loads(json.dumps(meta))
+    meta["data"]["_target_"] = meta["data"]["_target_"].replace("scoresde.data.", "scoredata.")
+    meta["model"]["net"]["_target_"] = "models.mlp.MLP"
+    return meta
+
+
+def test_a_checkpoint_written_with_module_paths_still_loads(tmp_path):
+    path = write(tmp_path / "old.pt", old_style(SMALL))
+    assert read_checkpoint(path)["meta"] == SMALL
+    pipe = scoresde.load(path, device="cpu")
+    assert type(pipe.sde).__name__ == "SubVPSDE" and pipe.step == 3
+    assert pipe.sample(10, solver="ddim", steps=3).shape == (10, 2)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_with_module_paths_samples_as_before_through_run_py(trained, tmp_path):
+    state = torch.load(trained, weights_only=True)
+    state["meta"] = old_style(read_checkpoint(trained)["meta"])
+    torch.save(state, tmp_path / "old.pt")
+    proc = run(tmp_path / "out", f"ckpt={tmp_path / 'old.pt'}", "train.steps=0", "solver=ddim", "solver.steps=5",
+               "sample.num=20", "sample.max_range=0")
+    assert proc.returncode == 0, proc.stderr
+    first = np.load(trained.parent / "samples.npz")["x"]
+    assert np.allclose(np.load(tmp_path / "out" / "samples.npz")["x"], first, atol=1e-5)
+
+
+def crafted(tmp_path):
+    """The checkpoints of issue 25, each naming a callable that would destroy ``victim`` or write ``marker``."""
+    victim, marker, pickle = tmp_path / "victim.pt", tmp_path / "marker", tmp_path / "payload.pkl"
+    victim.write_bytes(b"a good checkpoint")
+    truncate = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
+    copy = {"_target_": "shutil.copyfile", "src": "/dev/null", "dst": str(victim)}
+    printer = {"_target_": "builtins.print", "_args_": ["payload"],
+               "file": {"_target_": "builtins.open", "file": str(pickle), "mode": "w"}}
+    loader = {"_target_": "torch.load", "f": str(pickle), "weights_only": False}
+    system = {"_target_": "os.system", "command": f"touch {marker}"}
+    metas = {
+        "open": {**SMALL, "sde": truncate},
+        "copyfile": {**SMALL, "sde": copy},
+        "two_stage": {**SMALL, "sde": printer, "data": loader},
+        "system": {**SMALL, "sde": system},
+        "nested": {**SMALL, "model": {**SMALL["model"], "net": truncate}},
+        "deep": {**SMALL, "model": {**SMALL["model"], "extra": [{"x": truncate}]}},
+        "args": {**SMALL, "sde": {**SMALL["sde"], "_args_": [1]}},
+        "recursive": {**SMALL, "model": {**SMALL["model"], "_recursive_": False}},
+        "interpolation": {**SMALL, "sde": {**SMALL["sde"], "T": "${oc.env:HOME}"}},
+        "partial": {**SMALL, "model": {**SMALL["model"], "net": {**SMALL["model"]["net"], "_partial_": "yes"}}},
+        "unknown_name": {**SMALL, "sde": {"_name_": "builtins.open"}},
+    }
+    return victim, marker, {k: write(tmp_path / f"{k}.pt", v) for k, v in metas.items()}
+
+
+NEEDLES = {"open": "sde._target_='builtins.open'", "copyfile": "sde._target_='shutil.copyfile'",
+           "two_stage": "sde._args_=", "system": "sde._target_='os.system'",
+           "nested": "model.net._target_='builtins.open'", "deep": "model.extra.0.x._target_='builtins.open'",
+           "args": "sde._args_=[1]", "recursive": "model._recursive_=False", "interpolation": "an interpolation",
+           "partial": "model.net._partial_='yes', not a boolean", "unknown_name": "sde._name_='builtins.open'"}
+
+
+def test_a_checkpoint_naming_a_foreign_callable_builds_nothing(tmp_path):
+    victim, marker, paths = crafted(tmp_path)
+    for kind, path in paths.items():
+        for read in (lambda: scoresde.load(path, device="cpu"), lambda: read_checkpoint(path)):
+            with pytest.raises(CheckpointError) as err:
+                read()
+            message = str(err.value)
+            assert "\n" not in message and NEEDLES[kind] in message, message
+            if kind != "unknown_name":
+                assert "trusted=True" in message and "ckpt_trusted=true" in message
+        assert victim.read_bytes() == b"a good checkpoint" and not marker.exists()
+        assert not (tmp_path / "payload.pkl").exists()
+
+
+@pytest.mark.parametrize("kind", ["open", pytest.param("two_stage", marks=pytest.mark.slow),
+                                  pytest.param("nested", marks=pytest.mark.slow),
+                                  pytest.param("interpolation", marks=pytest.mark.slow)])
+def test_run_py_refuses_a_foreign_callable_in_one_line(tmp_path, kind):
+    victim, marker, paths = crafted(tmp_path)
+    proc = run(tmp_path / "out", f"ckpt={paths[kind]}", "train.steps=0", "sample.num=10")
+    assert NEEDLES[kind] in one_line(proc)
+    assert victim.read_bytes() == b"a good checkpoint" and not marker.exists()
+    assert not (tmp_path / "payload.pkl").exists()
+
+
+def test_a_users_own_class_loads_only_when_trusted(tmp_path, monkeypatch):
+    (tmp_path / "my_process.py").write_text(textwrap.dedent("""
+        from sde import SubVPSDE
+
+        class MySDE(SubVPSDE):
+            pass
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = {**SMALL, "sde": {**SMALL["sde"], "_target_": "my_process.MySDE"}}
+    save_checkpoint(tmp_path / "mine.pt", model={}, meta=config)
+    assert torch.load(tmp_path / "mine.pt", weights_only=True)["meta"]["sde"]["_target_"] == "my_process.MySDE"
+    path = write(tmp_path / "mine.pt", config, config)
+    with pytest.raises(CheckpointError, match="sde._target_='my_process.MySDE', not a part of this framework"):
+        scoresde.load(path, device="cpu")
+    for trusted in (True, {"my_process.MySDE"}):
+        assert type(scoresde.load(path, device="cpu", trusted=trusted).sde).__name__ == "MySDE"
+    with pytest.raises(CheckpointError, match="my_process.MySDE"):
+        scoresde.load(path, device="cpu", trusted={"my_process.Other"})
+
+
+@pytest.mark.parametrize("which", ["model", "ema"])
+def test_the_network_is_checked_against_the_tensors_not_the_files_signature(tmp_path, which):
+    path = write(tmp_path / "c.pt", SMALL)
+    state = torch.load(path, weights_only=True)
+    weights = dict(state["model"])
+    key = next(iter(weights))
+    weights[key] = torch.zeros(3, *weights[key].shape)
+    if which == "model":
+        state["model"] = weights
+    else:
+        state["ema"] = {"shadow": weights}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=rf"was written for a different model \(first difference: {key}:"):
+        scoresde.load(path, device="cpu")

@@ -6,6 +6,8 @@ import torch
 
 from sde.errors import CheckpointError
 
+from .names import named, resolved
+
 
 def signature(model):
     """A string naming every parameter and buffer with its shape: two models match when theirs are equal."""
@@ -14,8 +16,11 @@ def signature(model):
 
 def save_checkpoint(path, **state):
     """torch.save to PATH.tmp.PID (this process's own), flush to disk, then rename over PATH: a crash leaves the
-    old file whole, a failed write leaves no temporary file."""
+    old file whole, a failed write leaves no temporary file. A ``meta`` names each part by its stable
+    ``_name_`` (names.py) instead of a module path."""
     path = Path(path)
+    if isinstance(state.get("meta"), dict):
+        state["meta"] = named(state["meta"])
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
@@ -27,9 +32,22 @@ def save_checkpoint(path, **state):
         tmp.unlink(missing_ok=True)
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, trusted=False):
     """The checkpoint's dict (model, ema, optimizer, step, generator states, signature and ``meta``: what the
-    writer said about the model, for example its configuration)."""
+    writer said about the model, for example its configuration). Every part the meta names is mapped through
+    the table of names.py to its current ``_target_``; unless ``trusted`` (True, or a collection of ``_target_``
+    paths to allow, such as a user's own SDE class), anything else raises a CheckpointError naming it."""
+    state = _read(path)
+    if isinstance(state.get("meta"), dict):
+        state["meta"] = resolved(state["meta"], state["path"], trusted)
+    elif state.get("meta") is not None:
+        raise CheckpointError(f"ckpt={state['path']!r} holds meta of type {type(state['meta']).__name__}, not a "
+                              "dict: it is not a checkpoint of this framework", "ckpt")
+    return state
+
+
+def _read(path):
+    """The checkpoint's dict as written, its meta not yet checked."""
     path = Path(str(path)).expanduser()
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -43,44 +61,34 @@ def read_checkpoint(path):
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"ckpt={str(path)!r} is not a checkpoint of this framework", "ckpt")
     state["path"] = str(path)
-    if isinstance(state.get("meta"), dict):
-        state["meta"] = _renamed(state["meta"])
     return state
 
 
-MOVED = {"scoredata.": "scoresde.data.", "training.": "scoresde.training.", "evaluation.": "scoresde.evaluation."}
-
-
-def _renamed(node):
-    """A checkpoint's metadata with the ``_target_`` paths of modules that have since moved into ``scoresde``
-    (checkpoints written before the move name ``scoredata.X``) pointing at their new place."""
-    if isinstance(node, dict):
-        return {k: _moved(v) if k == "_target_" else _renamed(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_renamed(v) for v in node]
-    return node
-
-
-def _moved(target):
-    if isinstance(target, str):
-        for old, new in MOVED.items():
-            if target.startswith(old):
-                return new + target[len(old):]
-    return target
-
-
 def check_fits(state, model):
-    """Raises a CheckpointError unless ``state`` was written for a model of ``model``'s structure."""
-    mine, theirs = signature(model), state.get("signature", "")
-    if mine != theirs:
-        a, b = set(mine.split(";")), set(theirs.split(";"))
-        diff = sorted(b - a)[:1] or sorted(a - b)[:1]
-        raise CheckpointError(f"ckpt={state['path']!r} was written for a different model (first difference: "
-                              f"{diff[0]}); use the model config it was trained with", "ckpt")
+    """Raises a CheckpointError unless the tensors of ``state`` (its weights, and its EMA weights where it has
+    them) have the names and shapes of ``model``'s parameters and buffers; the file's own signature string is
+    not taken on trust."""
+    mine = signature(model)
+    ema = state.get("ema")
+    for which, weights in (("model", state.get("model")), ("EMA", ema.get("shadow") if isinstance(ema, dict)
+                                                          else None)):
+        if weights is None and which == "EMA":
+            continue
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise CheckpointError(f"ckpt={state['path']!r} holds {which} weights that are not a dict of tensors: "
+                                  "it is not a checkpoint of this framework", "ckpt")
+        theirs = ";".join(f"{k}:{tuple(v.shape)}" for k, v in weights.items())
+        if set(mine.split(";")) != set(theirs.split(";")):
+            a, b = set(mine.split(";")), set(theirs.split(";"))
+            diff = sorted(b - a)[:1] or sorted(a - b)[:1]
+            raise CheckpointError(f"ckpt={state['path']!r} was written for a different model (first difference: "
+                                  f"{diff[0]}); use the model config it was trained with", "ckpt")
 
 
 def load_checkpoint(path, model):
-    """The checkpoint's dict, after checking it was written for a model of ``model``'s structure."""
-    state = read_checkpoint(path)
+    """The checkpoint's weights and training state, after checking they were written for a model of ``model``'s
+    structure; its meta is left out (the model was built by the caller, not from the file)."""
+    state = _read(path)
+    state.pop("meta", None)
     check_fits(state, model)
     return state
