@@ -72,8 +72,8 @@ ALIASES = {
 
 MOVED = {"scoredata.": "scoresde.data.", "training.": "scoresde.training.", "evaluation.": "scoresde.evaluation.",
          "solvers.fast.": "solvers.deterministic."}
-"""The module prefixes that checkpoints written before the single ``scoresde`` package name, and where those
-modules are now."""
+"""Module prefixes that older checkpoints name (before the single ``scoresde`` package and the solvers' modules
+by what they hold), and where those modules are now."""
 
 SPECIAL = {"_target_", "_name_", "_partial_"}
 """The keys of Hydra's that a checkpoint's metadata may hold: a target, its stable name, a partial flag."""
