@@ -1,8 +1,10 @@
-"""Every config group choice and every experiment composes and builds (without training), through the same
-steps as a run; old spellings are translated or refused in one line."""
+"""Every config group choice and every experiment composes and builds (without training; networks on the meta
+device, so without their weights), through the same steps as a run; old spellings are translated or refused in
+one line."""
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from scoresde.cli.build import build
@@ -31,7 +33,8 @@ def build_parts(overrides, tmp_path):
     them (the task and evaluations set up against the data and model)."""
     cfg, _ = compose(overrides)
     sde, data = build("sde", cfg.sde), build("data", cfg.data)
-    model = build("model", cfg.model, sde=sde, data=data)
+    with torch.device("meta"):
+        model = build("model", cfg.model, sde=sde, data=data)
     solver = build("solver", cfg.solver)
     s = cfg.sample
     sampling = Sampling(s.num, OmegaConf.to_container(s.classes) if OmegaConf.is_config(s.classes) else s.classes,
@@ -77,7 +80,8 @@ def test_every_experiment_composes_and_builds_its_parts(experiment, tmp_path):
     cfg, _ = compose([f"experiment={experiment}"])
     if "path" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "path"):
         sde = build("sde", cfg.sde)
-        build("model", cfg.model, sde=sde, data=DataSpec((3, 32, 32), levels=256, value_range=(-1.0, 1.0)))
+        with torch.device("meta"):
+            build("model", cfg.model, sde=sde, data=DataSpec((3, 32, 32), levels=256, value_range=(-1.0, 1.0)))
         build("solver", cfg.solver), build("loss", cfg.loss), build("train", cfg.train), build_evaluations(cfg)
     else:
         build_parts([f"experiment={experiment}"], tmp_path)
