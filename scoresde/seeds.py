@@ -3,7 +3,7 @@ reproducible and adding a stream changes no other."""
 import torch
 
 STREAMS = {
-    "solver": 0,            # the prior draws and the solver's noise of the task, continued by the likelihood evaluations
+    "solver": 0,            # the task's prior draws and solver noise, continued by the likelihood evaluations
     "test_points": 1,       # the held-out points of the likelihood evaluations (and their labels)
     "reference_plot": 2,    # the data points drawn beside the samples in samples.png
     "scale_check": 3,       # the data draw of the scale warning

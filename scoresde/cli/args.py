@@ -40,7 +40,8 @@ def check_override_keys(argv, conf_dir):
 
     pairs = [re.fullmatch(r"(\+?)([\w.]+)=(.*)", arg) for arg in argv]
     pairs = [m for m in pairs if m and not m.group(2).startswith("hydra.")]
-    choices = [f"{m.group(1)}{m.group(2)}={first_choice(m.group(2), m.group(3))}" for m in pairs if m.group(2) in GROUPS]
+    choices = [f"{m.group(1)}{m.group(2)}={first_choice(m.group(2), m.group(3))}" for m in pairs
+               if m.group(2) in GROUPS]
     with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
         cfg = compose("config", overrides=choices)
     known = [k for k in flatten(OmegaConf.to_container(cfg, resolve=False)) if not k.startswith("hydra")]

@@ -1,7 +1,5 @@
 """FID and KID of the model's samples against the training images, at the end of training and, every
 ``every`` steps, during it."""
-import torch
-
 from sde.errors import ConfigError, check_int, config_scope
 from scoresde.evaluation import FID
 from scoresde.pipeline import Clock, Pipeline, instantiate_config

@@ -57,8 +57,8 @@ class Inpaint:
         np.savez(out / "inpaint.npz", x=x_known.cpu().numpy(), observed=stats["observed"].cpu().numpy(),
                  completions=x.cpu().numpy(), mask=mask.cpu().numpy())
         if context.sampling.plot:
-            plot_inpainting(x_known.cpu().numpy(), stats["observed"].cpu().numpy(), x.cpu().numpy(), out / "inpaint.png",
-                            pipe.data.value_range, title=repr(self.inpainter))
+            plot_inpainting(x_known.cpu().numpy(), stats["observed"].cpu().numpy(), x.cpu().numpy(),
+                            out / "inpaint.png", pipe.data.value_range, title=repr(self.inpainter))
         return metrics
 
 
