@@ -10,7 +10,9 @@ installed command ``score-sde`` does the same).
     python run.py sde._target_=my_module.MySDE
     torchrun --nproc_per_node=4 run.py ...          # DistributedDataParallel over 4 GPUs (train.batch_size global)
 """
-from scoresde.cli.main import main
+from scoresde.cli.main import main, quiet_other_ranks
+
+__all__ = ["main", "quiet_other_ranks"]
 
 if __name__ == "__main__":
     main()

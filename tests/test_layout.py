@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {"sde": 0, "scoresde.data": 1, "models": 2, "solvers": 2, "scoresde.training": 3, "scoresde.evaluation": 3,
-          "scoresde": 4}
+          "scoresde": 4, "scoresde.tasks": 5, "scoresde.cli": 6}
 LIBRARY = ("sde", "scoresde.data", "models", "solvers", "scoresde.training", "scoresde.evaluation")
 CONFIG_KEY = re.compile(r"\b(solver|train|loss|eval)\.[a-z_]|\b(sde|model|data|sample)\.[a-z_]+(\.[a-z_]+)*=")
 

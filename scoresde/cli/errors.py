@@ -58,6 +58,8 @@ def one_line_errors():
 def show_warnings_in_one_line():
     """A ConfigWarning prints as ``warning: ...`` on one line of stderr."""
     default = warnings.showwarning
+    if getattr(default, "one_line", False):
+        return
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ConfigWarning):
@@ -65,4 +67,5 @@ def show_warnings_in_one_line():
         else:
             default(message, category, filename, lineno, file, line)
 
+    show.one_line = True
     warnings.showwarning = show

@@ -38,12 +38,12 @@ def translate_one(arg, evaluations):
             raise ConfigError(f"likelihood={value!r} is unknown: choose one of false, true (the ODE likelihood), elbo, "
                               "or list the evaluations with +eval=ode|elbo", "likelihood")
         return SHORTHAND[low], False
+    if key.startswith("eval.fid_features."):
+        return [f"{prefix}eval.fid.features.{key[len('eval.fid_features.'):]}={value}"], True
     if prefix:
         return [arg], False
     if key == "eval.fid" and low in ("true", "false"):
         return (["+eval=fid"] if low == "true" else ["++eval.fid=false"]), True
-    if key.startswith("eval.fid_features."):
-        return [f"eval.fid.features.{key[len('eval.fid_features.'):]}={value}"], True
     if key.startswith("eval.") and key[5:] in FID_KEYS:
         return [f"{FID_KEYS[key[5:]]}={value}"], True
     if key == "eval.classifier" and low in ("true", "auto"):
