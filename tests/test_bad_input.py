@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.bad_inputs import CASES, probe
 from sde.errors import NonFiniteError
-from test_run import ROOT, SMALL_MLP, command, environment, run, run_job, run_job_with_edited_samples
+from test_run import ROOT, SMALL_MLP, command, environment, run, run_job, run_job_with_edited_samples, run_main
 
 FAST = {"text renamed .npy", "uint8 images channels-last", "typo in a key", "beta_max < beta_min"}
 TESTED = FAST | {"truncated .npz", ".npz without x", "complex array", "folder as array path",
@@ -24,9 +24,10 @@ TESTED = FAST | {"truncated .npz", ".npz without x", "complex array", "folder as
 @pytest.mark.parametrize("case", [pytest.param(c, id=c[1], marks=() if c[1] in FAST else pytest.mark.slow)
                                   for c in CASES if c[1] in TESTED])
 def test_bad_input_ends_in_one_line(case, tmp_path):
-    """A case of each kind in the probe table (benchmarks/bad_inputs.py, which tries them all) ends as it should:
-    one error line with exit 2, or one warning line with the run finishing."""
-    got, message, proc = probe(case, tmp_path)
+    """A case of each kind in the probe table (benchmarks/bad_inputs.py, which tries them all, each in a process of
+    its own) ends as it should, through main() in this process: one error line with exit 2, or one warning line
+    with the run finishing."""
+    got, message, proc = probe(case, tmp_path, runner=lambda out, args, cwd: run_main(out, *args, cwd=cwd))
     assert got == case[4], proc.stderr
     assert message.startswith("error: " if case[4] == "error" else "warning: ")
     if case[4] == "warning":
@@ -44,8 +45,8 @@ def test_a_blow_up_names_a_checkpoint_that_resumes(tmp_path):
     """The issue's recipe: 20 steps, then a resume at lr = 1e6 with a checkpoint every step, until the loss is NaN."""
     r = tmp_path / "R"
     run_job(r, "train.steps=20", "train.ckpt_every=1", *SMALL_MLP)
-    proc = run(r, f"ckpt={r}/checkpoint.pt", "train.steps=300", "train.ckpt_every=1", "train.lr=1e6", "train.warmup=1",
-               *SMALL_MLP)
+    proc = run_main(r, f"ckpt={r}/checkpoint.pt", "train.steps=300", "train.ckpt_every=1", "train.lr=1e6",
+                    "train.warmup=1", *SMALL_MLP)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert f"the last good checkpoint is {r}/checkpoint.pt" in lines[0]

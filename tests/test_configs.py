@@ -139,3 +139,14 @@ def test_seeds_keep_their_offsets():
     assert set(STREAMS) >= {"pictures", "fid_reference"}
     with pytest.raises(KeyError):
         seeds["nothing"]
+
+
+def test_the_command_line_checks_take_a_list_group_whole():
+    from scoresde.cli.args import check_group_choices, check_override_keys, first_choice
+
+    assert first_choice("eval", "[quality],[quality,ode]") == "[quality]"
+    assert first_choice("eval", "[quality,ode]") == "[quality,ode]" and first_choice("solver", "em,pc") == "em"
+    check_group_choices(["eval=[quality,ode]", "+eval=elbo"], CONF)
+    check_override_keys(["eval=[quality,ode]", "eval.ode.method=rk4", "+eval=elbo", "eval.elbo.draws=8"], CONF)
+    with pytest.raises(ConfigError, match="eval='odee' is unknown: choose one of classifier, elbo, fid"):
+        check_group_choices(["eval=[quality,odee]"], CONF)

@@ -14,7 +14,7 @@ import pytest
 
 from scoresde.cli.main import compose, main
 from sde.errors import ConfigError, ConfigWarning, NonFiniteError
-from test_run import ROOT, SMALL_MLP, environment, run, run_job, run_job_with_edited_samples
+from test_run import ROOT, SMALL_MLP, environment, run_job, run_job_with_edited_samples, run_main
 
 ORACLE = ["model=oracle", "data=gmm", "solver=ddim", "solver.steps=5", "sample.num=50"]
 
@@ -63,7 +63,7 @@ def test_a_vector_network_on_images_kept_when_asked_and_a_unet_on_vectors_refuse
         run_job(tmp_path / "a", "data=digits", "model=mlp", *SMALL_MLP, "train.steps=1", "train.batch_size=4",
                 "solver=ddim", "solver.steps=2", "sample.num=4", "sample.max_range=0")
     assert not [w for w in caught if issubclass(w.category, ConfigWarning)]
-    proc = run(tmp_path / "b", "model=unet", "train.steps=1")
+    proc = run_main(tmp_path / "b", "model=unet", "train.steps=1")
     assert proc.returncode == 2 and lines_of(proc.stderr) == [
         "error: model.net.shape=(2,) is invalid: expected (C, H, W) for a U-Net (vectors need the MLP)"]
 

@@ -49,6 +49,44 @@ def run_job(out, *overrides):
         torch.set_num_threads(threads)
 
 
+def run_main(out, *overrides, cwd=None):
+    """``run(out, *overrides, cwd=cwd)`` in this process: the command line's main() with stdout and stderr
+    captured and its exit status kept, as a subprocess.CompletedProcess (what the process would print and return,
+    for tests of one-line errors that need no process of their own). The working directory, sys.path, sys.argv,
+    warning filters and torch's thread count are restored afterwards, and modules imported from ``cwd`` dropped."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    from scoresde.cli.main import main
+
+    cwd = Path(cwd or ROOT)
+    saved = os.getcwd(), sys.path[:], sys.argv[:], torch.get_num_threads(), os.environ.pop("HYDRA_FULL_ERROR", None)
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            try:
+                main([f"hydra.run.dir={out}", *overrides])
+            except SystemExit as end:
+                code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+    finally:
+        os.chdir(saved[0])
+        sys.path[:], sys.argv[:] = saved[1], saved[2]
+        torch.set_num_threads(saved[3])
+        if saved[4] is not None:
+            os.environ["HYDRA_FULL_ERROR"] = saved[4]
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(str(cwd)) and cwd != ROOT:
+                del sys.modules[name]
+    return subprocess.CompletedProcess(["run.py", *overrides], code, stdout.getvalue(), stderr.getvalue())
+
+
 def write_edited_solver(tmp_path, edit):
     """A user's solver (Euler–Maruyama) in tmp_path/edited.py whose samples get the Python statement ``edit``
     (on x) applied before they are returned; the overrides that run it on the oracle."""
@@ -112,8 +150,8 @@ def test_pc_with_other_sde_and_batches(tmp_path):
 
 @pytest.mark.slow
 def test_high_dimensional_mixture_gets_projections(tmp_path):
-    run_job(tmp_path, "model=oracle", "data=gmm_hd", "data.dim=16", "solver=ode", "solver.method=rk4", "solver.steps=20",
-            "sample.num=300", "likelihood=true", "eval.num=50", "eval.ode.divergence=rademacher")
+    run_job(tmp_path, "model=oracle", "data=gmm_hd", "data.dim=16", "solver=ode", "solver.method=rk4",
+            "solver.steps=20", "sample.num=300", "likelihood=true", "eval.num=50", "eval.ode.divergence=rademacher")
     assert np.load(tmp_path / "samples.npz")["x"].shape == (300, 16)
     assert (tmp_path / "samples.png").exists()
 
@@ -156,7 +194,9 @@ def test_users_own_sde_by_target(tmp_path, monkeypatch):
     pytest.param(["sde._target_=nowhere.Nothing"], "sde._target_=nowhere.Nothing", marks=pytest.mark.slow),
 ])
 def test_bad_config_is_one_line(tmp_path, overrides, needle):
-    proc = run(tmp_path, "model=oracle", "data=gmm", *overrides, "sample.num=10")
+    """The first case through a process of its own, the others through main() in this process."""
+    runner = run if overrides == ["sde=foo"] else run_main
+    proc = runner(tmp_path, "model=oracle", "data=gmm", *overrides, "sample.num=10")
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -248,13 +288,13 @@ def test_bad_data_is_one_line(tmp_path, setup, overrides, needle):
 @pytest.mark.slow
 def test_checkpoint_of_another_model_is_one_line(tmp_path):
     run_job(tmp_path / "a", "train.steps=5", "solver.steps=5", "sample.num=10", *SMALL_MLP)
-    proc = run(tmp_path / "b", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0", "model.net.hidden=32",
-               "model.net.depth=2", "model.net.embed_dim=32")
+    proc = run_main(tmp_path / "b", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0",
+                    "model.net.hidden=32", "model.net.depth=2", "model.net.embed_dim=32")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "was trained with model.net.hidden=64 but this run has model.net.hidden=32" in lines[0]
-    proc = run(tmp_path / "c", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0", "model.net.hidden=32",
-               "model.net.depth=2", "model.net.embed_dim=32", "ckpt_override=true")
+    proc = run_main(tmp_path / "c", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0",
+                    "model.net.hidden=32", "model.net.depth=2", "model.net.embed_dim=32", "ckpt_override=true")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "was written for a different model" in lines[0]
@@ -276,8 +316,8 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path):
                 return value * float("nan") if self.calls >= self.bad else value
     """))
     out = tmp_path / "out"
-    proc = run(out, "loss._target_=nanloss.NaNAfter", "train.steps=100", "train.ckpt_every=20", *SMALL_MLP,
-               cwd=tmp_path)
+    proc = run_main(out, "loss._target_=nanloss.NaNAfter", "train.steps=100", "train.ckpt_every=20", *SMALL_MLP,
+                    cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "the loss became nan at step 30; the last good checkpoint is" in lines[0]

@@ -59,8 +59,10 @@ def check_override_keys(argv, conf_dir):
 
 def first_choice(group, value):
     """The first run's choice of a group in a sweep: ``em`` of ``solver=em,pc``; a list ``eval=[quality,ode]``
-    is one choice."""
-    return value if group in LIST_GROUPS and value.startswith("[") else value.split(",")[0]
+    is one choice, ``[quality]`` of the sweep ``eval=[quality],[quality,ode]``."""
+    if group in LIST_GROUPS and value.startswith("["):
+        return re.match(r"\[[^\]]*\]?", value).group(0)
+    return value.split(",")[0]
 
 
 def _has_key(cfg, key):
