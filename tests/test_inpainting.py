@@ -15,7 +15,7 @@ from sde import ConfigError, VPSDE
 from solvers import DDIM, DPMSolver, EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, box_mask, coordinate_mask, file_mask, gray_chroma, random_mask
-from test_run import run, run_job
+from test_run import run, run_job, run_main
 
 
 def ambiguous_2d():
@@ -177,9 +177,10 @@ def test_run_inpaints_and_colorizes_images(tmp_path):
 
 
 def test_an_unknown_task_is_one_line(tmp_path):
-    proc = run(tmp_path, "task=paint", "train.steps=1")
+    proc = run_main(tmp_path, "task=paint", "train.steps=1")
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and lines == ["error: task='paint' is unknown: choose one of colorize, inpaint, sample"]
+    assert proc.returncode == 2 and lines == ["error: task='paint' is unknown: choose one of colorize, inpaint, sample "
+                                              "(or set task._target_=your_module.YourClass)"]
 
 
 def test_the_old_inpaint_options_are_translated_in_one_notice_line(tmp_path):
