@@ -97,6 +97,10 @@ def test_the_default_evaluations_and_the_likelihood_shorthand():
     assert "ode" not in [e.name for e in build_evaluations(cfg)]
     cfg, _ = compose(["eval=[quality,ode]", "eval.ode.method=rk4"])
     assert [e.name for e in build_evaluations(cfg)] == ["quality", "ode"] and cfg.eval.ode.method == "rk4"
+    cfg, _ = compose(["eval=[quality]", "likelihood=true", "+eval=elbo"])
+    assert [e.name for e in build_evaluations(cfg)] == ["quality", "ode", "elbo"]
+    cfg, _ = compose(["eval.conditional=true", "likelihood=true"])
+    assert [e.name for e in build_evaluations(cfg)][-1] == "ode" and cfg.eval.ode.conditional is True
     cfg, _ = compose(["eval.classifier=false"])
     assert [e.name for e in build_evaluations(cfg)] == ["quality", "mixture"]
 
@@ -147,6 +151,7 @@ def test_the_command_line_checks_take_a_list_group_whole():
     assert first_choice("eval", "[quality],[quality,ode]") == "[quality]"
     assert first_choice("eval", "[quality,ode]") == "[quality,ode]" and first_choice("solver", "em,pc") == "em"
     check_group_choices(["eval=[quality,ode]", "+eval=elbo"], CONF)
-    check_override_keys(["eval=[quality,ode]", "eval.ode.method=rk4", "+eval=elbo", "eval.elbo.draws=8"], CONF)
+    check_override_keys(translate(["eval=[quality,ode]", "eval.ode.method=rk4", "+eval=elbo", "eval.elbo.draws=8"],
+                                  evaluation_names(), notice=False), CONF)
     with pytest.raises(ConfigError, match="eval='odee' is unknown: choose one of classifier, elbo, fid"):
         check_group_choices(["eval=[quality,odee]"], CONF)

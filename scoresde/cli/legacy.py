@@ -10,6 +10,7 @@ with one notice line on stderr, or refused in one line that names the new spelli
     eval.classifier=true      +eval=classifier eval.classifier.required=true
     eval.classifier=auto      +eval=classifier
     eval.NAME=false           ++eval.NAME=false (an evaluation off, whether or not it was listed)
+    eval=[a,b] +eval=c        eval=[a,b,c]      (today's spelling too: Hydra drops an addition beside a list)
     inpaint.KEY=VALUE         task.KEY=VALUE
 """
 import re
@@ -35,8 +36,8 @@ def translate_one(arg, evaluations):
             if "," in value:
                 raise ConfigError(f"likelihood={value} cannot be swept: sweep over the evaluations instead, "
                                   "e.g. 'eval=[quality],[quality,ode]'", "likelihood")
-            raise ConfigError(f"likelihood={value!r} is unknown: choose one of false, true (the ODE likelihood), elbo, "
-                              "or list the evaluations with +eval=ode|elbo", "likelihood")
+            raise ConfigError(f"likelihood={value!r} is unknown: choose one of false, true (the ODE likelihood), elbo",
+                              "likelihood")
         return SHORTHAND[low], False
     if key.startswith("eval.fid_features."):
         return [f"{prefix}eval.fid.features.{key[len('eval.fid_features.'):]}={value}"], True
@@ -64,6 +65,21 @@ def translate(argv, evaluations, notice=True):
         out += new
         if was_old:
             old.append(f"{arg} -> {' '.join(new)}")
+    out = fold_additions(out)
     if old and notice:
         print(f"note: old spellings translated: {'; '.join(old)}", file=sys.stderr)
     return out
+
+
+def fold_additions(argv):
+    """``+eval=NAME`` beside a list ``eval=[...]`` joins the list (Hydra would drop it: a list choice replaces the
+    group's whole default, additions included)."""
+    lists = [i for i, a in enumerate(argv) if re.fullmatch(r"eval=\[[^\]]*\]", a)]
+    if not lists:
+        return argv
+    added = [a for a in argv if re.fullmatch(r"\+eval=\[?[\w,\s]*\]?", a)]
+    names = [n for n in re.split(r"[\[\],\s]+", argv[lists[-1]][5:]) if n]
+    for a in added:
+        names += [n for n in re.split(r"[\[\],\s]+", a[6:]) if n and n not in names]
+    folded = f"eval=[{','.join(names)}]"
+    return [folded if i == lists[-1] else a for i, a in enumerate(argv) if a not in added]

@@ -65,9 +65,9 @@ def build_evaluations(cfg):
         raise ConfigError(f"likelihood: {cfg.likelihood} in a config file is not read: list the evaluation instead "
                           "(defaults: - override /eval: [quality, mixture, classifier, ode]), or give "
                           "likelihood=true on the command line", "likelihood")
-    evaluations = []
+    evaluations, names = [], evaluation_names()
     for name, node in cfg.eval.items():
-        if node is True:
+        if node is True and name in names:
             raise ConfigError(f"eval.{name}=true does not add an evaluation: use +eval={name}", f"eval.{name}")
         if OmegaConf.is_dict(node) and "_target_" in node:
             evaluations.append(build(f"eval.{name}", node))
