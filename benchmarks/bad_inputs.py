@@ -161,7 +161,9 @@ def outcome(proc):
     return "warning" if warned else "silent"
 
 
-def probe(case, workdir):
+def probe(case, workdir, runner=None):
+    """How ``case`` ended: (outcome, its error or warning line, the finished run), through ``runner(out,
+    overrides, cwd=...)`` (default run_py, a process of its own) returning a subprocess.CompletedProcess."""
     category, name, setup, overrides, expected = case
     d = Path(workdir)
     if setup is not None:
@@ -172,7 +174,7 @@ def probe(case, workdir):
              and not (other_model and a.startswith("model."))]
     if "train.steps" not in " ".join(args):
         args.append("train.steps=3")
-    proc = run_py(d / "out", args, cwd=d)
+    proc = (runner or run_py)(d / "out", args, cwd=d)
     got = outcome(proc)
     message = next((line for line in proc.stderr.splitlines() if line.startswith(("error: ", "warning: "))), "")
     return got, message, proc

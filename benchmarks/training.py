@@ -75,7 +75,7 @@ CHOICES = {  # name: overrides over the default job (an MLP 128 wide, 4 blocks, 
 
 def config(overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=["+eval=ode", *overrides])
 
 
 def build(cfg, **train):
@@ -117,7 +117,7 @@ def measure(name, overrides, budget, out, test=2000, samples=20000, fixed_steps=
     ema.eval()
     x = data.test(test, torch.Generator().manual_seed(cfg.seed + 1))
     start = time.perf_counter()
-    nll, _ = instantiate(cfg.eval.ode)(sde, ema, x)
+    nll, _ = instantiate(cfg.eval.ode).likelihood(sde, ema, x)
     ode_seconds = time.perf_counter() - start
     kl, kl_stderr = paired_kl(nll.double().cpu().numpy(), (-data.log_prob(x.double())).numpy(), x[0].numel())
     row = {"name": name, "overrides": list(overrides), "steps": steps, "train_seconds": seconds,

@@ -1,5 +1,6 @@
 """Nothing lost, nothing silent: through run.py, the last good checkpoint stays good, every bad input fails early
-in one line (or warns in one line), and runs that start together cannot collide."""
+in one line (or warns in one line), and runs that start together cannot collide. Runs in this process (run_job)
+unless the process is the subject."""
 import csv
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from benchmarks.bad_inputs import CASES, probe
-from test_run import ROOT, SMALL_MLP, command, environment, run, run_with_edited_samples
+from sde.errors import NonFiniteError
+from test_run import ROOT, SMALL_MLP, command, environment, run, run_job, run_job_with_edited_samples, run_main
 
 FAST = {"text renamed .npy", "uint8 images channels-last", "typo in a key", "beta_max < beta_min"}
 TESTED = FAST | {"truncated .npz", ".npz without x", "complex array", "folder as array path",
@@ -22,9 +24,10 @@ TESTED = FAST | {"truncated .npz", ".npz without x", "complex array", "folder as
 @pytest.mark.parametrize("case", [pytest.param(c, id=c[1], marks=() if c[1] in FAST else pytest.mark.slow)
                                   for c in CASES if c[1] in TESTED])
 def test_bad_input_ends_in_one_line(case, tmp_path):
-    """A case of each kind in the probe table (benchmarks/bad_inputs.py, which tries them all) ends as it should:
-    one error line with exit 2, or one warning line with the run finishing."""
-    got, message, proc = probe(case, tmp_path)
+    """A case of each kind in the probe table (benchmarks/bad_inputs.py, which tries them all, each in a process of
+    its own) ends as it should, through main() in this process: one error line with exit 2, or one warning line
+    with the run finishing."""
+    got, message, proc = probe(case, tmp_path, runner=lambda out, args, cwd: run_main(out, *args, cwd=cwd))
     assert got == case[4], proc.stderr
     assert message.startswith("error: " if case[4] == "error" else "warning: ")
     if case[4] == "warning":
@@ -41,26 +44,26 @@ def weights_finite(path):
 def test_a_blow_up_names_a_checkpoint_that_resumes(tmp_path):
     """The issue's recipe: 20 steps, then a resume at lr = 1e6 with a checkpoint every step, until the loss is NaN."""
     r = tmp_path / "R"
-    assert run(r, "train.steps=20", "train.ckpt_every=1", *SMALL_MLP).returncode == 0
-    proc = run(r, f"ckpt={r}/checkpoint.pt", "train.steps=300", "train.ckpt_every=1", "train.lr=1e6", "train.warmup=1",
-               *SMALL_MLP)
+    run_job(r, "train.steps=20", "train.ckpt_every=1", *SMALL_MLP)
+    proc = run_main(r, f"ckpt={r}/checkpoint.pt", "train.steps=300", "train.ckpt_every=1", "train.lr=1e6",
+                    "train.warmup=1", *SMALL_MLP)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert f"the last good checkpoint is {r}/checkpoint.pt" in lines[0]
     finite, step = weights_finite(r / "checkpoint.pt")
     assert finite and step >= 20
-    again = run(tmp_path / "again", f"ckpt={r}/checkpoint.pt", f"train.steps={step + 5}", *SMALL_MLP)
-    assert again.returncode == 0, again.stderr
+    run_job(tmp_path / "again", f"ckpt={r}/checkpoint.pt", f"train.steps={step + 5}", *SMALL_MLP)
     assert weights_finite(tmp_path / "again" / "checkpoint.pt") == (True, step + 5)
 
 
 @pytest.mark.slow
-def test_non_finite_samples_end_in_one_line(tmp_path):
-    """A solver that returns NaN (here: a user's) stops the run in one line naming how many; exit status 2."""
-    proc = run_with_edited_samples(tmp_path, 'x[::2] = float("nan")')
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "5 of 10 samples are not finite (the first is number 0)" in lines[0]
+def test_non_finite_samples_end_in_one_line(tmp_path, monkeypatch):
+    """A solver that returns NaN (here: a user's) stops the run with a NonFiniteError (the command line's one line,
+    exit status 2) naming how many."""
+    with pytest.raises(NonFiniteError) as error:
+        run_job_with_edited_samples(tmp_path, monkeypatch, 'x[::2] = float("nan")')
+    (line,) = str(error.value).splitlines()
+    assert "5 of 10 samples are not finite (the first is number 0)" in line
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -96,13 +99,12 @@ def test_a_directory_held_by_a_live_run_is_refused(tmp_path):
 @pytest.mark.slow
 def test_a_resumed_log_has_no_duplicate_steps_and_no_stale_temporaries(tmp_path):
     out = tmp_path / "out"
-    assert run(out, "train.steps=30", "train.ckpt_every=10", "train.log_every=5", *SMALL_MLP).returncode == 0
+    run_job(out, "train.steps=30", "train.ckpt_every=10", "train.log_every=5", *SMALL_MLP)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     state["step"] = 20  # as if killed after the step-20 checkpoint, with the log written on to 30
     torch.save(state, tmp_path / "at20.pt")
     (out / "checkpoint.pt.tmp.12345").write_bytes(b"x" * 1000)
-    assert run(out, f"ckpt={tmp_path}/at20.pt", "train.steps=40", "train.ckpt_every=10", "train.log_every=5",
-               *SMALL_MLP).returncode == 0
+    run_job(out, f"ckpt={tmp_path}/at20.pt", "train.steps=40", "train.ckpt_every=10", "train.log_every=5", *SMALL_MLP)
     with open(out / "train_log.csv") as fh:
         steps = [int(row["step"]) for row in csv.DictReader(fh)]
     assert steps == list(range(5, 41, 5))

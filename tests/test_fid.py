@@ -367,13 +367,13 @@ TINY_UNET = ["data=digits", "model=unet", "model.net.channels=16", "model.net.mu
 
 @pytest.mark.slow
 def test_run_with_fid_during_and_after_training(tmp_path):
-    """run.py eval.fid=true with the stand-in: fid, kid, kid_std, fid_num in metrics.json, fid_log.csv at
-    eval.fid_every steps and the end (the end's FID is the last logged one), the reference computed once across
+    """run.py +eval=fid with the stand-in: fid, kid, kid_std, fid_num in metrics.json, fid_log.csv at
+    eval.fid.every steps and the end (the end's FID is the last logged one), the reference computed once across
     two runs."""
     log = tmp_path / "seen.txt"
-    args = [*TINY_UNET, "eval.fid=true", "eval.fid_num=40", f"eval.fid_cache={tmp_path / 'cache'}",
-            "eval.fid_features._target_=test_fid.StandIn", f"+eval.fid_features.log={log}"]
-    proc = run(tmp_path / "a", *args, "train.steps=4", "eval.fid_every=2")
+    args = [*TINY_UNET, "+eval=fid", "eval.fid.num=40", f"eval.fid.cache={tmp_path / 'cache'}",
+            "eval.fid.features._target_=test_fid.StandIn", f"+eval.fid.features.log={log}"]
+    proc = run(tmp_path / "a", *args, "train.steps=4", "eval.fid.every=2")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["fid_num"] == 40 and metrics["fid"] > 0 and metrics["kid_std"] > 0 and "kid" in metrics
@@ -388,10 +388,10 @@ def test_run_with_fid_during_and_after_training(tmp_path):
 
 
 def test_run_refuses_fid_on_data_that_are_not_images(tmp_path):
-    proc = run(tmp_path, "eval.fid=true", "train.steps=5")
+    proc = run(tmp_path, "+eval=fid", "train.steps=5")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: eval.fid=true needs 8-bit images (FID compares them through an image network); "
+        "error: eval=[fid] needs 8-bit images (FID compares them through an image network); "
         "Checkerboard() holds continuous points of shape (2,)"]
     assert not (tmp_path / "train_log.csv").exists()
 
@@ -409,10 +409,10 @@ def test_run_names_missing_inception_weights(tmp_path):
             def __init__(self, *args, **kwargs):
                 raise AssertionError("not to be reached")
     """))
-    proc = run(tmp_path / "out", *TINY_UNET, "eval.fid=true", "eval.fid_weights=/nowhere/inception.pth",
+    proc = run(tmp_path / "out", *TINY_UNET, "+eval=fid", "eval.fid.features.weights=/nowhere/inception.pth",
                pythonpath=[tmp_path / "fake"])
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "eval.fid_features.weights='/nowhere/inception.pth' is not a file" in lines[0]
+    assert len(lines) == 1 and "eval.fid.features.weights='/nowhere/inception.pth' is not a file" in lines[0]
     assert URL in lines[0]
     assert not (tmp_path / "out" / "train_log.csv").exists()

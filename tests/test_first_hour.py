@@ -1,15 +1,20 @@
 """A newcomer's first hour, through run.py: a header and progress bars, help that lists the choices, images
-that get a network able to serve them, and results that cannot be silently wrong."""
+that get a network able to serve them, and results that cannot be silently wrong. Runs in this process
+(run_job) unless the process is the subject."""
 import json
 import os
 import subprocess
 import sys
 import time
 
+import warnings
+
 import numpy as np
 import pytest
 
-from test_run import ROOT, SMALL_MLP, environment, run, run_with_edited_samples
+from scoresde.cli.main import compose, main
+from sde.errors import ConfigError, ConfigWarning, NonFiniteError
+from test_run import ROOT, SMALL_MLP, environment, run_job, run_job_with_edited_samples, run_main
 
 ORACLE = ["model=oracle", "data=gmm", "solver=ddim", "solver.steps=5", "sample.num=50"]
 
@@ -18,59 +23,65 @@ def lines_of(text):
     return [line for line in text.splitlines() if line.strip()]
 
 
-def test_help_lists_groups_options_and_commented_run_options():
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True, text=True,
-                          env=environment(), timeout=120)
-    assert proc.returncode == 0, proc.stderr
+def test_help_lists_groups_options_and_commented_run_options(capsys):
+    with pytest.raises(SystemExit) as end:
+        main(["--help"])
+    assert end.value.code == 0
+    stdout = capsys.readouterr().out
     for needle in ("solver=", "  dpm ", "DPM-Solver++", "data=", "  digits ", "train:", "steps: 26000",
-                   "# total optimizer steps", "eval:"):
-        assert needle in proc.stdout, needle
+                   "# total optimizer steps", "eval:", "task=", "  inpaint ", "eval=", "  ode "):
+        assert needle in stdout, needle
 
 
 @pytest.mark.slow
-def test_header_and_progress_bars(tmp_path):
-    proc = run(tmp_path, *ORACLE, "likelihood=true", "eval.num=20", "progress=true")
-    assert proc.returncode == 0, proc.stderr
-    header = proc.stdout.splitlines()[:6]
+def test_header_and_progress_bars(tmp_path, capsys):
+    run_job(tmp_path, *ORACLE, "likelihood=true", "eval.num=20", "progress=true")
+    captured = capsys.readouterr()
+    header = captured.out.splitlines()[:6]
     assert header[0] == f"run {tmp_path}"
     assert [line.split()[0] for line in header[1:]] == ["data", "model", "process", "solver", "device"]
-    assert "sample:" in proc.stderr and "likelihood:" in proc.stderr and "evals" in proc.stderr
+    assert "sample:" in captured.err and "likelihood:" in captured.err and "evals" in captured.err
 
 
 @pytest.mark.slow
-def test_images_with_the_default_model_get_the_unet(tmp_path):
-    proc = run(tmp_path, "data=digits", "train.steps=1", "train.batch_size=4", "train.progress=false", "solver=ddim",
-               "solver.steps=2", "sample.num=4", "sample.max_range=0")
-    assert proc.returncode == 0, proc.stderr
-    warnings = [line for line in lines_of(proc.stderr) if line.startswith("warning: ")]
-    assert len(warnings) == 1 and "model=unet chosen" in warnings[0]
-    assert "(1," in proc.stdout and "parameters)" in proc.stdout
-    assert json.loads((tmp_path / "metrics.json").read_text())["train_steps"] == 1
+def test_images_with_the_default_model_get_the_unet(tmp_path, capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run_job(tmp_path, "data=digits", "train.steps=1", "train.batch_size=4", "train.progress=false",
+                          "solver=ddim", "solver.steps=2", "sample.num=4", "sample.max_range=0")
+    told = [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
+    assert len(told) == 1 and "model=unet chosen" in told[0]
+    stdout = capsys.readouterr().out
+    assert "(1," in stdout and "parameters)" in stdout
+    assert metrics["train_steps"] == 1
 
 
 @pytest.mark.slow
 def test_a_vector_network_on_images_kept_when_asked_and_a_unet_on_vectors_refused(tmp_path):
-    proc = run(tmp_path / "a", "data=digits", "model=mlp", *SMALL_MLP, "train.steps=1", "train.batch_size=4",
-               "solver=ddim", "solver.steps=2", "sample.num=4", "sample.max_range=0")
-    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
-    proc = run(tmp_path / "b", "model=unet", "train.steps=1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_job(tmp_path / "a", "data=digits", "model=mlp", *SMALL_MLP, "train.steps=1", "train.batch_size=4",
+                "solver=ddim", "solver.steps=2", "sample.num=4", "sample.max_range=0")
+    assert not [w for w in caught if issubclass(w.category, ConfigWarning)]
+    proc = run_main(tmp_path / "b", "model=unet", "train.steps=1")
     assert proc.returncode == 2 and lines_of(proc.stderr) == [
         "error: model.net.shape=(2,) is invalid: expected (C, H, W) for a U-Net (vectors need the MLP)"]
 
 
 def test_a_coarse_likelihood_is_refused_not_reported(tmp_path):
-    proc = run(tmp_path, *ORACLE, "likelihood=true", "eval.num=200", "eval.ode.method=rk4", "eval.ode.steps=2")
-    assert proc.returncode == 2, proc.stderr
-    (line,) = lines_of(proc.stderr)
-    assert line.startswith("error: eval.ode.steps=2 is too coarse for eval.ode.method='rk4' on this model")
+    with pytest.raises(ConfigError) as error:
+        run_job(tmp_path, *ORACLE, "likelihood=true", "eval.num=200", "eval.ode.method=rk4", "eval.ode.steps=2")
+    (line,) = str(error.value).splitlines()
+    assert line.startswith("eval.ode.steps=2 is too coarse for eval.ode.method='rk4' on this model")
     assert not (tmp_path / "metrics.json").exists()
 
 
 @pytest.mark.slow
-def test_samples_far_outside_the_data_end_in_one_line(tmp_path):
-    proc = run_with_edited_samples(tmp_path, "x[3] = 5800.0")
-    (line,) = lines_of(proc.stderr)
-    assert proc.returncode == 2 and "1 of 10 samples lie beyond 10 times the data's largest magnitude" in line
+def test_samples_far_outside_the_data_end_in_one_line(tmp_path, monkeypatch):
+    with pytest.raises(NonFiniteError) as error:
+        run_job_with_edited_samples(tmp_path, monkeypatch, "x[3] = 5800.0")
+    (line,) = str(error.value).splitlines()
+    assert "1 of 10 samples lie beyond 10 times the data's largest magnitude" in line
     assert "sample.max_range=0 skips this check" in line
     assert np.load(tmp_path / "out" / "samples.npz")["x"].shape == (10, 2)
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -78,11 +89,10 @@ def test_samples_far_outside_the_data_end_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_image_grid_shows_real_images(tmp_path):
-    proc = run(tmp_path, "data=digits", "model=unet", "model.net.channels=8", "model.net.multipliers=[1]",
-               "model.net.attention_resolutions=[]", "model.net.num_res_blocks=1", "model.net.groups=4",
-               "train.steps=1", "train.batch_size=4", "train.progress=false", "solver=ddim", "solver.steps=2",
-               "sample.num=16", "sample.max_range=0")
-    assert proc.returncode == 0, proc.stderr
+    run_job(tmp_path, "data=digits", "model=unet", "model.net.channels=8", "model.net.multipliers=[1]",
+            "model.net.attention_resolutions=[]", "model.net.num_res_blocks=1", "model.net.groups=4",
+            "train.steps=1", "train.batch_size=4", "train.progress=false", "solver=ddim", "solver.steps=2",
+            "sample.num=16", "sample.max_range=0")
     assert (tmp_path / "samples.png").stat().st_size > 1000
 
 
@@ -115,11 +125,12 @@ def test_a_sweep_over_solvers_trains_once_and_writes_a_summary(tmp_path):
     assert len(rows) == 4 and "solver=ddim" in rows[2] and "swd" in rows[0]
 
 
-def test_threads_are_chosen_and_can_be_set(tmp_path):
-    proc = run(tmp_path, *ORACLE, "threads=1")
-    assert proc.returncode == 0 and "(1 threads)" in proc.stdout, proc.stderr
-    proc = run(tmp_path, *ORACLE, "threads=0")
-    assert proc.returncode == 2 and lines_of(proc.stderr) == ["error: threads=0 is invalid: expected an integer >= 1"]
+def test_threads_are_chosen_and_can_be_set(tmp_path, capsys):
+    run_job(tmp_path, *ORACLE, "threads=1")
+    assert "(1 threads)" in capsys.readouterr().out
+    with pytest.raises(ConfigError) as error:
+        run_job(tmp_path, *ORACLE, "threads=0")
+    assert str(error.value) == "threads=0 is invalid: expected an integer >= 1"
 
 
 @pytest.mark.slow
@@ -139,25 +150,20 @@ def test_auto_threads_leave_a_core_to_a_busy_process():
 
 
 def test_the_digits_preset_composes_a_cpu_sized_image_job():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=digits"])
+    cfg, _ = compose(["experiment=digits"])
     assert cfg.data._target_ == "scoresde.data.Digits" and cfg.model.net._target_ == "models.UNet"
     assert cfg.solver._target_ == "solvers.deterministic.DPMSolver" and cfg.solver.steps <= 20
     assert cfg.model.net.channels <= 32 and cfg.train.steps * cfg.train.batch_size <= 400_000
-    assert cfg.likelihood is True and cfg.eval.num <= 180 and cfg.eval.classifier == "auto"
+    assert "_target_" in cfg.eval.ode and cfg.eval.num <= 180 and cfg.eval.classifier.required is False
     assert cfg.eval.ode.method == "rk4" and cfg.eval.ode.max_error > 0
 
 
 @pytest.mark.slow
-def test_the_digits_preset_reports_bits_per_dim_and_what_a_classifier_sees(tmp_path):
-    proc = run(tmp_path, "experiment=digits", "model.net.channels=8", "model.net.num_res_blocks=1", "train.steps=2",
-               "train.batch_size=8", "train.progress=false", "solver.steps=3", "sample.num=30", "sample.max_range=0",
-               "eval.num=6", "eval.ode.steps=4", "eval.ode.max_error=0")
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+def test_the_digits_preset_reports_bits_per_dim_and_what_a_classifier_sees(tmp_path, capsys):
+    metrics = run_job(tmp_path, "experiment=digits", "model.net.channels=8", "model.net.num_res_blocks=1",
+                      "train.steps=2", "train.batch_size=8", "train.progress=false", "solver.steps=3", "sample.num=30",
+                      "sample.max_range=0", "eval.num=6", "eval.ode.steps=4", "eval.ode.max_error=0")
     assert metrics["nfe_sample"] == 3 and metrics["bpd"] > 0
     assert metrics["classifier_accuracy"] > 0.95 and metrics["class_score_real"] > 7
     assert 1 <= metrics["class_score"] <= 10 and sum(metrics["class_counts"]) == 30
-    assert "class_score" in proc.stdout
+    assert "class_score" in capsys.readouterr().out

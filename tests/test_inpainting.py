@@ -1,6 +1,5 @@
 """Inpainting and colorization against exact answers: the conditional of a Gaussian mixture's unknown
 coordinates given the known ones is again a Gaussian mixture, point by point."""
-import json
 import math
 
 import numpy as np
@@ -16,7 +15,7 @@ from sde import ConfigError, VPSDE
 from solvers import DDIM, DPMSolver, EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, box_mask, coordinate_mask, file_mask, gray_chroma, random_mask
-from test_run import run
+from test_run import run, run_job, run_main
 
 
 def ambiguous_2d():
@@ -149,11 +148,8 @@ def test_colorization_keeps_the_gray_level():
 # -- through run.py -------------------------------------------------------------------------------------------
 
 def test_run_inpaints_held_out_mixture_points_with_the_oracle(tmp_path):
-    proc = run(tmp_path, "model=oracle", "data=gmm", "task=inpaint", "mask=coordinates", "mask.coordinates=[0]",
-               "solver.steps=100", "inpaint.num=50", "inpaint.completions=4", "inpaint.method=resample",
-               "inpaint.jumps=2")
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = run_job(tmp_path, "model=oracle", "data=gmm", "task=inpaint", "mask=coordinates", "mask.coordinates=[0]",
+                      "solver.steps=100", "task.num=50", "task.completions=4", "task.method=resample", "task.jumps=2")
     assert metrics["nfe_inpaint"] == 200 and metrics["inpaint_known_error"] == 0
     assert abs(metrics["inpaint_logp_gap_per_dim"]) < 0.3
     saved = np.load(tmp_path / "inpaint.npz")
@@ -167,11 +163,10 @@ def test_run_inpaints_and_colorizes_images(tmp_path):
     np.save(tmp_path / "rgb.npy", rgb.transpose(0, 3, 1, 2))
     common = ["data=array", f"data.path={tmp_path / 'rgb.npy'}", "model=unet", "model.net.channels=8",
               "model.net.multipliers=[1,2]", "model.net.attention_resolutions=[]", "model.net.num_res_blocks=1",
-              "train.steps=2", "train.batch_size=4", "train.progress=false", "solver.steps=5", "inpaint.num=3",
-              "inpaint.completions=2"]
+              "train.steps=2", "train.batch_size=4", "train.progress=false", "solver.steps=5", "task.num=3",
+              "task.completions=2"]
     for task in ("inpaint", "colorize"):
-        proc = run(tmp_path / task, *common, f"task={task}")
-        assert proc.returncode == 0, proc.stderr
+        run_job(tmp_path / task, f"task={task}", *common)
         saved = np.load(tmp_path / task / "inpaint.npz")
         assert saved["completions"].shape == (6, 3, 8, 8) and (tmp_path / task / "inpaint.png").exists()
     gray = np.load(tmp_path / "colorize" / "inpaint.npz")
@@ -181,16 +176,33 @@ def test_run_inpaints_and_colorizes_images(tmp_path):
     assert np.allclose(boxed["completions"][kept], np.repeat(boxed["x"], 2, 0)[kept])
 
 
+def test_an_unknown_task_is_one_line(tmp_path):
+    proc = run_main(tmp_path, "task=paint", "train.steps=1")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines == ["error: task='paint' is unknown: choose one of colorize, inpaint, sample "
+                                              "(or set task._target_=your_module.YourClass)"]
+
+
+def test_the_old_inpaint_options_are_translated_in_one_notice_line(tmp_path):
+    proc = run(tmp_path, "model=oracle", "data=gmm", "task=inpaint", "solver.steps=5", "inpaint.num=2",
+               "inpaint.completions=1", "sample.plot=false")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "note: old spellings translated: inpaint.num=2 -> task.num=2; inpaint.completions=1 -> task.completions=1"]
+    assert np.load(tmp_path / "inpaint.npz")["completions"].shape == (2, 2)
+
+
 @pytest.mark.parametrize("overrides, needle", [
-    (["task=paint"], "error: task='paint' is invalid: expected sample, inpaint, colorize"),
-    (["experiment=digits", "task=colorize"], "error: task=colorize needs colour images"),
-    (["task=inpaint", "solver=ode"], "error: inpainting steps over a time grid"),
-    (["task=inpaint", "inpaint.jumps=3"], "error: inpaint.jumps=3 needs method=resample"),
-    (["task=inpaint", "mask=coordinates", "mask.coordinates=[5]"], "error: mask.coordinates="),
-    (["task=inpaint", "mask=file", "mask.path=/nonexistent.npy"], "error: mask.path='/nonexistent.npy' does not "
-                                                                  "exist"),
+    (["experiment=digits", "task=colorize"], "task=colorize needs colour images"),
+    (["task=inpaint", "solver=ode"], "inpainting steps over a time grid"),
+    (["task=inpaint", "task.jumps=3"], "task.jumps=3 needs method=resample"),
+    (["task=inpaint", "mask=coordinates", "mask.coordinates=[5]"], "mask.coordinates="),
+    (["task=inpaint", "mask=file", "mask.path=/nonexistent.npy"], "mask.path='/nonexistent.npy' does not exist"),
 ])
 def test_bad_inpainting_input_is_one_line_before_training(tmp_path, overrides, needle):
-    proc = run(tmp_path, *overrides, "train.steps=1")
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(needle), proc.stderr
+    """A ConfigError (the command line's one line) before any training step."""
+    with pytest.raises(ConfigError) as error:
+        run_job(tmp_path, *overrides, "train.steps=1")
+    (line,) = str(error.value).splitlines()
+    assert line.startswith(needle)
+    assert not (tmp_path / "train_log.csv").exists()

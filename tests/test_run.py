@@ -1,4 +1,6 @@
-"""run.py end to end: composition by group, outputs, a user's own SDE, and one-line errors."""
+"""run.py end to end: composition by group, outputs, a user's own SDE, and one-line errors. A run whose outputs
+are the subject runs in this process (run_job, as run.py composes and runs it); a subprocess only where the
+process is the subject (exit codes, one-line errors, kills)."""
 import json
 import os
 import signal
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from sde.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +33,63 @@ def run(out, *overrides, cwd=None):
                           env=environment(), timeout=600)
 
 
-def run_with_edited_samples(tmp_path, edit, num=10):
-    """run.py on the oracle with a user's solver (Euler–Maruyama, 5 steps) whose samples get the Python
-    statement ``edit`` (on x) applied before they are returned."""
+def run_job(out, *overrides):
+    """``python run.py hydra.run.dir=OUT OVERRIDES`` in this process (scoresde.cli.main.run, torch's thread count
+    kept): its metrics."""
+    import torch
+
+    from scoresde.cli.main import run as run_in_process
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    try:
+        return run_in_process([f"threads={threads}", *overrides], out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_main(out, *overrides, cwd=None):
+    """``run(out, *overrides, cwd=cwd)`` in this process: the command line's main() with stdout and stderr
+    captured and its exit status kept, as a subprocess.CompletedProcess (what the process would print and return,
+    for tests of one-line errors that need no process of their own). The working directory, sys.path, sys.argv,
+    warning filters and torch's thread count are restored afterwards, and modules imported from ``cwd`` dropped."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    from scoresde.cli.main import main
+
+    cwd = Path(cwd or ROOT)
+    saved = os.getcwd(), sys.path[:], sys.argv[:], torch.get_num_threads(), os.environ.pop("HYDRA_FULL_ERROR", None)
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            try:
+                main([f"hydra.run.dir={out}", *overrides])
+            except SystemExit as end:
+                code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+    finally:
+        os.chdir(saved[0])
+        sys.path[:], sys.argv[:] = saved[1], saved[2]
+        torch.set_num_threads(saved[3])
+        if saved[4] is not None:
+            os.environ["HYDRA_FULL_ERROR"] = saved[4]
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(str(cwd)) and cwd != ROOT:
+                del sys.modules[name]
+    return subprocess.CompletedProcess(["run.py", *overrides], code, stdout.getvalue(), stderr.getvalue())
+
+
+def write_edited_solver(tmp_path, edit):
+    """A user's solver (Euler–Maruyama) in tmp_path/edited.py whose samples get the Python statement ``edit``
+    (on x) applied before they are returned; the overrides that run it on the oracle."""
     (tmp_path / "edited.py").write_text(textwrap.dedent(f"""
         from solvers import EulerMaruyama
 
@@ -41,8 +99,19 @@ def run_with_edited_samples(tmp_path, edit, num=10):
                 {edit}
                 return x
     """))
-    return run(tmp_path / "out", "model=oracle", "data=gmm", "solver=em", "solver.steps=5",
-               "solver._target_=edited.Edited", f"sample.num={num}", cwd=tmp_path)
+    return ["model=oracle", "data=gmm", "solver=em", "solver.steps=5", "solver._target_=edited.Edited"]
+
+
+def run_with_edited_samples(tmp_path, edit, num=10):
+    """run.py (a subprocess) on the oracle with write_edited_solver's solver, ``num`` samples."""
+    return run(tmp_path / "out", *write_edited_solver(tmp_path, edit), f"sample.num={num}", cwd=tmp_path)
+
+
+def run_job_with_edited_samples(tmp_path, monkeypatch, edit, num=10):
+    """run_job on the oracle with write_edited_solver's solver (importable from tmp_path), ``num`` samples."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "edited", raising=False)
+    return run_job(tmp_path / "out", *write_edited_solver(tmp_path, edit), f"sample.num={num}")
 
 
 SMALL_MLP = ["model.net.hidden=64", "model.net.depth=2", "model.net.embed_dim=32", "train.progress=false",
@@ -50,11 +119,11 @@ SMALL_MLP = ["model.net.hidden=64", "model.net.depth=2", "model.net.embed_dim=32
 
 
 @pytest.mark.slow
-def test_oracle_ode_likelihood_writes_all_outputs(tmp_path):
-    proc = run(tmp_path, "model=oracle", "data=gmm", "solver=ode", "likelihood=true", "sample.num=1000",
-               "eval.num=300")
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+def test_oracle_ode_likelihood_writes_all_outputs(tmp_path, capsys):
+    metrics = run_job(tmp_path, "model=oracle", "data=gmm", "solver=ode", "likelihood=true", "sample.num=1000",
+                      "eval.num=300")
+    stdout = capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     for key in ("nfe_sample", "sample_seconds", "nll", "bpd", "nfe_likelihood", "likelihood_seconds", "exact_nll"):
         assert key in metrics
     assert metrics["device"] == "cpu" or metrics["device"].startswith("cuda")
@@ -66,15 +135,13 @@ def test_oracle_ode_likelihood_writes_all_outputs(tmp_path):
     assert lik["x"].shape == (300, 2) and lik["nll"].shape == (300,)
     assert lik["nll"].mean() == pytest.approx(metrics["nll"])
     assert (tmp_path / "samples.png").stat().st_size > 1000
-    assert "nll" in proc.stdout and "exact_nll" in proc.stdout
+    assert "nll" in stdout and "exact_nll" in stdout
 
 
 @pytest.mark.slow
 def test_pc_with_other_sde_and_batches(tmp_path):
-    proc = run(tmp_path, "model=oracle", "data=gmm", "sde=ve", "solver=pc", "solver.steps=200", "sample.num=600",
-               "sample.batch=250")
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = run_job(tmp_path, "model=oracle", "data=gmm", "sde=ve", "solver=pc", "solver.steps=200",
+                      "sample.num=600", "sample.batch=250")
     assert metrics["nfe_sample"] == 400
     assert metrics["weights_tv"] < 0.1
     assert np.load(tmp_path / "samples.npz")["x"].shape == (600, 2)
@@ -83,15 +150,14 @@ def test_pc_with_other_sde_and_batches(tmp_path):
 
 @pytest.mark.slow
 def test_high_dimensional_mixture_gets_projections(tmp_path):
-    proc = run(tmp_path, "model=oracle", "data=gmm_hd", "data.dim=16", "solver=ode", "solver.method=rk4", "solver.steps=20",
-               "sample.num=300", "likelihood=true", "eval.num=50", "eval.ode.divergence=rademacher")
-    assert proc.returncode == 0, proc.stderr
+    run_job(tmp_path, "model=oracle", "data=gmm_hd", "data.dim=16", "solver=ode", "solver.method=rk4",
+            "solver.steps=20", "sample.num=300", "likelihood=true", "eval.num=50", "eval.ode.divergence=rademacher")
     assert np.load(tmp_path / "samples.npz")["x"].shape == (300, 16)
     assert (tmp_path / "samples.png").exists()
 
 
 @pytest.mark.slow
-def test_users_own_sde_by_target(tmp_path):
+def test_users_own_sde_by_target(tmp_path, monkeypatch):
     """A process that states only f and g, importable from the working directory."""
     (tmp_path / "my_module.py").write_text(textwrap.dedent("""
         import torch
@@ -108,11 +174,10 @@ def test_users_own_sde_by_target(tmp_path):
             def g(self, t):
                 return torch.sqrt(self.beta_min + t * (self.beta_max - self.beta_min))
     """))
-    out = tmp_path / "out"
-    proc = run(out, "model=oracle", "data=gmm", "sde._target_=my_module.MySDE", "solver=ode", "likelihood=true", "sample.num=2000",
-               "eval.num=200", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_module", raising=False)
+    metrics = run_job(tmp_path / "out", "model=oracle", "data=gmm", "sde._target_=my_module.MySDE", "solver=ode",
+                      "likelihood=true", "sample.num=2000", "eval.num=200")
     assert metrics["sde"].startswith("MySDE")
     assert abs(metrics["nll"] - metrics["exact_nll"]) / 2 < 0.01
     assert metrics["weights_tv"] < 0.05
@@ -129,7 +194,9 @@ def test_users_own_sde_by_target(tmp_path):
     pytest.param(["sde._target_=nowhere.Nothing"], "sde._target_=nowhere.Nothing", marks=pytest.mark.slow),
 ])
 def test_bad_config_is_one_line(tmp_path, overrides, needle):
-    proc = run(tmp_path, "model=oracle", "data=gmm", *overrides, "sample.num=10")
+    """The first case through a process of its own, the others through main() in this process."""
+    runner = run if overrides == ["sde=foo"] else run_main
+    proc = runner(tmp_path, "model=oracle", "data=gmm", *overrides, "sample.num=10")
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -140,10 +207,8 @@ def test_bad_config_is_one_line(tmp_path, overrides, needle):
 @pytest.mark.slow
 def test_default_job_trains_samples_and_writes_everything(tmp_path):
     """The default job (MLP on the checkerboard, PC sampling), shortened."""
-    proc = run(tmp_path, "train.steps=150", "train.ckpt_every=50", "solver.steps=50", "sample.num=300",
-               "likelihood=true", "eval.num=100", *SMALL_MLP)
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = run_job(tmp_path, "train.steps=150", "train.ckpt_every=50", "solver.steps=50", "sample.num=300",
+                      "likelihood=true", "eval.num=100", *SMALL_MLP)
     assert metrics["train_steps"] == 150 and metrics["train_seconds"] > 0
     assert metrics["exact_nll"] == pytest.approx(np.log(8))
     assert np.isfinite(metrics["nll"])
@@ -152,23 +217,19 @@ def test_default_job_trains_samples_and_writes_everything(tmp_path):
         assert (tmp_path / name).exists()
 
     again = tmp_path / "sample_only"
-    proc = run(again, f"ckpt={tmp_path / 'checkpoint.pt'}", "train.steps=0", "solver.steps=50", "sample.num=300",
-               *SMALL_MLP)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((again / "metrics.json").read_text())["train_steps"] == 150
+    assert run_job(again, f"ckpt={tmp_path / 'checkpoint.pt'}", "train.steps=0", "solver.steps=50", "sample.num=300",
+                   *SMALL_MLP)["train_steps"] == 150
     first = np.load(tmp_path / "samples.npz")["x"]
     assert np.allclose(np.load(again / "samples.npz")["x"], first, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_unet_on_digits(tmp_path):
-    proc = run(tmp_path, "data=digits", "model=unet", "model.net.channels=16", "model.net.multipliers=[1,2]",
-               "model.net.attention_resolutions=[4]", "model.net.num_res_blocks=1", "train.steps=3", "sample.max_range=0",
-               "train.batch_size=8", "train.progress=false", "solver=ode", "solver.method=euler", "solver.steps=4",
-               "sample.num=9", "likelihood=true", "eval.num=4", "eval.ode.method=euler", "eval.ode.steps=3",
-               "eval.ode.max_error=0")
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = run_job(tmp_path, "data=digits", "model=unet", "model.net.channels=16", "model.net.multipliers=[1,2]",
+                      "model.net.attention_resolutions=[4]", "model.net.num_res_blocks=1", "train.steps=3",
+                      "sample.max_range=0", "train.batch_size=8", "train.progress=false", "solver=ode",
+                      "solver.method=euler", "solver.steps=4", "sample.num=9", "likelihood=true", "eval.num=4",
+                      "eval.ode.method=euler", "eval.ode.steps=3", "eval.ode.max_error=0")
     assert np.load(tmp_path / "samples.npz")["x"].shape == (9, 1, 8, 8)
     assert metrics["bpd"] == pytest.approx(metrics["nll"] / 64 / np.log(2) + 7)
     lik = np.load(tmp_path / "likelihood.npz")
@@ -215,25 +276,25 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     (None, ["data=array"], "data.path must be set"),
 ])
 def test_bad_data_is_one_line(tmp_path, setup, overrides, needle):
+    """Bad data ends the run with a ConfigError, which the command line prints as its one line."""
     if setup is not None:
         setup(tmp_path)
-    proc = run(tmp_path / "out", *[o.format(d=tmp_path) for o in overrides], "train.steps=5", *SMALL_MLP)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert needle in lines[0]
+    with pytest.raises(ConfigError) as error:
+        run_job(tmp_path / "out", *[o.format(d=tmp_path) for o in overrides], "train.steps=5", *SMALL_MLP)
+    assert needle in str(error.value).splitlines()[0]
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow
 def test_checkpoint_of_another_model_is_one_line(tmp_path):
-    proc = run(tmp_path / "a", "train.steps=5", "solver.steps=5", "sample.num=10", *SMALL_MLP)
-    assert proc.returncode == 0, proc.stderr
-    proc = run(tmp_path / "b", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0", "model.net.hidden=32",
-               "model.net.depth=2", "model.net.embed_dim=32")
+    run_job(tmp_path / "a", "train.steps=5", "solver.steps=5", "sample.num=10", *SMALL_MLP)
+    proc = run_main(tmp_path / "b", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0",
+                    "model.net.hidden=32", "model.net.depth=2", "model.net.embed_dim=32")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "was trained with model.net.hidden=64 but this run has model.net.hidden=32" in lines[0]
-    proc = run(tmp_path / "c", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0", "model.net.hidden=32",
-               "model.net.depth=2", "model.net.embed_dim=32", "ckpt_override=true")
+    proc = run_main(tmp_path / "c", f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0",
+                    "model.net.hidden=32", "model.net.depth=2", "model.net.embed_dim=32", "ckpt_override=true")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "was written for a different model" in lines[0]
@@ -255,8 +316,8 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path):
                 return value * float("nan") if self.calls >= self.bad else value
     """))
     out = tmp_path / "out"
-    proc = run(out, "loss._target_=nanloss.NaNAfter", "train.steps=100", "train.ckpt_every=20", *SMALL_MLP,
-               cwd=tmp_path)
+    proc = run_main(out, "loss._target_=nanloss.NaNAfter", "train.steps=100", "train.ckpt_every=20", *SMALL_MLP,
+                    cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "the loss became nan at step 30; the last good checkpoint is" in lines[0]

@@ -213,10 +213,11 @@ class Trainer:
         return self.channels_last
 
     def fit(self, model, loss, sde, data, out_dir, device, resume=None, meta=None, on_sample=None, on_eval=None,
-            eval_every=0):
+            eval_every=0, callbacks=()):
         """Trains ``model`` in place up to ``steps`` and returns (ema_model, last_step); writes into ``out_dir``
         (created if missing). Every ``eval_every`` steps (0: never) ``on_eval(step, ema_model)`` is called as
-        on_sample is.
+        on_sample is. Each of ``callbacks`` (after on_sample and on_eval, in order) is called as
+        ``callback(step, ema_model)`` every ``callback.every`` steps (0: never), as on_sample is.
 
         A checkpoint is taken every ``ckpt_every`` steps but written only once it has proven good: its weights
         (model and EMA) are finite and the loss of the step after it is finite (at the last step, the loss of
@@ -245,8 +246,10 @@ class Trainer:
         if self.compile:
             state.train_model = torch.compile(wrapped)
         autocast = self.amp and device.type == "cuda"
-        sample_every = self.sample_every if on_sample is not None else 0
-        eval_every = check_int("eval_every", eval_every, 0) if on_eval is not None else 0
+        calls = [(self.sample_every, on_sample), (check_int("eval_every", eval_every, 0), on_eval)]
+        calls = [(every, call) for every, call in calls if call is not None]
+        calls += [(check_int("every", callback.every, 0), callback) for callback in callbacks]
+        calls = [(every, call) for every, call in calls if every]
 
         def stop(why):
             kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
@@ -286,9 +289,8 @@ class Trainer:
                 step, last = state.step, state.step == self.steps
                 due_row = step % self.log_every == 0 or last
                 due_ckpt = step % self.ckpt_every == 0 or last
-                due_sample = sample_every and step % sample_every == 0
-                due_eval = eval_every and step % eval_every == 0
-                if not (due_row or due_ckpt or due_sample or due_eval or pending is not None):
+                due = [call for every, call in calls if step % every == 0]
+                if not (due_row or due_ckpt or due or pending is not None):
                     continue
                 values = read_back(window)
                 bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
@@ -307,10 +309,8 @@ class Trainer:
                     log.flush()
                     ranks = distributed.gather_objects(state.rank_states())
                     pending = copy.deepcopy(state.state_dict(ranks))
-                if due_sample:
-                    collective_callback(on_sample, step, state.ema_model(), device)
-                if due_eval:
-                    collective_callback(on_eval, step, state.ema_model(), device)
+                for call in due:
+                    collective_callback(call, step, state.ema_model(), device)
             if pending is not None:
                 self.check_final_loss(state, loss, sde, data, device, autocast, stop, local_batch)
                 write(pending)

@@ -1,0 +1,69 @@
+"""Objects from config nodes, with errors named by their config key."""
+import inspect
+
+from hydra.utils import get_class, get_method
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from sde.errors import ConfigError
+from scoresde.pipeline import instantiate_config
+
+
+def _target(key, node):
+    """The callable a config node names, or a one-line error that it cannot be imported."""
+    name = node.get("_target_") if OmegaConf.is_dict(node) else None
+    if name is None:
+        raise ConfigError(f"{key}._target_ must be set: the class or function that builds {key}", f"{key}._target_")
+    try:
+        try:
+            return get_class(name)
+        except ValueError:
+            return get_method(name)
+    except Exception as e:  # noqa: BLE001 - any failure to import a user's target is a config error
+        cause = e.__cause__ or e
+        raise ConfigError(f"{key}._target_={name} cannot be imported: {type(cause).__name__}: {cause}".splitlines()[0],
+                          f"{key}._target_") from None
+
+
+def _check_arguments(key, target, node, kwargs):
+    """The node's keys and kwargs must be parameters of target (unless it takes **kwargs)."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    given = [k for k in node.keys() if not str(k).startswith("_")] + list(kwargs)
+    extra = [k for k in given if k not in params]
+    if extra:
+        accepted = ", ".join(k for k in params if k not in kwargs and k != "self")
+        raise ConfigError(f"{key}.{extra[0]} is not an option of {node.get('_target_')}: it takes {accepted} "
+                          f"(remove it with ~{key}.{extra[0]})", f"{key}.{extra[0]}")
+
+
+def build(key, node, **kwargs):
+    """hydra.utils.instantiate, with a ConfigError raised inside named by its config key (``key.name``).
+
+    Unknown arguments, a missing mandatory value and a target that cannot be imported are one-line
+    ConfigErrors too; any other exception is a bug and propagates with its traceback.
+    """
+    try:
+        missing = [k for k in node.keys() if OmegaConf.is_missing(node, k)]
+    except AttributeError:
+        missing = []
+    if missing:
+        raise ConfigError(f"{key}.{missing[0]} must be set: add {key}.{missing[0]}=VALUE to the command",
+                          f"{key}.{missing[0]}")
+    _check_arguments(key, _target(key, node), node, kwargs)
+    try:
+        return instantiate_config(key, node, **kwargs)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key or key} must be set: add {e.full_key or key}=VALUE to the command") from None
+
+
+def takes(key, node, name):
+    """Whether the callable the node names takes an argument ``name``."""
+    try:
+        return name in inspect.signature(_target(key, node)).parameters
+    except (TypeError, ValueError):
+        return False

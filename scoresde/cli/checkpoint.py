@@ -1,0 +1,59 @@
+"""The composed config fitted to the checkpoint a run resumes or samples from (ckpt=)."""
+from omegaconf import OmegaConf
+
+from scoresde.training.checkpoint import read_checkpoint
+from sde.errors import ConfigError, invalid
+
+from .args import flatten, override_keys
+
+CHECKPOINT_GROUPS = ("sde", "model", "data")
+
+
+def reconcile(cfg, meta, overrides, override=False):
+    """Fit the composed config to a checkpoint's ``meta`` (the sde, model and data configs it was trained
+    with). A group the command line leaves alone takes the checkpoint's config; keys the command line sets
+    inside it are set on top of the checkpoint's; a group the command line replaces (``sde=ve``) is compared
+    whole. For sde and model, unless ``override``, a value that differs from the checkpoint's ends in a
+    ConfigError naming both."""
+    path = meta.get("path", "the checkpoint")
+    for group in CHECKPOINT_GROUPS:
+        theirs = meta.get(group)
+        if theirs is None:
+            continue
+        choice, keys = override_keys(overrides, group)
+        if not choice:
+            merged = OmegaConf.create(theirs)
+            for key in keys:
+                value = OmegaConf.select(cfg[group], key, default=_ABSENT)
+                if value is _ABSENT:
+                    parent, _, leaf = key.rpartition(".")
+                    node = OmegaConf.select(merged, parent) if parent else merged
+                    if node is not None and leaf in node:
+                        del node[leaf]
+                else:
+                    OmegaConf.update(merged, key, value, force_add=True)
+            cfg[group] = merged
+        if override or group == "data":
+            continue
+        new, old = flatten(OmegaConf.to_container(cfg[group], resolve=True)), flatten(theirs)
+        for k in sorted(set(new) | set(old)):
+            if new.get(k) != old.get(k):
+                raise ConfigError(f"ckpt={path!r} was trained with {group}.{k}={old.get(k)!r} but this run has "
+                                  f"{group}.{k}={new.get(k)!r}: leave {group} out to use the checkpoint's own, or "
+                                  f"add ckpt_override=true", "ckpt")
+
+
+_ABSENT = object()
+
+
+def checkpoint_meta(cfg, overrides):
+    """What ckpt= says about its model (sde, model and data configs, data shape), with ``cfg`` fitted to it by
+    ``reconcile`` under the command line's ``overrides``; None without ckpt=."""
+    if not cfg.ckpt:
+        return None
+    if cfg.ckpt_trusted not in (True, False):
+        raise invalid("ckpt_trusted", cfg.ckpt_trusted, "true or false")
+    state = read_checkpoint(cfg.ckpt, trusted=cfg.ckpt_trusted)
+    meta = dict(state.get("meta") or {}, path=state["path"])
+    reconcile(cfg, meta, overrides, override=cfg.ckpt_override)
+    return meta

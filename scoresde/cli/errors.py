@@ -1,0 +1,71 @@
+"""How a run ends on bad input (one line, exit 2) or a bug (the traceback, exit 1), the lock on its directory,
+and warnings in one line."""
+import contextlib
+import os
+import sys
+import traceback
+import warnings
+
+from sde.errors import ConfigError, ConfigWarning, NonFiniteError, TrainingError
+
+
+@contextlib.contextmanager
+def run_lock(out):
+    """Holds ``out/.lock`` for the run: a second live run in the same directory is refused in one line."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run without the lock
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise ConfigError(f"hydra.run.dir={str(out)!r} is in use by another live run (pid {holder}): give each "
+                              "run its own directory", "hydra.run.dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """Bad input (ConfigError, which covers bad data and checkpoints) and a training run that cannot go on end
+    the run with ``error: ...`` on stderr and exit status 2 (HYDRA_FULL_ERROR=1 re-raises); anything else is
+    a bug: its whole traceback is printed (Hydra would show only its message) and the exit status is 1."""
+    try:
+        yield
+    except (ConfigError, TrainingError, NonFiniteError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - a bug: shown whole, never reduced to a line
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        traceback.print_exc()
+        sys.exit(1)
+
+
+def show_warnings_in_one_line():
+    """A ConfigWarning prints as ``warning: ...`` on one line of stderr."""
+    default = warnings.showwarning
+    if getattr(default, "one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.one_line = True
+    warnings.showwarning = show

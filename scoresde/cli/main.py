@@ -1,0 +1,245 @@
+"""The run: ``python run.py`` and the ``score-sde`` command. ``main()`` checks the command line and hands it to
+Hydra; ``job(cfg, out, overrides)`` does the run in its steps: build every part (each option checked before
+training), train or load, the task, the evaluations, the report."""
+import contextlib
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from sde.errors import ConfigError, ConfigWarning
+from scoresde.paths import config_dir
+from scoresde.pipeline import Clock, Pipeline, resolve_device
+from scoresde.seeds import Seeds
+from scoresde.tasks import Context, Sampling, TrainingPictures
+from scoresde.training import distributed
+from scoresde.training.trainer import load_for_sampling
+
+from .args import check_group_choices, check_override_keys, help_text
+from .build import build, takes
+from .checkpoint import checkpoint_meta
+from .checks import check_data_fits, fit_model_to_data, warn_about_scale
+from .errors import one_line_errors, run_lock, show_warnings_in_one_line
+from .legacy import translate
+from .sweep import SUMMARY, cached_training, keep_for_sweep
+from .threads import choose_threads
+
+
+def to_plain(node):
+    """An OmegaConf list as a Python list; anything else as it is."""
+    return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+
+
+def evaluation_names(conf=None):
+    """The evaluations conf/eval/ offers."""
+    return sorted(p.stem for p in (Path(conf or config_dir()) / "eval").glob("*.yaml"))
+
+
+@dataclass
+class Run:
+    """The parts of a run, built and checked: what ``job`` trains, samples and evaluates."""
+
+    cfg: Any
+    sde: Any
+    data: Any
+    model: Any
+    task: Any
+    evaluations: List[Any]
+    trainer: Any
+    context: Context
+    meta: Optional[dict]
+    metrics: dict
+
+
+def build_evaluations(cfg):
+    """One object per evaluation listed under eval (a node with a _target_; ``false`` leaves one out)."""
+    if "likelihood" in cfg:
+        raise ConfigError(f"likelihood: {cfg.likelihood} in a config file is not read: list the evaluation instead "
+                          "(defaults: - override /eval: [quality, mixture, classifier, ode]), or give "
+                          "likelihood=true on the command line", "likelihood")
+    evaluations, names = [], evaluation_names()
+    for name, node in cfg.eval.items():
+        if node is True and name in names:
+            raise ConfigError(f"eval.{name}=true does not add an evaluation: use +eval={name}", f"eval.{name}")
+        if OmegaConf.is_dict(node) and "_target_" in node:
+            evaluations.append(build(f"eval.{name}", node))
+    return evaluations
+
+
+def build_run(cfg, out, overrides):
+    """Every part of the run built from ``cfg`` and checked against the others, before any training: the
+    config fitted to ckpt= (or the model to the data), threads, device, the global seed, the process, data,
+    model, solver, task and evaluations (each set up against the data and the model)."""
+    main_process = distributed.is_main_process()
+    if not main_process:
+        cfg.progress = False
+    meta = checkpoint_meta(cfg, overrides)
+    choose_threads(cfg.threads)
+    device = distributed.process_device(resolve_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    seeds = Seeds(cfg.seed)
+    sde = build("sde", cfg.sde)
+    data = build("data", cfg.data)
+    if meta:
+        check_data_fits(meta, data)
+    else:
+        fit_model_to_data(cfg, data, overrides)
+    model = build("model", cfg.model, sde=sde, data=data).to(device)
+    s = cfg.sample
+    sampling = Sampling(num=s.num, classes=to_plain(s.classes), batch=s.batch, plot=s.plot, max_range=s.max_range,
+                        guidance=cfg.guidance.scale)
+    sampling.check(model)
+    solver = build("solver", cfg.solver)
+    context = Context(out, seeds, device, solver, sampling, progress=cfg.progress, main=main_process)
+    task = build("task", cfg.task, **({"mask": build("mask", cfg.mask)} if takes("task", cfg.task, "mask") else {}))
+    task.setup(data, model, context)
+    metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
+    if distributed.world_size() > 1:
+        metrics["processes"] = distributed.world_size()
+    size = sum(p.numel() for p in model.parameters())
+    if main_process:
+        print(f"run {out}\n  data     {data!r}\n  model    {type(model).__name__}"
+              f"{f' ({size:,} parameters)' if size else ''}\n  process  {sde!r}\n  solver   {solver!r}\n"
+              f"  device   {device} ({torch.get_num_threads()} threads)", flush=True)
+    warn_about_scale(data, sde, seeds.generator("scale_check"))
+    evaluations = build_evaluations(cfg)
+    for evaluation in evaluations:
+        evaluation.setup(data, model, context)
+    trainer = build("train", cfg.train)
+    return Run(cfg, sde, data, model, task, evaluations, trainer, context, meta, metrics)
+
+
+def train_or_load(run):
+    """The trained model (its EMA weights), and the metrics of its training: trained here (train.steps > 0),
+    taken from the sweep's cache, or loaded from ckpt=; a model without parameters is used as it is."""
+    cfg, model, context, metrics = run.cfg, run.model, run.context, {}
+    if next(model.parameters(), None) is None:
+        return model, metrics
+    cached = cached_training(cfg)
+    if cached is not None and cached.exists():
+        metrics.update(train_steps=load_for_sampling(model, cached), trained_in=str(cached.parent))
+        if context.main:
+            print(f"trained model of this sweep reused: {cached}", flush=True)
+    elif run.trainer.steps > 0:
+        loss = build("loss", cfg.loss)
+        spec = {"sde": OmegaConf.to_container(cfg.sde, resolve=True),
+                "model": OmegaConf.to_container(cfg.model, resolve=True),
+                "data": OmegaConf.to_container(cfg.data, resolve=True), "data_spec": run.data.spec()}
+        callbacks = [TrainingPictures(run.trainer.sample_every, run.sde, run.data, context)]
+        callbacks += [e.callback(run.sde, run.data, context) for e in run.evaluations if hasattr(e, "callback")]
+        with Clock(context.device) as clock:
+            model, step = run.trainer.fit(model, loss, run.sde, run.data, context.out, context.device, cfg.ckpt,
+                                          meta=spec, callbacks=[c for c in callbacks if c is not None])
+        metrics.update(train_steps=step, train_seconds=clock.seconds)
+        if cached is not None:
+            keep_for_sweep(context.out / "checkpoint.pt", cached)
+    elif cfg.ckpt:
+        metrics["train_steps"] = load_for_sampling(model, cfg.ckpt)
+    else:
+        raise ConfigError("train.steps=0 needs ckpt=PATH: an untrained network has nothing to sample")
+    return model, metrics
+
+
+def write_report(metrics, out):
+    """metrics.json in the run directory, and the summary's metrics printed one a line."""
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for key in SUMMARY:
+        if key in metrics:
+            print(f"{key:>20s}  {metrics[key]:.6g}")
+    print(f"{'outputs':>20s}  {out}")
+
+
+def job(cfg, out, overrides=()):
+    """Everything a run does, in order, with the run directory ``out`` and the command line's ``overrides``
+    (which groups it chose and which keys it set, for ckpt= and the model's fit to the data); returns the
+    metrics. Under torchrun every process runs it (training and evaluation are collective) and only the main
+    one prints and writes."""
+    out = Path(out)
+    run = build_run(cfg, out, list(overrides))
+    model, trained = train_or_load(run)
+    model.eval()
+    metrics, context = {**run.metrics, **trained}, run.context
+    context.train_step = metrics.get("train_steps")
+    context.generator = context.seeds.generator("solver", context.device)
+    pipe = Pipeline(run.sde, model, run.data, context.device)
+    metrics.update(run.task(pipe, context))
+    for evaluation in run.evaluations:
+        metrics.update(evaluation(pipe, context))
+    if context.main:
+        write_report(metrics, out)
+    return metrics
+
+
+def compose(overrides=()):
+    """The config ``python run.py OVERRIDES`` runs with (old spellings translated, without the notice), and
+    the overrides in today's spelling, for ``job(cfg, out, overrides)``."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    overrides = translate(list(overrides), evaluation_names(), notice=False)
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides), overrides
+
+
+def run(overrides, out):
+    """``python run.py OVERRIDES`` in this process, into the directory ``out``; returns the metrics."""
+    cfg, overrides = compose(overrides)
+    return job(cfg, out, overrides)
+
+
+def quiet_other_ranks(argv):
+    """Under torchrun, the command line of a process other than rank 0: Hydra writes nothing for it (no .hydra
+    folder, no log, the working directory as its run directory; main takes rank 0's), its warnings are left to
+    rank 0. A sweep (-m) is refused: start one torchrun per run."""
+    if not distributed.launched():
+        return argv
+    if {"-m", "--multirun"} & set(argv) or any(a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv):
+        raise ConfigError("sweeps (-m) do not run under torchrun: start one torchrun per run")
+    if os.environ["RANK"] == "0":
+        return argv
+    warnings.filterwarnings("ignore", category=ConfigWarning)
+    return argv + ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+                   "hydra.run.dir=."]
+
+
+def hydra_job(cfg):
+    """What Hydra calls with the composed config: the process group under torchrun, the run lock, the job."""
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    with one_line_errors():
+        if distributed.launched():
+            distributed.init_from_env(resolve_device(cfg.device).type)
+            out = distributed.broadcast_object(out)
+    try:
+        with one_line_errors(), run_lock(out) if distributed.is_main_process() else contextlib.nullcontext():
+            job(cfg, out, hydra_cfg.overrides.task)
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown()
+
+
+def main(argv=None):
+    """The command line ``argv`` (default sys.argv[1:]): --help, old spellings translated, group choices and
+    keys checked (each refused in one line), then the run under Hydra."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.path.append(os.getcwd())
+    show_warnings_in_one_line()
+    conf = config_dir()
+    if {"--help", "-h"} & set(argv):
+        print(help_text(conf))
+        sys.exit(0)
+    with one_line_errors():
+        argv = translate(argv, evaluation_names(conf))
+        check_group_choices(argv, conf)
+        check_override_keys(argv, conf)
+        argv = quiet_other_ranks(argv)
+    sys.argv = sys.argv[:1] + argv
+    hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()
