@@ -16,7 +16,7 @@ from scoresde.data import DataSpec
 from scoresde.training.checkpoint import read_checkpoint, save_checkpoint, signature
 from scoresde.training.names import ALIASES, NAMES, name_of
 from sde import CheckpointError
-from test_run import SMALL_MLP, run
+from test_run import SMALL_MLP, run_main as run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -238,7 +238,7 @@ def test_data_configs_name_their_options():
 
 @pytest.mark.slow
 def test_run_py_names_a_bad_cifar_path_in_one_line(tmp_path):
-    from test_run import SMALL_MLP, run
+    from test_run import SMALL_MLP, run_main as run
 
     proc = run(tmp_path / "out", "data=cifar10", f"data.path={tmp_path}", "train.steps=1", *SMALL_MLP)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

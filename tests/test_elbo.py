@@ -15,7 +15,7 @@ from scoresde.data import DataSpec, GaussianMixture
 from scoresde import Pipeline
 from sde import ConfigError
 from solvers import ELBO, ODELikelihood
-from test_run import run
+from test_run import run_main as run
 from scoresde.training import DSMLoss, Trainer
 
 SDES = {**ALL_SDES, "user_flow": UserFlow}

@@ -11,7 +11,7 @@ import scoresde
 from models import MixtureScore
 from scoresde.data import DataSpec, GaussianMixture
 from sde import CheckpointError, ConfigError, VESDE, VPSDE
-from test_run import SMALL_MLP, run
+from test_run import SMALL_MLP, run_main as run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -323,7 +323,7 @@ def test_channels_last_unet_trains_and_its_checkpoint_loads_anywhere(tmp_path):
 
 @pytest.mark.slow
 def test_run_py_writes_sample_grids(tmp_path):
-    from test_run import SMALL_MLP, run
+    from test_run import SMALL_MLP, run_main as run
 
     proc = run(tmp_path, "train.steps=10", "train.sample_every=5", "train.log_every=5", "solver=ddim",
                "solver.steps=5", "sample.num=50", *SMALL_MLP)
