@@ -119,3 +119,17 @@ def test_a_module_named_like_a_dependency_in_the_working_directory_is_not_import
                "train.steps=1", "train.batch_size=4", "train.progress=false", "solver=ddim", "solver.steps=2",
                "sample.num=4", "sample.max_range=0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["+eval=ode", "eval.num=0"], "error: eval.num=0 is invalid: expected an integer >= 1"),
+    (["+eval=elbo", "eval.batch=0"], "error: eval.batch=0 is invalid: expected an integer >= 1"),
+    (["+eval=ode", "eval.ode.num=0"], "error: eval.ode.num=0 is invalid: expected an integer >= 1"),
+    (["data=digits", "model=mlp", "+eval=ode", "eval.num=5000"], "error: eval.num=5000 exceeds the 180 held-out "),
+    (["+likelihod=true"], "error: +likelihod is not an option: did you mean likelihood?"),
+])
+def test_an_error_names_the_key_the_user_sets(tmp_path, overrides, line):
+    """An evaluation's option interpolated from a shared one (num: ${eval.num}) is named by the shared key."""
+    proc = run_main(tmp_path, "model=oracle", "data=gmm", "train.steps=1", *overrides)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), proc.stderr

@@ -354,6 +354,11 @@ def test_the_trainer_calls_on_eval_every_eval_every_steps_without_changing_the_r
 # --- run.py ------------------------------------------------------------------------------------------------------
 
 def run(out, *overrides, pythonpath=()):
+    """run.py in this process (run_main), or in a new one where ``pythonpath`` puts stand-in packages first."""
+    if not pythonpath:
+        from test_run import run_main
+
+        return run_main(out, *overrides)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT), str(ROOT / "tests")])}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={out}", *overrides],

@@ -4,8 +4,6 @@ grid, a fitted grid written to a file and loaded by path gives the same samples 
 process too, with the fit's cost in metrics.json), a bad grid file or a solver that cannot be fitted gets one
 line, and a fit is keyed by the model it was fitted to (a guided run fits once)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 import torch
 
 from conftest import ALL_SDES
+from test_run import run_main
 from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from sde import ConfigError, RectifiedFlow, VPSDE, config_scope
@@ -117,9 +116,7 @@ def test_a_fitted_grid_is_written_with_its_cost_and_loaded_by_path_gives_identic
 
 
 def run(out, *overrides):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={out}", "model=oracle", "data=gmm",
-                           "sample.num=400", "sample.plot=false", *overrides], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    return run_main(out, "model=oracle", "data=gmm", "sample.num=400", "sample.plot=false", *overrides)
 
 
 @pytest.mark.slow

@@ -256,15 +256,12 @@ def test_flow_matching_preset_trains_through_run_py(tmp_path):
     loss, and a short run of it (300 steps of a 64-wide MLP on the 3-mode gmm) reports a likelihood next to the
     exact one: KL = (nll − exact_nll)/2 under 0.15 nats/dim (measured 0.05)."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "run.py"), f"hydra.run.dir={tmp_path}", "experiment=flow_matching",
-                           "data=gmm", "data.means=[[-1,0],[1,0],[0,1.2]]", "data.stds=[0.3,0.3,0.3]",
-                           "data.weights=[1,1,1]", "model.net.hidden=64", "train.steps=300", "train.batch_size=256",
-                           "threads=1", "likelihood=true", "eval.num=300", "sample.num=500", "sample.plot=false",
-                           "progress=false"], capture_output=True, text=True, cwd=root, timeout=600)
+
+    from test_run import run_main
+    proc = run_main(tmp_path, "experiment=flow_matching", "data=gmm", "data.means=[[-1,0],[1,0],[0,1.2]]",
+                    "data.stds=[0.3,0.3,0.3]", "data.weights=[1,1,1]", "model.net.hidden=64", "train.steps=300",
+                    "train.batch_size=256", "threads=1", "likelihood=true", "eval.num=300", "sample.num=500",
+                    "sample.plot=false", "progress=false")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     from omegaconf import OmegaConf

@@ -11,6 +11,8 @@ from sde.errors import ConfigError
 
 GROUPS = ("sde", "solver", "model", "data", "task", "eval", "mask", "experiment")
 LIST_GROUPS = ("eval",)
+SHORTHANDS = ("likelihood",)
+"""Command-line keys that are no config key but are translated (cli.legacy), offered as near matches."""
 
 
 def help_text(conf_dir):
@@ -45,7 +47,7 @@ def check_override_keys(argv, conf_dir):
     with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
         cfg = compose("config", overrides=choices)
     known = [k for k in flatten(OmegaConf.to_container(cfg, resolve=False)) if not k.startswith("hydra")]
-    known += [k.rpartition(".")[0] for k in known if "." in k]
+    known += [k.rpartition(".")[0] for k in known if "." in k] + list(SHORTHANDS)
     for m in pairs:
         plus, key = m.group(1), m.group(2)
         if key in GROUPS or _has_key(cfg, key):

@@ -1,11 +1,13 @@
 """Objects from config nodes, with errors named by their config key."""
+import contextlib
 import inspect
+import re
 
 from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from sde.errors import ConfigError
+from sde.errors import ConfigError, config_scope
 from scoresde.pipeline import instantiate_config
 
 
@@ -57,6 +59,8 @@ def build(key, node, **kwargs):
     _check_arguments(key, _target(key, node), node, kwargs)
     try:
         return instantiate_config(key, node, **kwargs)
+    except ConfigError as e:
+        raise by_source(e, key, node) from e.__cause__
     except MissingMandatoryValue as e:
         raise ConfigError(f"{e.full_key or key} must be set: add {e.full_key or key}=VALUE to the command") from None
 
@@ -67,3 +71,30 @@ def takes(key, node, name):
         return name in inspect.signature(_target(key, node)).parameters
     except (TypeError, ValueError):
         return False
+
+
+def interpolated(key, node):
+    """{KEY.name: SOURCE} for each option of ``node`` whose value is the interpolation ``${SOURCE}``."""
+    raw = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_dict(node) else {}
+    return {f"{key}.{name}": value[2:-1] for name, value in raw.items()
+            if isinstance(value, str) and re.fullmatch(r"\$\{[\w.]+\}", value)}
+
+
+def by_source(error, key, node):
+    """A ConfigError naming an option of ``node`` (built under ``key``) whose value is the interpolation
+    ``${SOURCE}``, named by SOURCE instead: the key the user sets (eval.num, not eval.ode.num)."""
+    source = interpolated(key, node).get(error.key)
+    if source is None:
+        return error
+    message = re.sub(rf"(?<![\w.]){re.escape(error.key)}(?=[= ])", source, str(error))
+    return type(error)(message, (source, *error.keys[1:]))
+
+
+@contextlib.contextmanager
+def named_by_source(key, node):
+    """Within the block, a ConfigError is named under ``key``, or by the source of an interpolated option."""
+    try:
+        with config_scope(key):
+            yield
+    except ConfigError as e:
+        raise by_source(e, key, node) from e.__cause__

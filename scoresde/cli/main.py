@@ -24,7 +24,7 @@ from scoresde.training import distributed
 from scoresde.training.trainer import load_for_sampling
 
 from .args import check_group_choices, check_override_keys, help_text
-from .build import build, takes
+from .build import build, named_by_source, takes
 from .checkpoint import checkpoint_meta
 from .checks import check_data_fits, fit_model_to_data, warn_about_scale
 from .errors import one_line_errors, run_lock, show_warnings_in_one_line
@@ -59,8 +59,9 @@ class Run:
     metrics: dict
 
 
-def build_evaluations(cfg):
-    """One object per evaluation listed under eval (a node with a _target_; ``false`` leaves one out)."""
+def build_evaluations(cfg, keyed=False):
+    """One object per evaluation listed under eval (a node with a _target_; ``false`` leaves one out); with
+    ``keyed``, (config key, node, object) for each."""
     if "likelihood" in cfg:
         raise ConfigError(f"likelihood: {cfg.likelihood} in a config file is not read: list the evaluation instead "
                           "(defaults: - override /eval: [quality, mixture, classifier, ode]), or give "
@@ -70,8 +71,8 @@ def build_evaluations(cfg):
         if node is True and name in names:
             raise ConfigError(f"eval.{name}=true does not add an evaluation: use +eval={name}", f"eval.{name}")
         if OmegaConf.is_dict(node) and "_target_" in node:
-            evaluations.append(build(f"eval.{name}", node))
-    return evaluations
+            evaluations.append((f"eval.{name}", node, build(f"eval.{name}", node)))
+    return evaluations if keyed else [evaluation for *_, evaluation in evaluations]
 
 
 def build_run(cfg, out, overrides):
@@ -100,7 +101,8 @@ def build_run(cfg, out, overrides):
     solver = build("solver", cfg.solver)
     context = Context(out, seeds, device, solver, sampling, progress=cfg.progress, main=main_process)
     task = build("task", cfg.task, **({"mask": build("mask", cfg.mask)} if takes("task", cfg.task, "mask") else {}))
-    task.setup(data, model, context)
+    with named_by_source("task", cfg.task):
+        task.setup(data, model, context)
     metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
     if distributed.world_size() > 1:
         metrics["processes"] = distributed.world_size()
@@ -110,9 +112,11 @@ def build_run(cfg, out, overrides):
               f"{f' ({size:,} parameters)' if size else ''}\n  process  {sde!r}\n  solver   {solver!r}\n"
               f"  device   {device} ({torch.get_num_threads()} threads)", flush=True)
     warn_about_scale(data, sde, seeds.generator("scale_check"))
-    evaluations = build_evaluations(cfg)
-    for evaluation in evaluations:
-        evaluation.setup(data, model, context)
+    evaluations = []
+    for key, node, evaluation in build_evaluations(cfg, keyed=True):
+        with named_by_source(key, node):
+            evaluation.setup(data, model, context)
+        evaluations.append(evaluation)
     trainer = build("train", cfg.train)
     return Run(cfg, sde, data, model, task, evaluations, trainer, context, meta, metrics)
 
