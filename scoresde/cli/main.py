@@ -101,8 +101,7 @@ def build_run(cfg, out, overrides):
     solver = build("solver", cfg.solver)
     context = Context(out, seeds, device, solver, sampling, progress=cfg.progress, main=main_process)
     task = build("task", cfg.task, **({"mask": build("mask", cfg.mask)} if takes("task", cfg.task, "mask") else {}))
-    with named_by_source("task", cfg.task):
-        task.setup(data, model, context)
+    task.setup(data, model, context)
     metrics = {"sde": repr(sde), "solver": repr(solver), "data": repr(data), "device": str(device)}
     if distributed.world_size() > 1:
         metrics["processes"] = distributed.world_size()

@@ -33,12 +33,12 @@ class FIDScore:
 
     def setup(self, data, model, context):
         """The feature network built and the reference statistics read from the cache or computed, before
-        training."""
+        training (errors named by the option, under the evaluation's key where it is built)."""
         if data.levels is None or len(data.shape) != 3:
             raise ConfigError(f"eval=[fid] needs 8-bit images (FID compares them through an image network); {data!r} "
                               f"holds {'continuous ' if data.levels is None else ''}points of shape "
                               f"{tuple(data.shape)}")
-        features = instantiate_config("eval.fid.features", self.features, device=context.device)
+        features = instantiate_config("features", self.features, device=context.device)
         self.fid = FID(data, features, cache=self.cache, seed=context.seeds["fid_reference"],
                        progress=context.progress is True)
         with distributed.main_first():
