@@ -103,6 +103,7 @@ def trained(steps=600):
     return sde, ema.eval(), data
 
 
+@pytest.mark.slow
 def test_elbo_of_a_trained_model_lies_above_its_ode_likelihood():
     """Measured 0.26 nats/dim above the ODE's NLL, with a standard error of 0.014: the bound is more than 5
     standard errors above it, and above the exact NLL."""

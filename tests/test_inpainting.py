@@ -105,6 +105,7 @@ def inpaint_report(sde, inpainter, mix, known, points=1000, completions=10, seed
     return inpainting_report(mix, x, known, out, torch.Generator().manual_seed(seed + 1)), nfe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_resampling_completes_the_unknown_coordinate_as_the_exact_conditional(sde_name):
     """The recommended setting (resample, em 250 steps, 5 jumps) against the exact conditional; replacement alone
@@ -183,6 +184,7 @@ def test_an_unknown_task_is_one_line(tmp_path):
                                               "(or set task._target_=your_module.YourClass)"]
 
 
+@pytest.mark.slow
 def test_the_old_inpaint_options_are_translated_in_one_notice_line(tmp_path):
     proc = run(tmp_path, "model=oracle", "data=gmm", "task=inpaint", "solver.steps=5", "inpaint.num=2",
                "inpaint.completions=1", "sample.plot=false")

@@ -200,6 +200,7 @@ OBJECTIVES = {  # (process, parameterization, loss options, the KL it must reach
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_each_objective_trains_the_mlp_to_a_stated_kl(objective):
     """600 steps (batch 256, a 2 × 64 MLP, about a second) on the 3-component 2-D mixture: the KL of the model
@@ -251,6 +252,7 @@ def test_training_benchmark_measures_zero_kl_and_the_sampling_floor_for_the_exac
     assert row["kl_stderr"] < 1e-3 and row["weights_tv"] < 0.04, row
 
 
+@pytest.mark.slow
 def test_flow_matching_preset_trains_through_run_py(tmp_path):
     """`python run.py experiment=flow_matching` composes the rectified flow, v-prediction and the flow-matching
     loss, and a short run of it (300 steps of a 64-wide MLP on the 3-mode gmm) reports a likelihood next to the
