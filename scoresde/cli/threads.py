@@ -10,9 +10,8 @@ from scoresde.training.distributed import launched
 
 def choose_threads(setting):
     """torch's CPU threads: an int, or 'auto' = the cores not busy now (cores − busy_cores(), at least 1; under
-    torchrun the cores shared equally by the processes on this machine).
-    PyTorch's default of every core made training 14–28× slower on a 2-core machine with one other job
-    (benchmarks/results/threads.md)."""
+    torchrun the cores shared equally by the processes on this machine). PyTorch's own default, every core,
+    is what benchmarks/results/threads.md measures against this beside other work."""
     cores = os.cpu_count() or 1
     if setting == "auto" and launched():
         n = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -28,7 +27,7 @@ def busy_cores(interval=0.25):
     """How many cores other work keeps busy: from /proc/stat, the share of CPU time not idle (user, nice,
     system, interrupt and steal time) over ``interval`` seconds, times the core count. Work at a lower priority
     counts too: torch's threads wait for each other at every operation, so one of them preempted even briefly
-    stalls them all (the digits preset took 755 s instead of 341 s on 2 threads beside nice-19 jobs). The
+    stalls them all (benchmarks/results/threads.md). The
     1-minute load average, which still counts work that has ended, is the fallback where /proc/stat is missing."""
     def sample():
         with open("/proc/stat") as fh:
