@@ -6,6 +6,7 @@ a one-line error (exit 2), a one-line warning with the run going on, a traceback
 Every case names the outcome a user should get; the table lists each case beside what it got.
 """
 import argparse
+import inspect
 import os
 import subprocess
 import sys
@@ -46,11 +47,11 @@ def _text_npy(d):
     (d / "text.npy").write_text("1,2\n3,4\n")
 
 
-def _checkpoint(d, edit=None):
-    """A checkpoint of a 3-step run, optionally edited."""
+def _checkpoint(d, runner, edit=None):
+    """A checkpoint of a 3-step run (through ``runner``, as the case itself runs), optionally edited."""
     out = d / "trained"
     if not (out / "checkpoint.pt").exists():
-        run_py(out, ["train.steps=3", *SMALL])
+        runner(out, ["train.steps=3", *SMALL], cwd=d)
     if edit is not None:
         state = torch.load(out / "checkpoint.pt", weights_only=True)
         edit(state)
@@ -58,15 +59,15 @@ def _checkpoint(d, edit=None):
 
 
 def _drop(key):
-    return lambda d: _checkpoint(d, lambda s: s.pop(key))
+    return lambda d, runner: _checkpoint(d, runner, lambda s: s.pop(key))
 
 
-def _nan_ema(d):
+def _nan_ema(d, runner):
     def poison(state):
         for v in state["ema"]["shadow"].values():
             if v.is_floating_point():
                 v.fill_(float("nan"))
-    _checkpoint(d, poison)
+    _checkpoint(d, runner, poison)
 
 
 A = ["data=array", "data.path={d}/x.npy"]
@@ -163,18 +164,19 @@ def outcome(proc):
 
 def probe(case, workdir, runner=None):
     """How ``case`` ended: (outcome, its error or warning line, the finished run), through ``runner(out,
-    overrides, cwd=...)`` (default run_py, a process of its own) returning a subprocess.CompletedProcess."""
+    overrides, cwd=...)`` (default run_py, a process of its own) returning a subprocess.CompletedProcess; a
+    setup taking two arguments (a checkpoint to make) gets the runner too."""
     category, name, setup, overrides, expected = case
-    d = Path(workdir)
+    d, runner = Path(workdir), runner or run_py
     if setup is not None:
-        setup(d)
+        setup(*[d, runner][:len(inspect.signature(setup).parameters)])
     args = [o.format(d=d) for o in overrides]
     other_model = any(a.startswith("model=") for a in args)
     args += [a for a in SMALL if a.split("=")[0] not in {o.split("=")[0] for o in args}
              and not (other_model and a.startswith("model."))]
     if "train.steps" not in " ".join(args):
         args.append("train.steps=3")
-    proc = (runner or run_py)(d / "out", args, cwd=d)
+    proc = runner(d / "out", args, cwd=d)
     got = outcome(proc)
     message = next((line for line in proc.stderr.splitlines() if line.startswith(("error: ", "warning: "))), "")
     return got, message, proc
