@@ -158,7 +158,8 @@ class SDEDPMSolver(SteppingSolver):
         state.coefficients = []
         for i in range(state.steps):
             k = 1 if torch.isinf(lam[i + 1]) else min(self.multistep, i + 1)
-            w = a[i + 1] * exponential_weights(lam[i + 1] - lam[i], lam[i + 1] - lam[i + 1 - k:i + 1].flip(0), rho)
+            nodes = lam[i + 1] - lam[i + 1 - k:i + 1].flip(0)
+            w = a[i + 1] * rho * exponential_weights(lam[i + 1] - lam[i], nodes, rho)
             state.coefficients.append([c.to(device=x.device, dtype=x.dtype) for c in (ratio[i], std[i], *w)])
 
     def noise(self, state, x):

@@ -41,14 +41,18 @@ def test_eta_zero_weights_are_dpm_solver_plus_plus_with_exact_integrals():
         assert torch.allclose(a[i + 1] * exponential_weights(h, nodes[:1], 1.0), -a[i + 1] * phi1, rtol=1e-12)
 
 
-def test_weights_integrate_polynomials_exactly():
-    """Σ w_j P(v_j) = ρ ∫_0^h e^{−ρv} P(v) dv for a cubic P through four nodes (quadrature by a fine trapezoid)."""
-    h, rho = torch.tensor(0.7, dtype=torch.float64), 2.0
-    nodes = torch.tensor([0.0, 0.7, 1.3, 2.2], dtype=torch.float64)
+@pytest.mark.parametrize("h, rho", [(0.7, 2.0), (-0.9, 1.0), (1.1, 0.0), (-0.6, 0.0), (3.0, 1.25)])
+def test_weights_integrate_polynomials_exactly(h, rho):
+    """Σ w_j P(v_j) = ∫_0^h e^{−ρv} P(v) dv for a cubic P through four nodes, for steps in either direction and the
+    plain integral ρ = 0 (quadrature by a fine trapezoid)."""
+    nodes = torch.tensor([0.0, 0.7, 1.3, 2.2], dtype=torch.float64) * (1 if h > 0 else -1)
     poly = lambda v: 1 - 2 * v + 0.5 * v**2 - 0.3 * v**3  # noqa: E731
-    v = torch.linspace(0, float(h), 200001, dtype=torch.float64)
-    exact = torch.trapezoid(rho * torch.exp(-rho * v) * poly(v), v)
-    assert torch.allclose((exponential_weights(h, nodes, rho) * poly(nodes)).sum(), exact, rtol=1e-8)
+    v = torch.linspace(0, h, 200001, dtype=torch.float64)
+    exact = torch.trapezoid(torch.exp(-rho * v) * poly(v), v)
+    got = (exponential_weights(torch.tensor(h, dtype=torch.float64), nodes, rho) * poly(nodes)).sum()
+    assert torch.allclose(got, exact, rtol=1e-8)
+    assert not torch.allclose((exponential_weights(torch.tensor(h, dtype=torch.float64), nodes[:3], rho)
+                               * poly(nodes[:3])).sum(), exact, rtol=1e-3)
 
 
 def test_kernel_composes_over_two_steps(any_sde):
