@@ -21,12 +21,16 @@ FILE_TYPES = (".txt", ".npy", ".json")
 
 
 def _bisect(fn, target, lo, hi):
-    """t in [lo, hi] with fn(t) = target, for an increasing fn, by BISECTIONS halvings (vectorized over target)."""
+    """t in [lo, hi] with fn(t) = target, for an increasing fn, by up to BISECTIONS halvings (vectorized over
+    target), ending early once a halving leaves every bracket as it was: from there on none would change it."""
     lo, hi = torch.full_like(target, lo), torch.full_like(target, hi)
     for _ in range(BISECTIONS):
         mid = 0.5 * (lo + hi)
         below = fn(mid) < target
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        new_lo, new_hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        if torch.equal(new_lo, lo) and torch.equal(new_hi, hi):
+            break
+        lo, hi = new_lo, new_hi
     return 0.5 * (lo + hi)
 
 

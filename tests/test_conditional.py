@@ -204,9 +204,10 @@ def test_a_conditional_score_model_from_labelled_data_and_refused_without_labels
 @pytest.mark.slow
 def test_trained_with_label_dropout_one_network_gives_both_scores(tmp_path):
     """train.cond_drop through run.py: the checkpoint is conditional, and sampling it for a class with and without
-    guidance raises the share of samples in that class's components."""
+    guidance raises the share of samples in that class's components (500 steps: purity 0.89 unguided, 1.0 at
+    scale 3; 0.32 for both after 1 step)."""
     proc = run(tmp_path / "train", "data=gmm", "data.means=[[-1,0],[1,0],[0,1.2]]", "data.stds=[0.5,0.5,0.5]", "data.weights=[1,1,1]",
-               *SMALL_MLP, "train.steps=1500", "train.cond_drop=0.2", "solver=dpm", "sample.num=10")
+               *SMALL_MLP, "train.steps=500", "train.cond_drop=0.2", "solver=dpm", "sample.num=10")
     assert proc.returncode == 0, proc.stderr
     state = torch.load(tmp_path / "train" / "checkpoint.pt", weights_only=False)
     assert state["meta"]["model"]["conditional"] is True and state["meta"]["data_spec"]["num_classes"] == 3
