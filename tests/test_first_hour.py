@@ -123,6 +123,16 @@ def test_a_sweep_over_solvers_trains_once_and_writes_a_summary(tmp_path):
     assert metrics[0]["solver"].startswith("EulerMaruyama") and metrics[2]["solver"].startswith("DPMSolver")
     rows = [line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| ")]
     assert len(rows) == 4 and "solver=ddim" in rows[2] and "swd" in rows[0]
+    columns = [[cell.strip() for cell in row.strip("| ").split(" | ")] for row in rows]
+    assert "fid" not in columns[0] and all(any(run[j] for run in columns[1:]) for j in range(len(columns[0])))
+
+
+def test_an_inpainting_run_prints_its_metrics(tmp_path, capsys):
+    metrics = run_job(tmp_path, "model=oracle", "data=gmm", "task=inpaint", "mask=coordinates", "mask.coordinates=[0]",
+                      "solver=ddim", "solver.steps=5", "task.num=20")
+    out = capsys.readouterr().out
+    for key in ("inpaint_rmse", "inpaint_weights_tv", "inpaint_logp_gap_per_dim", "nfe_inpaint"):
+        assert key in metrics and f"{key}  " in out, key
 
 
 def test_threads_are_chosen_and_can_be_set(tmp_path, capsys):

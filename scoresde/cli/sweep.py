@@ -12,8 +12,10 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 SUMMARY = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "swd", "swd_floor", "support", "weights_tv",
-           "logp_gap_per_dim", "class_score", "class_score_real", "class_recognised", "class_recognised_real",
-           "class_recognised_noise", "classifier_accuracy",
+           "logp_gap_per_dim", "class_purity", "class_accuracy", "class_score", "class_score_real", "class_recognised",
+           "class_recognised_real", "class_recognised_noise", "classifier_accuracy",
+           "nfe_inpaint", "inpaint_seconds", "inpaint_rmse", "inpaint_known_error", "inpaint_weights_tv",
+           "inpaint_logp_gap_per_dim",
            "nll", "exact_nll", "bpd", "nfe_likelihood", "likelihood_seconds", "elbo", "elbo_bpd", "elbo_stderr", "fid",
            "kid", "kid_std", "fid_num", "fid_seconds")
 
@@ -39,23 +41,25 @@ def keep_for_sweep(checkpoint, cached):
 
 
 class SweepSummary(Callback):
-    """At the end of a sweep, summary.md in the sweep directory: one row per run, its overrides and metrics."""
+    """At the end of a sweep, summary.md in the sweep directory: one row per run, its overrides and metrics, with a
+    column for each metric of COLUMNS that some run reported."""
 
     COLUMNS = SUMMARY
 
     def on_multirun_end(self, config, **kwargs):
         root = Path(config.hydra.sweep.dir)
-        rows = []
+        runs = []
         for metrics_file in sorted(root.glob("*/metrics.json"), key=lambda p: int(p.parent.name) if
                                    p.parent.name.isdigit() else 0):
-            metrics = json.loads(metrics_file.read_text())
             overrides = OmegaConf.load(metrics_file.parent / ".hydra" / "overrides.yaml")
-            cells = [" ".join(overrides)] + [_cell(metrics.get(k)) for k in self.COLUMNS]
-            rows.append(f"| {metrics_file.parent.name} | " + " | ".join(cells) + " |")
-        if not rows:
+            runs.append((metrics_file.parent.name, " ".join(overrides), json.loads(metrics_file.read_text())))
+        if not runs:
             return
-        head = "| run | overrides | " + " | ".join(self.COLUMNS) + " |"
-        text = "\n".join([head, "|" + "---|" * (len(self.COLUMNS) + 2), *rows, ""])
+        columns = [k for k in self.COLUMNS if any(k in metrics for _, _, metrics in runs)]
+        rows = [f"| {name} | {overrides} | " + " | ".join(_cell(metrics.get(k)) for k in columns) + " |"
+                for name, overrides, metrics in runs]
+        head = "| run | overrides | " + " | ".join(columns) + " |"
+        text = "\n".join([head, "|" + "---|" * (len(columns) + 2), *rows, ""])
         (root / "summary.md").write_text(text)
         print(f"sweep summary: {root / 'summary.md'}\n{text}")
 
