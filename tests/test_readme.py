@@ -81,3 +81,49 @@ def sized(argv):
 def test_each_quick_readme_command_runs(argv, tmp_path):
     metrics = run_job(tmp_path, *sized(argv))
     assert (tmp_path / "metrics.json").exists() and metrics
+
+
+def options_table():
+    """(key, the README's default) for each option of the README's options table that names config keys: a row
+    `key`, `.other`, ... | d1, d2, ... gives one pair per key (a leading dot continues the first key's group)."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("### Options"):].split("\n\n", 2)[1]
+    pairs = []
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        keys = re.findall(r"`([a-z_.]+)`", cells[0])
+        if not keys or "=" in cells[0] or not re.fullmatch(r"`[a-z_.]+`(, `[a-z_.]+`)*", cells[0]):
+            continue
+        group = keys[0].rsplit(".", 1)[0]
+        keys = [group + k if k.startswith(".") else k for k in keys]
+        defaults = [d.strip().strip("`") for d in cells[1].split(", ")]
+        if len(defaults) == len(keys):
+            pairs += list(zip(keys, defaults))
+    return pairs
+
+
+def test_the_options_table_states_the_config_defaults():
+    """Every default the README's options table states is the composed config's value of that key."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from scoresde.cli.main import compose
+
+    cfg, _ = compose([])
+    pairs = options_table()
+    wrong, checked = [], 0
+    for key, stated in pairs:
+        actual = OmegaConf.select(cfg, key, default="<missing>")
+        if actual == "<missing>" or OmegaConf.is_config(actual):
+            continue
+        if isinstance(actual, (int, float)) and not isinstance(actual, bool):
+            try:
+                same = float(stated) == float(actual)
+            except ValueError:
+                same = False
+        else:
+            same = yaml.safe_load(stated) == actual
+        checked += 1
+        if not same:
+            wrong.append(f"{key}: README {stated!r}, config {actual!r}")
+    assert checked > 30 and not wrong, (checked, wrong)
