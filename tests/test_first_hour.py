@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from scoresde.cli.main import compose, main
 from sde.errors import ConfigError, ConfigWarning, NonFiniteError
@@ -177,3 +178,44 @@ def test_the_digits_preset_reports_bits_per_dim_and_what_a_classifier_sees(tmp_p
     assert metrics["classifier_accuracy"] > 0.95 and metrics["class_score_real"] > 7
     assert 1 <= metrics["class_score"] <= 10 and sum(metrics["class_counts"]) == 30
     assert "class_score" in capsys.readouterr().out
+
+
+def test_auto_threads_follow_the_work_that_comes_and_goes(monkeypatch):
+    """AutoThreads from readings of (busy, total, own) CPU seconds: on 4 cores, 1.5 cores of other work over an
+    interval leave 3 threads (2.5 rounded), none leave 4, and a look before the interval changes nothing."""
+    from scoresde.cli.threads import AutoThreads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    now, readings = [0.0], iter([(0, 0, 0), (2.5, 4, 1.0), (3.5, 8, 2.0)])
+    threads = torch.get_num_threads()
+    try:
+        governor = AutoThreads(interval=10, read=lambda: next(readings), clock=lambda: now[0])
+        torch.set_num_threads(1)
+        assert governor() == 1
+        now[0] = 10
+        assert governor() == 3 and torch.get_num_threads() == 3
+        now[0] = 15
+        assert governor() == 3
+        now[0] = 20
+        assert governor() == 4 and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_auto_threads_give_a_core_to_work_that_starts_during_the_run():
+    from scoresde.cli.threads import AutoThreads
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: nothing to give")
+    threads = torch.get_num_threads()
+    spin = "import time\nend = time.time() + 20\nwhile time.time() < end:\n    pass\n"
+    governor = AutoThreads(interval=0.8)
+    competitor = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(1.0)
+        assert governor() <= (os.cpu_count() or 1) - 1
+    finally:
+        competitor.kill()
+        competitor.wait()
+        torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""CPU threads for torch: the cores not busy at the start of a run."""
+"""CPU threads for torch: the cores not busy at the start of a run, and again as other work comes and goes."""
 import os
 import time
 
@@ -45,3 +45,48 @@ def busy_cores(interval=0.25):
             return os.getloadavg()[0]
         except (AttributeError, OSError):
             return 0.0
+
+
+def cpu_times():
+    """(busy, total) CPU time of the whole machine and this process's own CPU time (every thread), in seconds:
+    /proc/stat's first line (jiffies) and os.times(); None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return (user + nice + system + irq + softirq + steal) / tick, sum(fields[:8]) / tick, own.user + own.system
+
+
+class AutoThreads:
+    """threads=auto for the length of a run: called often (a step of training), it looks every ``interval``
+    seconds at the cores that other work kept busy since its last look,
+
+        others = cores · (Δbusy − Δown) / Δtotal,
+
+    the machine's busy CPU time less this process's own, and sets torch's threads to cores − others (rounded,
+    at least 1), as choose_threads does at the start. ``read`` gives (busy, total, own) seconds (cpu_times)."""
+
+    every = 1
+
+    def __init__(self, interval=10.0, read=cpu_times, clock=time.monotonic):
+        self.interval, self.read, self.clock = interval, read, clock
+        self.cores = os.cpu_count() or 1
+        self.last, self.due = read(), clock() + interval
+
+    def __call__(self, *_):
+        if self.clock() < self.due:
+            return torch.get_num_threads()
+        self.due = self.clock() + self.interval
+        now, last = self.read(), self.last
+        self.last = now
+        if now is None or last is None or now[1] <= last[1]:
+            return torch.get_num_threads()
+        share = ((now[0] - last[0]) - (now[2] - last[2])) / (now[1] - last[1])
+        n = max(1, min(self.cores, int(self.cores * (1 - max(share, 0.0)) + 0.5)))
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        return n
