@@ -1,0 +1,110 @@
+"""The run directory, claimed before anything is written into it (Hydra's ``.hydra/`` included): created, found
+writable, not a finished run's unless the command resumes that run, and locked against a second live run."""
+import contextlib
+import os
+from pathlib import Path
+
+from sde.errors import ConfigError
+
+FINISHED = ("checkpoint.pt", "metrics.json")
+"""The files that make a directory a finished (or resumable) run's: a fresh run into it would replace them."""
+
+_held = set()
+
+
+def last_value(argv, key):
+    """The value the command line ``argv`` gives ``key`` (``key=V``, ``+key=V`` or ``++key=V``; the last one
+    wins, as in Hydra), or None."""
+    value = None
+    for arg in argv:
+        name, eq, rest = arg.lstrip("+").partition("=")
+        if eq and name.strip() == key:
+            value = rest.strip().strip("'\"")
+    return value
+
+
+def requested_dir(argv):
+    """The run directory the command line names with ``hydra.run.dir=`` (None when it names none or leaves
+    it to an interpolation, which Hydra resolves to a fresh directory)."""
+    value = last_value(argv, "hydra.run.dir")
+    return None if not value or "${" in value else Path(value).expanduser()
+
+
+def resumes(ckpt, out):
+    """Whether ``ckpt`` (the command line's ckpt=) names the run in ``out``: the directory or its checkpoint.pt."""
+    if not ckpt:
+        return False
+    named = Path(str(ckpt)).expanduser().resolve()
+    here = Path(out).resolve()
+    return named in (here, here / "checkpoint.pt")
+
+
+def _created(out):
+    """``out`` made (with its parents) unless it exists as a directory; a ConfigError naming it otherwise."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"hydra.run.dir={str(out)!r} is not a directory: give a folder for the run's outputs",
+                          "hydra.run.dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"hydra.run.dir={str(out)!r} cannot be created ({e.strerror or type(e).__name__}): give "
+                          "a folder you can write", "hydra.run.dir") from None
+
+
+def _refuse_finished(out, ckpt):
+    present = [name for name in FINISHED if (out / name).exists()]
+    if present and not resumes(ckpt, out):
+        raise ConfigError(f"hydra.run.dir={str(out)!r} holds a finished run ({', '.join(present)}), which a new run "
+                          f"would overwrite: give a new directory, or resume that run with ckpt={str(out)}",
+                          "hydra.run.dir")
+
+
+@contextlib.contextmanager
+def claimed(out, ckpt=None):
+    """Holds the run directory ``out`` for the block: created if missing, refused in one line (ConfigError) when
+    it cannot be created or written, when another live run holds it (``out/.lock``) or when it holds a finished
+    run that ``ckpt`` does not resume. The checks write nothing into a directory they refuse. A directory this
+    process already holds is held again without a second check."""
+    out = Path(out)
+    key = str(out.resolve())
+    if key in _held:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    _created(out)
+    try:
+        fh = open(out / ".lock", "a+")
+    except OSError as e:
+        raise ConfigError(f"hydra.run.dir={str(out)!r} cannot be written ({e.strerror or type(e).__name__}): give a "
+                          "folder you can write", "hydra.run.dir") from None
+    with fh:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip() or "?"
+                raise ConfigError(f"hydra.run.dir={str(out)!r} is in use by another live run (pid {holder}): give "
+                                  "each run its own directory", "hydra.run.dir") from None
+        try:
+            _refuse_finished(out, ckpt)
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(str(os.getpid()))
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as e:
+                raise ConfigError(f"hydra.run.dir={str(out)!r} cannot be written ({e.strerror or type(e).__name__}):"
+                                  " free some space or give another folder", "hydra.run.dir") from None
+            _held.add(key)
+            try:
+                yield
+            finally:
+                _held.discard(key)
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
