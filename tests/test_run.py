@@ -445,3 +445,22 @@ def test_an_undertrained_model_warns_counts_and_keeps_its_samples(tmp_path):
     x = np.load(out / "samples.npz")["x"]
     assert x.shape == (10, 2) and 1 <= metrics["samples_out_of_range"] <= 10
     assert metrics["samples_out_of_range_ratio"] == pytest.approx(np.abs(x).max() / 2, rel=0.01)  # checkerboard: M ≈ 2
+
+
+@pytest.mark.slow
+def test_a_fatal_signal_prints_the_stack_it_struck_in(tmp_path):
+    """SIGBUS (what reading a memory-mapped .npy truncated under the run raises) cannot be caught: run.py prints
+    where it struck (faulthandler) instead of dying without a word."""
+    (tmp_path / "bus.py").write_text(textwrap.dedent("""
+        import os
+        import signal
+
+        from sde import VPSDE
+
+        class Bus(VPSDE):
+            def __init__(self, **kwargs):
+                os.kill(os.getpid(), signal.SIGBUS)
+    """))
+    proc = run(tmp_path / "out", "model=oracle", "data=gmm", "sde._target_=bus.Bus", cwd=tmp_path)
+    assert proc.returncode == -signal.SIGBUS
+    assert "Fatal Python error: Bus error" in proc.stderr and 'bus.py", line 9 in __init__' in proc.stderr

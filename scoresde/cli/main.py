@@ -2,6 +2,8 @@
 Hydra; ``job(cfg, out, overrides)`` does the run in its steps: build every part (each option checked before
 training), train or load, the task, the evaluations, the report."""
 import contextlib
+import faulthandler
+import io
 import json
 import os
 import sys
@@ -240,6 +242,7 @@ def main(argv=None):
     .hydra/ there), then the run under Hydra."""
     argv = sys.argv[1:] if argv is None else list(argv)
     sys.path.append(os.getcwd())
+    report_fatal_signals()
     show_warnings_in_one_line()
     conf = config_dir()
     if {"--help", "-h"} & set(argv):
@@ -256,6 +259,18 @@ def main(argv=None):
                 held.enter_context(claimed(out, last_value(argv, "ckpt")))
         sys.argv = sys.argv[:1] + argv
         hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()
+
+
+def report_fatal_signals():
+    """A fatal signal (SIGBUS from a memory-mapped file truncated under the run, SIGSEGV) prints the Python stack it
+    struck in (faulthandler) before the process dies: Python cannot recover from such a signal, but the stack
+    names the read that caused it."""
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # stderr without a file descriptor
+        pass
 
 
 def multirun(argv):
