@@ -6,6 +6,7 @@ a one-line error (exit 2), a one-line warning with the run going on, a traceback
 Every case names the outcome a user should get; the table lists each case beside what it got.
 """
 import argparse
+import atexit
 import inspect
 import os
 import subprocess
@@ -198,6 +199,57 @@ def _stale_temporary(d, runner):
     (d / "trained" / f"checkpoint.pt.tmp.{2**22 + 1}").write_bytes(b"torn")
 
 
+_MOUNTS = []
+
+
+def _on_tmpfs(size):
+    """A setup: d/full, a link to a fresh tmpfs of ``size`` bytes, a disk that fills up during the case (mounting
+    needs root; without it d/full is an ordinary folder and the case cannot fill it). Unmounted at exit."""
+    def setup(d):
+        mount = Path(tempfile.mkdtemp(prefix="bad_inputs_tmpfs_"))
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True).returncode == 0:
+            _MOUNTS.append(mount)
+        (d / "full").symlink_to(mount)
+    return setup
+
+
+@atexit.register
+def _unmount():
+    for mount in _MOUNTS:
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
+        if not os.path.ismount(mount):
+            mount.rmdir()
+
+
+_HOLDERS = []
+
+
+def _held_by_a_live_run(d):
+    """d/out with its .hydra/ and its lock held by another process, as a live run holds it (for two minutes)."""
+    (d / "out" / ".hydra").mkdir(parents=True)
+    (d / "out" / ".hydra" / "overrides.yaml").write_text("- train.steps=4000\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fh = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(fh, fcntl.LOCK_EX); fh.write(str(os.getpid())); fh.flush(); "
+                               "print(flush=True); time.sleep(120)", str(d / "out" / ".lock")],
+                              stdout=subprocess.PIPE)
+    holder.stdout.readline()
+    _HOLDERS.append(holder)
+
+
+@atexit.register
+def _stop_holders():
+    for holder in _HOLDERS:
+        holder.kill()
+        holder.wait()
+
+
+def _full_from_the_start(d):
+    """d/out whose first write fails for want of space: its lock file is /dev/full."""
+    (d / "out").mkdir()
+    (d / "out" / ".lock").symlink_to("/dev/full")
+
+
 E = ["ckpt={d}/edited.pt", "train.steps=0"]
 R = ["ckpt={d}/edited.pt", "train.steps=6"]
 RUNDIR_CASES = [
@@ -228,6 +280,13 @@ RUNDIR_CASES = [
      ["hydra.run.dir={d}/torn", "ckpt={d}/torn", "train.steps=6"], "silent"),
     ("paths", "a stale checkpoint temporary where the run resumes from", _stale_temporary,
      ["ckpt={d}/trained", "train.steps=6"], "silent"),
+    ("paths", "x06 a disk that fills up during a checkpoint write", _on_tmpfs(112 * 1024),
+     ["hydra.run.dir={d}/full/run", "train.steps=6", "train.ckpt_every=3"], "error"),
+    ("paths", "x07 a disk that fills up while samples.npz is written", _on_tmpfs(64 * 1024),
+     ["hydra.run.dir={d}/full/run", "model=oracle", "data=gmm", "sample.num=20000"], "error"),
+    ("paths", "x08 a disk full at the start (the first write fails: the lock file is /dev/full)",
+     _full_from_the_start, [], "error"),
+    ("paths", "x10 a second run into the directory of a live run", _held_by_a_live_run, [], "error"),
     ("paths", "h01 hydra.run.dir in a read-only folder", _read_only, ["hydra.run.dir={d}/ro/run"], "error"),
     ("paths", "h02 hydra.run.dir an existing file", lambda d: (d / "file").write_text("x"),
      ["hydra.run.dir={d}/file"], "error"),

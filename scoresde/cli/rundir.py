@@ -2,6 +2,7 @@
 writable, not a finished run's unless the command resumes that run, and locked against a second live run."""
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 from sde.errors import ConfigError
@@ -76,35 +77,32 @@ def claimed(out, ckpt=None):
         fcntl = None
     _created(out)
     try:
-        fh = open(out / ".lock", "a+")
+        fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise ConfigError(f"hydra.run.dir={str(out)!r} cannot be written ({e.strerror or type(e).__name__}): give a "
                           "folder you can write", "hydra.run.dir") from None
-    with fh:
+    try:
         if fcntl is not None:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                fh.seek(0)
-                holder = fh.read().strip() or "?"
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
                 raise ConfigError(f"hydra.run.dir={str(out)!r} is in use by another live run (pid {holder}): give "
                                   "each run its own directory", "hydra.run.dir") from None
+        _refuse_finished(out, ckpt)
         try:
-            _refuse_finished(out, ckpt)
-            try:
-                fh.seek(0)
-                fh.truncate()
-                fh.write(str(os.getpid()))
-                fh.flush()
-                os.fsync(fh.fileno())
-            except OSError as e:
-                raise ConfigError(f"hydra.run.dir={str(out)!r} cannot be written ({e.strerror or type(e).__name__}):"
-                                  " free some space or give another folder", "hydra.run.dir") from None
-            _held.add(key)
-            try:
-                yield
-            finally:
-                _held.discard(key)
+            pid = str(os.getpid()).encode()
+            os.pwrite(fd, pid, 0)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.ftruncate(fd, len(pid))
+            os.fsync(fd)
+        except OSError as e:
+            raise ConfigError(f"hydra.run.dir={str(out)!r} cannot be written ({e.strerror or type(e).__name__}): "
+                              "free some space or give another folder", "hydra.run.dir") from None
+        _held.add(key)
+        try:
+            yield
         finally:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            _held.discard(key)
+    finally:
+        os.close(fd)
