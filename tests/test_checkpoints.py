@@ -323,7 +323,7 @@ MISFITS = {
     "k22b": "holds step=-5, not a step count",
     "k23": "holds step=1000000000000, not a step count",
     "k33": "error: train.steps=2 is below the step 3 that ckpt=",
-    "k24": "holds optimizer state that does not fit this model's 10 parameters in 1 group(s): it cannot resume training",
+    "k24": "holds optimizer state that does not fit this model's 10 parameters in 1 group(s): it cannot resume",
     "k24b": "holds optimizer exp_avg of shape (",
     "k25": "holds a data_generator state of 3 torch.uint8 entries, not a random state (5056 entries): it cannot resume",
     "k26": "holds a torch_rng state of 3 torch.uint8 entries, not a random state (5056 entries): it cannot resume",
@@ -358,8 +358,8 @@ def test_scoresde_load_refuses_a_step_that_is_not_a_count(tiny_run, tmp_path, st
     with pytest.raises(CheckpointError) as error:
         scoresde.load(tmp_path / "edited.pt", device="cpu")
     (line,) = str(error.value).splitlines()
-    assert line == (f"ckpt={str(tmp_path / 'edited.pt')!r} holds step={step!r}, not a step count (a whole number from 0 "
-                    "to 1,000,000,000): it is not a checkpoint of a training run")
+    assert line == (f"ckpt={str(tmp_path / 'edited.pt')!r} holds step={step!r}, not a step count (a whole number "
+                    "from 0 to 1,000,000,000): it is not a checkpoint of a training run")
 
 
 def test_resuming_at_the_checkpoints_own_step_says_nothing_is_trained(tiny_run, tmp_path):

@@ -332,7 +332,8 @@ TINY = ["train.steps=3", "model.net.hidden=16", "model.net.depth=1", "model.net.
 
 def snapshot(out):
     """Every file of a run directory (its .hydra/ included; the lock left out) with its bytes."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 def one_line_error(proc):
@@ -347,10 +348,11 @@ def test_a_new_run_into_a_finished_runs_directory_is_refused_and_changes_nothing
     out = tmp_path / "run"
     assert run_main(out, *TINY).returncode == 0
     before = snapshot(out)
-    assert {"checkpoint.pt", "train_log.csv", "metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml"} <= set(before)
+    assert {"checkpoint.pt", "train_log.csv", "metrics.json", ".hydra/config.yaml",
+            ".hydra/overrides.yaml"} <= set(before)
     line = one_line_error(run_main(out, *TINY[1:], "train.steps=5", "seed=7", "data=moons"))
-    assert line == (f"error: hydra.run.dir={str(out)!r} holds a finished run (checkpoint.pt, metrics.json), which a new "
-                    f"run would overwrite: give a new directory, or resume that run with ckpt={out}")
+    assert line == (f"error: hydra.run.dir={str(out)!r} holds a finished run (checkpoint.pt, metrics.json), which a "
+                    f"new run would overwrite: give a new directory, or resume that run with ckpt={out}")
     assert snapshot(out) == before
     other = run_main(out, *TINY[1:], "train.steps=5", f"ckpt={tmp_path}")
     assert "holds a finished run" in one_line_error(other) and snapshot(out) == before
@@ -444,7 +446,7 @@ def test_an_undertrained_model_warns_counts_and_keeps_its_samples(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     x = np.load(out / "samples.npz")["x"]
     assert x.shape == (10, 2) and 1 <= metrics["samples_out_of_range"] <= 10
-    assert metrics["samples_out_of_range_ratio"] == pytest.approx(np.abs(x).max() / 2, rel=0.01)  # checkerboard: M ≈ 2
+    assert metrics["samples_out_of_range_ratio"] == pytest.approx(np.abs(x).max() / 2, rel=0.01)  # checkerboard M≈2
 
 
 @pytest.mark.slow

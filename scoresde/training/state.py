@@ -117,7 +117,9 @@ class TrainState:
 
         checkpoint_step(state)
         ema = state["ema"]
-        count = ema.get("num_updates") if isinstance(ema, dict) else None
+        if not isinstance(ema, dict) or not isinstance(ema.get("shadow"), dict):
+            refuse("no EMA weights")
+        count = ema.get("num_updates")
         if not _count(count):
             refuse(f"an EMA update count of {count!r}, not a count")
         for key in ("decay", "warmup"):
