@@ -135,6 +135,8 @@ class TrainState:
             if not isinstance(own.get("noise_generator"), torch.Tensor) or own["noise_generator"].dtype != torch.uint8:
                 refuse(f"a noise_generator state{where} that is not a random state")
             _check_random_state(f"torch_rng{where}", own.get("torch_rng"), torch.get_rng_state(), refuse)
+            if "cuda_rng" in own and self.device.type == "cuda":
+                _check_random_state(f"cuda_rng{where}", own["cuda_rng"], torch.cuda.get_rng_state(self.device), refuse)
 
     def _check_optimizer(self, saved, refuse):
         """The optimizer state ``saved`` has this optimizer's groups, each with as many parameters, and every
