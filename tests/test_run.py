@@ -466,3 +466,14 @@ def test_a_fatal_signal_prints_the_stack_it_struck_in(tmp_path):
     proc = run(tmp_path / "out", "model=oracle", "data=gmm", "sde._target_=bus.Bus", cwd=tmp_path)
     assert proc.returncode == -signal.SIGBUS
     assert "Fatal Python error: Bus error" in proc.stderr and 'bus.py", line 9 in __init__' in proc.stderr
+
+
+@pytest.mark.parametrize("extra", [["sample.num=[1,"], ["--cfg", "job"]])
+def test_a_command_hydra_refuses_or_does_not_run_creates_no_run_directory(tmp_path, extra):
+    out = tmp_path / "run"
+    proc = run_main(out, *TINY, *extra)
+    assert not out.exists()
+    if "--cfg" in extra:
+        assert proc.returncode == 0 and "sample:" in proc.stdout, proc.stderr
+    else:
+        assert proc.returncode != 0

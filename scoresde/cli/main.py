@@ -32,7 +32,7 @@ from .checkpoint import check_steps, checkpoint_meta
 from .checks import check_data_fits, fit_model_to_data, warn_about_scale
 from .errors import one_line_errors, show_warnings_in_one_line
 from .legacy import translate
-from .rundir import claimed, last_value, requested_dir
+from .rundir import claimed, requested_checkpoint, requested_dir
 from .sweep import SUMMARY, cached_training, keep_for_sweep
 from .threads import choose_threads
 
@@ -256,7 +256,7 @@ def main(argv=None):
             argv = quiet_other_ranks(argv)
             out = requested_dir(argv)
             if out is not None and os.environ.get("RANK", "0") == "0" and not multirun(argv):
-                held.enter_context(claimed(out, last_value(argv, "ckpt")))
+                held.enter_context(claimed(out, requested_checkpoint(argv)))
         sys.argv = sys.argv[:1] + argv
         hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()
 

@@ -13,22 +13,36 @@ FINISHED = ("checkpoint.pt", "metrics.json")
 _held = set()
 
 
-def last_value(argv, key):
-    """The value the command line ``argv`` gives ``key`` (``key=V``, ``+key=V`` or ``++key=V``; the last one
-    wins, as in Hydra), or None."""
-    value = None
-    for arg in argv:
-        name, eq, rest = arg.lstrip("+").partition("=")
-        if eq and name.strip() == key:
-            value = rest.strip().strip("'\"")
-    return value
+NOT_A_RUN = {"--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc", "--resolve"}
+"""Hydra's flags that print something instead of running the job."""
+
+
+def overrides(argv):
+    """The command line's ``key=value`` overrides as Hydra parses them ({key: value}, the last one of a key
+    winning), or None when Hydra would refuse one (its own error then ends the run) or would not run the job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if NOT_A_RUN & set(argv):
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+    except HydraException:
+        return None
+    return {o.key_or_group: o.value() for o in parsed}
 
 
 def requested_dir(argv):
-    """The run directory the command line names with ``hydra.run.dir=`` (None when it names none or leaves
-    it to an interpolation, which Hydra resolves to a fresh directory)."""
-    value = last_value(argv, "hydra.run.dir")
-    return None if not value or "${" in value else Path(value).expanduser()
+    """The run directory the command line names with ``hydra.run.dir=`` (None when it names none, leaves it to
+    an interpolation, which Hydra resolves to a fresh directory, or is not a run Hydra would start)."""
+    value = (overrides(argv) or {}).get("hydra.run.dir")
+    return None if value is None or "${" in str(value) else Path(str(value))
+
+
+def requested_checkpoint(argv):
+    """What the command line gives ``ckpt=`` (None when nothing)."""
+    value = (overrides(argv) or {}).get("ckpt")
+    return None if value is None else str(value)
 
 
 def resumes(ckpt, out):
