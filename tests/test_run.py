@@ -477,3 +477,11 @@ def test_a_command_hydra_refuses_or_does_not_run_creates_no_run_directory(tmp_pa
         assert proc.returncode == 0 and "sample:" in proc.stdout, proc.stderr
     else:
         assert proc.returncode != 0
+
+
+def test_a_finished_run_without_a_lock_file_gets_none_from_a_refused_run(tmp_path):
+    out = tmp_path / "run"
+    assert run_main(out, *TINY).returncode == 0
+    (out / ".lock").unlink()
+    assert "holds a finished run" in one_line_error(run_main(out, *TINY))
+    assert not (out / ".lock").exists()

@@ -11,7 +11,7 @@ FINISHED = ("checkpoint.pt", "metrics.json")
 """The files that make a directory a finished (or resumable) run's: a fresh run into it would replace them."""
 
 _held = set()
-
+"""The run directories this process holds (resolved paths)."""
 
 NOT_A_RUN = {"--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc", "--resolve"}
 """Hydra's flags that print something instead of running the job."""
@@ -78,8 +78,9 @@ def _refuse_finished(out, ckpt):
 def claimed(out, ckpt=None):
     """Holds the run directory ``out`` for the block: created if missing, refused in one line (ConfigError) when
     it cannot be created or written, when another live run holds it (``out/.lock``) or when it holds a finished
-    run that ``ckpt`` does not resume. The checks write nothing into a directory they refuse. A directory this
-    process already holds is held again without a second check."""
+    run that ``ckpt`` does not resume (checked before the lock file is made, and again once it is held). The
+    checks write nothing into a directory they refuse. A directory this process already holds is held again
+    without a second check."""
     out = Path(out)
     key = str(out.resolve())
     if key in _held:
@@ -90,6 +91,8 @@ def claimed(out, ckpt=None):
     except ImportError:  # not POSIX: no lock
         fcntl = None
     _created(out)
+    if not (out / ".lock").exists():
+        _refuse_finished(out, ckpt)
     try:
         fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
