@@ -393,3 +393,13 @@ def test_a_torn_log_row_past_the_checkpoint_is_dropped_on_resume(tmp_path):
     rows = log_rows(tmp_path)
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
     assert all(r["loss"] and r["lr"] and r["seconds"] for r in rows)
+
+
+def test_resuming_with_fewer_steps_than_the_checkpoint_has_is_refused(tmp_path):
+    sde = ALL_SDES["vp"]()
+    trainer(steps=10).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path, CPU)
+    with pytest.raises(ConfigError) as error:
+        trainer(steps=5).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path / "b", CPU,
+                             resume=tmp_path / "checkpoint.pt")
+    assert str(error.value) == (f"steps=5 is below the step 10 that the checkpoint {tmp_path / 'checkpoint.pt'} has "
+                                "reached: nothing would be trained")

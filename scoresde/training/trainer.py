@@ -246,6 +246,9 @@ class Trainer:
         state.train_model = wrapped
         if resume is not None:
             state.load_state_dict(load_checkpoint(resume, model))
+            if state.step > self.steps:
+                raise ConfigError(f"steps={self.steps} is below the step {state.step} that the checkpoint {resume} has "
+                                  "reached: nothing would be trained", "steps")
         if self.compile:
             state.train_model = torch.compile(wrapped)
         autocast = self.amp and device.type == "cuda"
