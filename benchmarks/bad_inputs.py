@@ -6,6 +6,7 @@ a one-line error (exit 2), a one-line warning with the run going on, a traceback
 Every case names the outcome a user should get; the table lists each case beside what it got.
 """
 import argparse
+import atexit
 import inspect
 import os
 import subprocess
@@ -140,6 +141,163 @@ CASES = [
      ["ckpt={d}/trained/checkpoint.pt", "train.steps=0", "data=gmm_hd", "data.dim=3"], "error"),
     ("training", "learning rate that blows up", None, ["train.steps=300", "train.lr=1e6", "train.warmup=1"], "error"),
 ]
+
+
+def _edit(fn):
+    """A setup: the 3-step checkpoint of _checkpoint, edited by ``fn(state)`` into edited.pt."""
+    return lambda d, runner: _checkpoint(d, runner, fn)
+
+
+def _ema(fn):
+    return _edit(lambda s: fn(s["ema"]["shadow"]))
+
+
+def _rename_all(weights):
+    for k in list(weights):
+        weights["renamed." + k] = weights.pop(k)
+
+
+def _wrong_shape(weights):
+    k = next(k for k, v in weights.items() if v.ndim == 2)
+    weights[k] = torch.zeros(3, 3)
+
+
+def _moments_of_another_size(state):
+    for moments in state["optimizer"]["state"].values():
+        for k, v in moments.items():
+            if k != "step":
+                moments[k] = torch.zeros(*(n + 1 for n in v.shape))
+
+
+def _finished_run(d, runner):
+    """A finished run in d/out, the directory the case runs into."""
+    runner(d / "out", ["train.steps=3", *SMALL], cwd=d)
+
+
+def _read_only(d):
+    """d/ro, a folder this process cannot write into (for root, which writes through modes, a link to /sys)."""
+    if os.geteuid() == 0:
+        (d / "ro").symlink_to("/sys")
+    else:
+        (d / "ro").mkdir()
+        (d / "ro").chmod(0o555)
+
+
+def _log_torn_past_checkpoint(d, runner):
+    """A copy of the 3-step run whose train_log.csv ends in a row torn mid-write past the checkpoint."""
+    _checkpoint(d, runner)
+    import shutil
+
+    shutil.copytree(d / "trained", d / "torn")
+    with open(d / "torn" / "train_log.csv", "a") as fh:
+        fh.write("4")
+
+
+def _stale_temporary(d, runner):
+    """The 3-step run with the temporary a write killed by SIGKILL leaves (pid 2**22 + 1: no such process)."""
+    _checkpoint(d, runner)
+    (d / "trained" / f"checkpoint.pt.tmp.{2**22 + 1}").write_bytes(b"torn")
+
+
+_MOUNTS = []
+
+
+def _on_tmpfs(size):
+    """A setup: d/full, a link to a fresh tmpfs of ``size`` bytes, a disk that fills up during the case (mounting
+    needs root; without it d/full is an ordinary folder and the case cannot fill it). Unmounted at exit."""
+    def setup(d):
+        mount = Path(tempfile.mkdtemp(prefix="bad_inputs_tmpfs_"))
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True).returncode == 0:
+            _MOUNTS.append(mount)
+        (d / "full").symlink_to(mount)
+    return setup
+
+
+@atexit.register
+def _unmount():
+    for mount in _MOUNTS:
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
+        if not os.path.ismount(mount):
+            mount.rmdir()
+
+
+_HOLDERS = []
+
+
+def _held_by_a_live_run(d):
+    """d/out with its .hydra/ and its lock held by another process, as a live run holds it (for two minutes)."""
+    (d / "out" / ".hydra").mkdir(parents=True)
+    (d / "out" / ".hydra" / "overrides.yaml").write_text("- train.steps=4000\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fh = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(fh, fcntl.LOCK_EX); fh.write(str(os.getpid())); fh.flush(); "
+                               "print(flush=True); time.sleep(120)", str(d / "out" / ".lock")],
+                              stdout=subprocess.PIPE)
+    holder.stdout.readline()
+    _HOLDERS.append(holder)
+
+
+@atexit.register
+def _stop_holders():
+    for holder in _HOLDERS:
+        holder.kill()
+        holder.wait()
+
+
+def _full_from_the_start(d):
+    """d/out whose first write fails for want of space: its lock file is /dev/full."""
+    (d / "out").mkdir()
+    (d / "out" / ".lock").symlink_to("/dev/full")
+
+
+E = ["ckpt={d}/edited.pt", "train.steps=0"]
+R = ["ckpt={d}/edited.pt", "train.steps=6"]
+RUNDIR_CASES = [
+    ("checkpoint", "k07 EMA key missing, sampled", _ema(lambda w: w.pop(next(iter(w)))), E, "error"),
+    ("checkpoint", "k08 model key missing, resumed", _edit(lambda s: s["model"].pop(next(iter(s["model"])))), R,
+     "error"),
+    ("checkpoint", "k09 every EMA key renamed, sampled", _ema(_rename_all), E, "error"),
+    ("checkpoint", "k41 EMA with an extra key, sampled", _ema(lambda w: w.update(extra=torch.zeros(2))), E, "error"),
+    ("checkpoint", "k28 EMA tensor of the wrong shape, sampled", _ema(_wrong_shape), E, "error"),
+    ("checkpoint", "k34 meta a string", _edit(lambda s: s.update(meta="abc")), E, "error"),
+    ("checkpoint", "k35 model weights a list", _edit(lambda s: s.update(model=[1, 2])), R, "error"),
+    ("checkpoint", "k21 step 'abc', resumed", _edit(lambda s: s.update(step="abc")), R, "error"),
+    ("checkpoint", "k22b step -5, resumed", _edit(lambda s: s.update(step=-5)), R, "error"),
+    ("checkpoint", "k23 step 10**12, resumed", _edit(lambda s: s.update(step=10**12)), R, "error"),
+    ("checkpoint", "k33 train.steps below the checkpoint's step", _checkpoint,
+     ["ckpt={d}/trained/checkpoint.pt", "train.steps=2"], "error"),
+    ("checkpoint", "k24 optimizer state garbage, resumed",
+     _edit(lambda s: s.update(optimizer={"state": {}, "param_groups": []})), R, "error"),
+    ("checkpoint", "k24b optimizer moments of another size, resumed", _edit(_moments_of_another_size), R, "error"),
+    ("checkpoint", "k25 data_generator garbage, resumed",
+     _edit(lambda s: s.update(data_generator=torch.zeros(3, dtype=torch.uint8))), R, "error"),
+    ("checkpoint", "k26 torch_rng garbage, resumed",
+     _edit(lambda s: s.update(torch_rng=torch.zeros(3, dtype=torch.uint8))), R, "error"),
+    ("checkpoint", "k36 EMA num_updates 'x', resumed", _edit(lambda s: s["ema"].update(num_updates="x")), R,
+     "error"),
+    ("paths", "x09 a fresh run into a finished run's directory", _finished_run, ["train.steps=5"], "error"),
+    ("paths", "x12 a torn last log row past the checkpoint, resumed in place", _log_torn_past_checkpoint,
+     ["hydra.run.dir={d}/torn", "ckpt={d}/torn", "train.steps=6"], "silent"),
+    ("paths", "a stale checkpoint temporary where the run resumes from", _stale_temporary,
+     ["ckpt={d}/trained", "train.steps=6"], "silent"),
+    ("paths", "x06 a disk that fills up during a checkpoint write", _on_tmpfs(112 * 1024),
+     ["hydra.run.dir={d}/full/run", "train.steps=6", "train.ckpt_every=3"], "error"),
+    ("paths", "x07 a disk that fills up while samples.npz is written", _on_tmpfs(64 * 1024),
+     ["hydra.run.dir={d}/full/run", "model=oracle", "data=gmm", "sample.num=20000"], "error"),
+    ("paths", "x08 a disk full at the start (the first write fails: the lock file is /dev/full)",
+     _full_from_the_start, [], "error"),
+    ("paths", "x10 a second run into the directory of a live run", _held_by_a_live_run, [], "error"),
+    ("paths", "h01 hydra.run.dir in a read-only folder", _read_only, ["hydra.run.dir={d}/ro/run"], "error"),
+    ("paths", "h02 hydra.run.dir an existing file", lambda d: (d / "file").write_text("x"),
+     ["hydra.run.dir={d}/file"], "error"),
+    ("paths", "h04 hydra.run.dir under a file", lambda d: (d / "file").write_text("x"),
+     ["hydra.run.dir={d}/file/run"], "error"),
+    ("paths", "h05 hydra.run.dir=/proc/probe_run", None, ["hydra.run.dir=/proc/probe_run"], "error"),
+    ("paths", "h06 hydra.run.dir=/dev/null", None, ["hydra.run.dir=/dev/null"], "error"),
+    ("training", "u01 an undertrained model's samples beyond the data's range", None,
+     ["train.steps=3", "sample.max_range=1e-3"], "warning"),
+]
+CASES += RUNDIR_CASES
 
 
 def run_py(out, overrides, cwd=None):

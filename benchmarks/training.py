@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -138,8 +139,10 @@ def measure(name, overrides, budget, out, test=2000, samples=20000, fixed_steps=
 def job(name, overrides, out, test=10000, samples=20000):
     """``python run.py <overrides> likelihood=true`` itself, with ``test`` test points and ``samples`` samples
     (the default job draws 2,000 and has no likelihood: its own wall time is below the one measured here);
-    KL and its standard error from the run's likelihood.npz (its nll and exact_nll per point)."""
+    KL and its standard error from the run's likelihood.npz (its nll and exact_nll per point). The scratch run
+    directory is emptied first: run.py refuses a new run into a finished run's directory."""
     run_dir = out.parent / f".{out.name}_work" / "job"
+    shutil.rmtree(run_dir, ignore_errors=True)
     args = [sys.executable, str(CONF.parent / "run.py"), *overrides, "likelihood=true", f"eval.num={test}",
             f"sample.num={samples}", "progress=false", f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()

@@ -298,3 +298,75 @@ def test_the_network_is_checked_against_the_tensors_not_the_files_signature(tmp_
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=rf"was written for a different model \(first difference: {key}:"):
         scoresde.load(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The 3-step run benchmarks/bad_inputs.py's checkpoint cases edit (its SMALL overrides), made once."""
+    from benchmarks.bad_inputs import SMALL
+
+    out = tmp_path_factory.mktemp("tiny") / "trained"
+    proc = run(out, "train.steps=3", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+MISFITS = {
+    "k07": "was written for a different model (first difference: ",
+    "k08": "was written for a different model (first difference: ",
+    "k09": "was written for a different model (first difference: renamed.",
+    "k41": "was written for a different model (first difference: extra:(2,))",
+    "k28": "was written for a different model (first difference: net.",
+    "k34": "holds meta of type str, not a dict: it is not a checkpoint of this framework",
+    "k35": "holds model weights that are not a dict of tensors",
+    "k21": "holds step='abc', not a step count (a whole number from 0 to 1,000,000,000)",
+    "k22b": "holds step=-5, not a step count",
+    "k23": "holds step=1000000000000, not a step count",
+    "k33": "error: train.steps=2 is below the step 3 that ckpt=",
+    "k24": "holds optimizer state that does not fit this model's 10 parameters in 1 group(s): it cannot resume",
+    "k24b": "holds optimizer exp_avg of shape (",
+    "k25": "holds a data_generator state of 3 torch.uint8 entries, not a random state (5056 entries): it cannot resume",
+    "k26": "holds a torch_rng state of 3 torch.uint8 entries, not a random state (5056 entries): it cannot resume",
+    "k36": "holds an EMA update count of 'x', not a count: it cannot resume training",
+}
+
+
+def rundir_case(name):
+    from benchmarks.bad_inputs import RUNDIR_CASES
+
+    return next(c for c in RUNDIR_CASES if c[1].split()[0] == name)
+
+
+@pytest.mark.parametrize("name", list(MISFITS))
+def test_a_checkpoint_that_does_not_fit_is_one_line(tiny_run, tmp_path, name):
+    """Each checkpoint case of benchmarks/bad_inputs.py (probe ids k..), through main() in this process."""
+    import shutil
+
+    from benchmarks.bad_inputs import probe
+
+    shutil.copytree(tiny_run, tmp_path / "trained")
+    got, message, proc = probe(rundir_case(name), tmp_path, lambda out, args, cwd: run(out, *args, cwd=cwd))
+    assert MISFITS[name] in one_line(proc) and message == one_line(proc)
+    assert not (tmp_path / "out" / "checkpoint.pt").exists() and not (tmp_path / "out" / "samples.npz").exists()
+
+
+@pytest.mark.parametrize("step", ["abc", -5, 10**12, 2.5, True])
+def test_scoresde_load_refuses_a_step_that_is_not_a_count(tiny_run, tmp_path, step):
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    state["step"] = step
+    torch.save(state, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError) as error:
+        scoresde.load(tmp_path / "edited.pt", device="cpu")
+    (line,) = str(error.value).splitlines()
+    assert line == (f"ckpt={str(tmp_path / 'edited.pt')!r} holds step={step!r}, not a step count (a whole number "
+                    "from 0 to 1,000,000,000): it is not a checkpoint of a training run")
+
+
+def test_resuming_at_the_checkpoints_own_step_says_nothing_is_trained(tiny_run, tmp_path):
+    from benchmarks.bad_inputs import SMALL
+
+    proc = run(tmp_path / "out", f"ckpt={tiny_run}", "train.steps=3", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert warned == [f"warning: ckpt={str(tiny_run / 'checkpoint.pt')!r} has reached train.steps=3 already: nothing "
+                      "is trained, it is sampled as it is"]

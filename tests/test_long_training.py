@@ -341,3 +341,65 @@ def test_cuda_random_state_is_in_the_checkpoint(tmp_path):
     assert "cuda_rng" in state and state["cuda_rng"].dtype == torch.uint8
 
 
+
+
+def test_a_checkpoint_write_that_torch_save_fails_keeps_the_previous_one_whole(tmp_path, monkeypatch):
+    """A full disk during torch.save surfaces as a RuntimeError from its zip writer: the run stops with one line
+    naming the checkpoint, the previous checkpoint is byte-identical and no temporary is left."""
+    sde = ALL_SDES["vp"]()
+    trainer(steps=10).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path, CPU)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    save = torch.save
+
+    def full_disk(obj, fh, *args, **kwargs):
+        fh.write(b"x" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1831680 vs 1831572")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(TrainingError) as error:
+        trainer(steps=20).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path, CPU,
+                              resume=tmp_path / "checkpoint.pt")
+    monkeypatch.setattr(torch, "save", save)
+    (line,) = str(error.value).splitlines()
+    assert line.startswith(f"checkpoint {tmp_path / 'checkpoint.pt'} at step 20 could not be written ([enforce fail")
+    assert "unexpected pos 1831680 vs 1831572; " in line
+    assert line.endswith("bytes free there); the previous one is kept whole and resumes")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "train_log.csv"]
+
+
+def test_a_resumed_run_removes_the_temporaries_of_dead_writers_beside_its_checkpoint(tmp_path):
+    """A kill during a write leaves checkpoint.pt.tmp.PID beside the checkpoint; a run resuming it from another
+    directory removes those whose process is gone and keeps a live writer's."""
+    import os
+
+    sde = ALL_SDES["vp"]()
+    trainer(steps=10).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path / "a", CPU)
+    dead, live = tmp_path / "a" / f"checkpoint.pt.tmp.{2**22 + 1}", tmp_path / "a" / f"checkpoint.pt.tmp.{os.getpid()}"
+    dead.write_bytes(b"torn")
+    live.write_bytes(b"being written")
+    trainer(steps=20).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path / "b", CPU,
+                          resume=tmp_path / "a")
+    assert not dead.exists() and live.read_bytes() == b"being written"
+
+
+def test_a_torn_log_row_past_the_checkpoint_is_dropped_on_resume(tmp_path):
+    sde = ALL_SDES["vp"]()
+    trainer(steps=20, log_every=5).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path, CPU)
+    with open(tmp_path / "train_log.csv", "a") as fh:
+        fh.write("3")
+    trainer(steps=30, log_every=5).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path, CPU,
+                                       resume=tmp_path / "checkpoint.pt")
+    rows = log_rows(tmp_path)
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert all(r["loss"] and r["lr"] and r["seconds"] for r in rows)
+
+
+def test_resuming_with_fewer_steps_than_the_checkpoint_has_is_refused(tmp_path):
+    sde = ALL_SDES["vp"]()
+    trainer(steps=10).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path, CPU)
+    with pytest.raises(ConfigError) as error:
+        trainer(steps=5).fit(small_model(sde), DSMLoss(), sde, mixture_2d(), tmp_path / "b", CPU,
+                             resume=tmp_path / "checkpoint.pt")
+    assert str(error.value) == (f"steps=5 is below the step 10 that the checkpoint {tmp_path / 'checkpoint.pt'} has "
+                                "reached: nothing would be trained")

@@ -324,3 +324,164 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path):
     import torch
 
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 20
+
+
+TINY = ["train.steps=3", "model.net.hidden=16", "model.net.depth=1", "model.net.embed_dim=8", "train.progress=false",
+        "solver=ddim", "solver.steps=3", "sample.num=10", "sample.max_range=0", "sample.plot=false"]
+
+
+def snapshot(out):
+    """Every file of a run directory (its .hydra/ included; the lock left out) with its bytes."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def one_line_error(proc):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_a_new_run_into_a_finished_runs_directory_is_refused_and_changes_nothing(tmp_path):
+    """Hydra writes .hydra/ before the job runs: the directory is checked before that, in main()."""
+    out = tmp_path / "run"
+    assert run_main(out, *TINY).returncode == 0
+    before = snapshot(out)
+    assert {"checkpoint.pt", "train_log.csv", "metrics.json", ".hydra/config.yaml",
+            ".hydra/overrides.yaml"} <= set(before)
+    line = one_line_error(run_main(out, *TINY[1:], "train.steps=5", "seed=7", "data=moons"))
+    assert line == (f"error: hydra.run.dir={str(out)!r} holds a finished run (checkpoint.pt, metrics.json), which a "
+                    f"new run would overwrite: give a new directory, or resume that run with ckpt={out}")
+    assert snapshot(out) == before
+    other = run_main(out, *TINY[1:], "train.steps=5", f"ckpt={tmp_path}")
+    assert "holds a finished run" in one_line_error(other) and snapshot(out) == before
+
+
+@pytest.mark.parametrize("ckpt", ["{out}", "{out}/checkpoint.pt"])
+def test_a_run_that_resumes_the_run_in_its_directory_goes_on(tmp_path, ckpt):
+    out = tmp_path / "run"
+    assert run_main(out, *TINY).returncode == 0
+    proc = run_main(out, *TINY[1:], "train.steps=6", "ckpt=" + ckpt.format(out=out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 6
+
+
+def test_a_run_refused_by_a_live_run_leaves_its_directory_as_it_was(tmp_path):
+    """The live run holds out/.lock (here a process that takes it as run.py does); the refused run writes
+    nothing there, .hydra/ included."""
+    out = tmp_path / "run"
+    (out / ".hydra").mkdir(parents=True)
+    (out / ".hydra" / "overrides.yaml").write_text("- train.steps=4000\n")
+    (out / ".hydra" / "config.yaml").write_text("seed: 3\n")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fh = open({str(out / '.lock')!r}, "a+")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(str(os.getpid())); fh.flush()
+        print("held", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(out)
+        line = one_line_error(run_main(out, *TINY, "seed=7"))
+        assert line == (f"error: hydra.run.dir={str(out)!r} is in use by another live run (pid {holder.pid}): give "
+                        "each run its own directory")
+        assert snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_line_and_nothing_is_written(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out, why in [(tmp_path / "file", "is not a directory: give a folder for the run's outputs"),
+                     (tmp_path / "file" / "run", "cannot be created (Not a directory): give a folder you can write"),
+                     (Path("/dev/null"), "is not a directory"), (Path("/proc/probe_run"), "cannot be created")]:
+        line = one_line_error(run_main(out, *TINY))
+        assert line.startswith(f"error: hydra.run.dir={str(out)!r} {why}"), line
+    assert (tmp_path / "file").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_full_disk_at_the_start_is_one_line_before_hydra_writes(tmp_path, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "run"
+    line = one_line_error(run_main(out, *TINY))
+    assert line == (f"error: hydra.run.dir={str(out)!r} cannot be written (No space left on device): free some space "
+                    "or give another folder")
+    assert not (out / ".hydra").exists()
+
+
+def test_a_full_disk_while_writing_samples_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(fh, **arrays):
+        fh.write(b"PK" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    out = tmp_path / "run"
+    line = one_line_error(run_main(out, "model=oracle", "data=gmm", "solver=ddim", "solver.steps=3", "sample.num=10",
+                                   "sample.plot=false"))
+    assert line == (f"error: {out / 'samples.npz'} could not be written (No space left on device); any previous file "
+                    "there is kept whole: free some space, or write the run elsewhere")
+    assert not list(out.glob("samples.npz*")) and not (out / "metrics.json").exists()
+
+
+def test_an_undertrained_model_warns_counts_and_keeps_its_samples(tmp_path):
+    """Samples beyond sample.max_range times the data's largest magnitude (here a bound of 0.01 that 3 training
+    steps cannot meet) are a warning, recorded in metrics.json, not an error."""
+    out = tmp_path / "run"
+    proc = run_main(out, *[a for a in TINY if not a.startswith("sample.max_range")], "sample.max_range=0.01")
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "of 10 samples lie beyond 0.01 times the data's largest magnitude" in warned[0]
+    assert "the model is undertrained or the solver diverged; they are kept in samples.npz" in warned[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    x = np.load(out / "samples.npz")["x"]
+    assert x.shape == (10, 2) and 1 <= metrics["samples_out_of_range"] <= 10
+    assert metrics["samples_out_of_range_ratio"] == pytest.approx(np.abs(x).max() / 2, rel=0.01)  # checkerboard M≈2
+
+
+@pytest.mark.slow
+def test_a_fatal_signal_prints_the_stack_it_struck_in(tmp_path):
+    """SIGBUS (what reading a memory-mapped .npy truncated under the run raises) cannot be caught: run.py prints
+    where it struck (faulthandler) instead of dying without a word."""
+    (tmp_path / "bus.py").write_text(textwrap.dedent("""
+        import os
+        import signal
+
+        from sde import VPSDE
+
+        class Bus(VPSDE):
+            def __init__(self, **kwargs):
+                os.kill(os.getpid(), signal.SIGBUS)
+    """))
+    proc = run(tmp_path / "out", "model=oracle", "data=gmm", "sde._target_=bus.Bus", cwd=tmp_path)
+    assert proc.returncode == -signal.SIGBUS
+    assert "Fatal Python error: Bus error" in proc.stderr and 'bus.py", line 9 in __init__' in proc.stderr
+
+
+@pytest.mark.parametrize("extra", [["sample.num=[1,"], ["--cfg", "job"]])
+def test_a_command_hydra_refuses_or_does_not_run_creates_no_run_directory(tmp_path, extra):
+    out = tmp_path / "run"
+    proc = run_main(out, *TINY, *extra)
+    assert not out.exists()
+    if "--cfg" in extra:
+        assert proc.returncode == 0 and "sample:" in proc.stdout, proc.stderr
+    else:
+        assert proc.returncode != 0
+
+
+def test_a_finished_run_without_a_lock_file_gets_none_from_a_refused_run(tmp_path):
+    out = tmp_path / "run"
+    assert run_main(out, *TINY).returncode == 0
+    (out / ".lock").unlink()
+    assert "holds a finished run" in one_line_error(run_main(out, *TINY))
+    assert not (out / ".lock").exists()

@@ -1,8 +1,11 @@
 """The composed config fitted to the checkpoint a run resumes or samples from (ckpt=)."""
 from omegaconf import OmegaConf
 
+import warnings
+
 from scoresde.training.checkpoint import read_checkpoint
-from sde.errors import ConfigError, invalid
+from scoresde.training.state import checkpoint_step
+from sde.errors import ConfigError, ConfigWarning, invalid
 
 from .args import flatten, override_keys
 
@@ -47,13 +50,25 @@ _ABSENT = object()
 
 
 def checkpoint_meta(cfg, overrides):
-    """What ckpt= says about its model (sde, model and data configs, data shape), with ``cfg`` fitted to it by
-    ``reconcile`` under the command line's ``overrides``; None without ckpt=."""
+    """What ckpt= says about its model (sde, model and data configs, data shape) and its ``step``, with ``cfg``
+    fitted to it by ``reconcile`` under the command line's ``overrides``; None without ckpt=."""
     if not cfg.ckpt:
         return None
     if cfg.ckpt_trusted not in (True, False):
         raise invalid("ckpt_trusted", cfg.ckpt_trusted, "true or false")
     state = read_checkpoint(cfg.ckpt, trusted=cfg.ckpt_trusted)
-    meta = dict(state.get("meta") or {}, path=state["path"])
+    meta = dict(state.get("meta") or {}, path=state["path"], step=checkpoint_step(state))
     reconcile(cfg, meta, overrides, override=cfg.ckpt_override)
     return meta
+
+
+def check_steps(meta, steps):
+    """``train.steps`` against the step the checkpoint ``meta`` has reached, for a run that trains (steps > 0):
+    below it a ConfigError (nothing would be trained), at it a one-line warning that nothing is."""
+    if steps < meta["step"]:
+        raise ConfigError(f"train.steps={steps} is below the step {meta['step']} that ckpt={meta['path']!r} has "
+                          f"reached: give train.steps above {meta['step']} to train on, or train.steps=0 to sample "
+                          "it as it is", "train.steps")
+    if steps == meta["step"]:
+        warnings.warn(ConfigWarning(f"ckpt={meta['path']!r} has reached train.steps={steps} already: nothing is "
+                                    "trained, it is sampled as it is", "train.steps"), stacklevel=2)

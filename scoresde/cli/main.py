@@ -2,6 +2,8 @@
 Hydra; ``job(cfg, out, overrides)`` does the run in its steps: build every part (each option checked before
 training), train or load, the task, the evaluations, the report."""
 import contextlib
+import faulthandler
+import io
 import json
 import os
 import sys
@@ -21,14 +23,16 @@ from scoresde.pipeline import Clock, Pipeline, resolve_device
 from scoresde.seeds import Seeds
 from scoresde.tasks import Context, Sampling, TrainingPictures
 from scoresde.training import distributed
+from scoresde.training.checkpoint import write_output
 from scoresde.training.trainer import load_for_sampling
 
 from .args import check_group_choices, check_override_keys, help_text
 from .build import build, named_by_source, takes
-from .checkpoint import checkpoint_meta
+from .checkpoint import check_steps, checkpoint_meta
 from .checks import check_data_fits, fit_model_to_data, warn_about_scale
-from .errors import one_line_errors, run_lock, show_warnings_in_one_line
+from .errors import one_line_errors, show_warnings_in_one_line
 from .legacy import translate
+from .rundir import claimed, requested_checkpoint, requested_dir
 from .sweep import SUMMARY, cached_training, keep_for_sweep
 from .threads import choose_threads
 
@@ -117,6 +121,8 @@ def build_run(cfg, out, overrides):
             evaluation.setup(data, model, context)
         evaluations.append(evaluation)
     trainer = build("train", cfg.train)
+    if meta and trainer.steps:
+        check_steps(meta, trainer.steps)
     return Run(cfg, sde, data, model, task, evaluations, trainer, context, meta, metrics)
 
 
@@ -153,7 +159,8 @@ def train_or_load(run):
 
 def write_report(metrics, out):
     """metrics.json in the run directory, and the summary's metrics printed one a line."""
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    text = (json.dumps(metrics, indent=2) + "\n").encode()
+    write_output(out / "metrics.json", lambda fh: fh.write(text))
     for key in SUMMARY:
         if key in metrics:
             print(f"{key:>20s}  {metrics[key]:.6g}")
@@ -203,7 +210,7 @@ def quiet_other_ranks(argv):
     rank 0. A sweep (-m) is refused: start one torchrun per run."""
     if not distributed.launched():
         return argv
-    if {"-m", "--multirun"} & set(argv) or any(a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv):
+    if multirun(argv):
         raise ConfigError("sweeps (-m) do not run under torchrun: start one torchrun per run")
     if os.environ["RANK"] == "0":
         return argv
@@ -221,7 +228,7 @@ def hydra_job(cfg):
             distributed.init_from_env(resolve_device(cfg.device).type)
             out = distributed.broadcast_object(out)
     try:
-        with one_line_errors(), run_lock(out) if distributed.is_main_process() else contextlib.nullcontext():
+        with one_line_errors(), claimed(out, cfg.ckpt) if distributed.is_main_process() else contextlib.nullcontext():
             job(cfg, out, hydra_cfg.overrides.task)
     except BaseException:
         distributed.shutdown(wait=False)
@@ -231,18 +238,41 @@ def hydra_job(cfg):
 
 def main(argv=None):
     """The command line ``argv`` (default sys.argv[1:]): --help, old spellings translated, group choices and
-    keys checked (each refused in one line), then the run under Hydra."""
+    keys checked (each refused in one line), the run directory claimed (rundir.claimed: before Hydra writes its
+    .hydra/ there), then the run under Hydra."""
     argv = sys.argv[1:] if argv is None else list(argv)
     sys.path.append(os.getcwd())
+    report_fatal_signals()
     show_warnings_in_one_line()
     conf = config_dir()
     if {"--help", "-h"} & set(argv):
         print(help_text(conf))
         sys.exit(0)
-    with one_line_errors():
-        argv = translate(argv, evaluation_names(conf))
-        check_group_choices(argv, conf)
-        check_override_keys(argv, conf)
-        argv = quiet_other_ranks(argv)
-    sys.argv = sys.argv[:1] + argv
-    hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()
+    with contextlib.ExitStack() as held:
+        with one_line_errors():
+            argv = translate(argv, evaluation_names(conf))
+            check_group_choices(argv, conf)
+            check_override_keys(argv, conf)
+            argv = quiet_other_ranks(argv)
+            out = requested_dir(argv)
+            if out is not None and os.environ.get("RANK", "0") == "0" and not multirun(argv):
+                held.enter_context(claimed(out, requested_checkpoint(argv)))
+        sys.argv = sys.argv[:1] + argv
+        hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()
+
+
+def report_fatal_signals():
+    """A fatal signal (SIGBUS from a memory-mapped file truncated under the run, SIGSEGV) prints the Python stack it
+    struck in (faulthandler) before the process dies: Python cannot recover from such a signal, but the stack
+    names the read that caused it."""
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # stderr without a file descriptor
+        pass
+
+
+def multirun(argv):
+    """Whether the command line is a sweep (-m): its runs go into directories of their own under hydra.sweep.dir."""
+    return bool({"-m", "--multirun"} & set(argv)) or any(a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)

@@ -15,7 +15,7 @@ class Sampling:
     """How a run draws samples, for its task, its training pictures and FID alike: ``num`` samples, ``batch`` at
     a time, of ``classes`` (a conditional model: None, a class, a list or 'all') under classifier-free guidance
     of scale ``guidance``; ``plot`` pictures them; samples beyond ``max_range`` times the data's largest
-    magnitude end the run (0: no check)."""
+    magnitude are warned about and counted (check_sample_range; 0: no check)."""
 
     num: int = 2000
     classes: Any = None

@@ -1,31 +1,43 @@
 """task=sample: draw samples of the model, save and picture them."""
+import warnings
+
 import numpy as np
 
-from sde.errors import NonFiniteError, config_scope
+from sde.errors import ConfigWarning, config_scope
 from scoresde.evaluation import plot_samples
+from scoresde.training.checkpoint import write_output
 from solvers.fitting import save_grid
 
 
 def check_sample_range(x, data, generator, factor=10.0):
-    """Samples far outside the data (beyond ``factor`` times its largest magnitude) end the run in one line: the
-    model or the solver diverged, and a picture would only clip them."""
+    """The samples far outside the data: those with a coordinate beyond ``factor`` times the data's largest
+    magnitude M (its value range, or the largest of 1000 draws with ``generator``). An undertrained model or a
+    diverging solver puts samples there; none is dropped. Returns {} when there are none, else the metrics
+    ``samples_out_of_range`` (how many) and ``samples_out_of_range_ratio`` (max |x| / M), after a one-line
+    ConfigWarning saying so."""
     if data.value_range is not None:
         scale = max(abs(v) for v in data.value_range)
     else:
         scale = float(data.sample(1000, generator).abs().max())
     far = (x.reshape(len(x), -1).abs() > factor * scale).any(1)
-    if far.any():
-        raise NonFiniteError(f"{int(far.sum())} of {len(x)} samples lie beyond {factor:g} times the data's largest "
-                             f"magnitude {scale:.3g} (up to {float(x.abs().max()):.3g}; the first is number "
-                             f"{int(far.nonzero()[0, 0])}): the model or the solver diverged (samples.npz holds them; "
-                             "sample.max_range=0 skips this check)")
+    if not far.any():
+        return {}
+    ratio = float(x.abs().max()) / scale
+    warnings.warn(ConfigWarning(
+        f"{int(far.sum())} of {len(x)} samples lie beyond {factor:g} times the data's largest magnitude {scale:.3g} "
+        f"(up to {ratio:.3g} times it; the first is number {int(far.nonzero()[0, 0])}): the model is undertrained or "
+        "the solver diverged; they are kept in samples.npz and counted in metrics.json (samples_out_of_range; "
+        "sample.max_range=0 skips this check)"), stacklevel=2)
+    return {"samples_out_of_range": int(far.sum()), "samples_out_of_range_ratio": ratio}
 
 
 class Sample:
     """Draws ``sampling.num`` samples with the run's solver (for ``sampling.classes``, with guidance) from the
     run's "solver" stream into samples.npz (x, and y for labelled samples) and samples.png beside data drawn
     from the "reference_plot" stream; metrics nfe_sample, sample_seconds (without a grid fit's seconds) and
-    grid_fit, when the draw fitted the solver's grid (also written to grid.json).
+    grid_fit, when the draw fitted the solver's grid (also written to grid.json); samples_out_of_range and
+    samples_out_of_range_ratio, with a one-line warning, when some lie beyond ``sampling.max_range`` times the
+    data's largest magnitude (check_sample_range).
     Sets the context's samples and labels for the evaluations."""
 
     name = "sample"
@@ -50,9 +62,10 @@ class Sample:
             metrics["grid_fit"] = save_grid(context.out / "grid.json", stats["grid_fit"])
         context.samples, context.labels = x, labels
         data, out = pipe.data, context.out
-        np.savez(out / "samples.npz", x=x.cpu().numpy(), **({} if labels is None else {"y": labels.numpy()}))
+        arrays = {"x": x.cpu().numpy(), **({} if labels is None else {"y": labels.numpy()})}
+        write_output(out / "samples.npz", lambda fh: np.savez(fh, **arrays))
         if s.max_range:
-            check_sample_range(x, data, context.seeds.generator("range_check"), s.max_range)
+            metrics.update(check_sample_range(x, data, context.seeds.generator("range_check"), s.max_range))
         if s.plot:
             reference = data.sample(min(len(x), 5000), context.seeds.generator("reference_plot")).numpy()
             plot_samples(x.cpu().numpy(), out / "samples.png", reference, title=f"{pipe.sde!r}\n{context.solver!r}",

@@ -1,10 +1,11 @@
 """Checkpoints: written atomically (a temporary file, then a rename), read with weights_only=True."""
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
-from sde.errors import CheckpointError
+from sde.errors import CheckpointError, ConfigError
 
 from .names import named, resolved
 
@@ -14,22 +15,50 @@ def signature(model):
     return ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
 
 
-def save_checkpoint(path, **state):
-    """torch.save to PATH.tmp.PID (this process's own), flush to disk, then rename over PATH: a crash leaves the
-    old file whole, a failed write leaves no temporary file. A ``meta`` names each part by its stable
-    ``_name_`` (names.py) instead of a module path."""
+def write_atomically(path, write):
+    """``write(fh)`` into PATH.tmp.PID (this process's own), flushed to disk, then renamed over PATH: a crash
+    leaves the old file whole, and a failed write leaves it whole and no temporary file. A failed write raises
+    OSError (torch.save reports a full disk as a RuntimeError, which is raised as an OSError)."""
     path = Path(path)
-    if isinstance(state.get("meta"), dict):
-        state["meta"] = named(state["meta"])
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            torch.save(state, fh)
+            try:
+                write(fh)
+            except RuntimeError as e:
+                raise OSError(f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                              f"{_free_bytes(path.parent)} bytes free there") from e
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _free_bytes(folder):
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return "?"
+
+
+def write_output(path, write):
+    """write_atomically, with a failed write raised as a ConfigError naming the file, why it failed and what to
+    do: one line on the command line, the previous file whole."""
+    try:
+        write_atomically(path, write)
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise ConfigError(f"{path} could not be written ({why}); any previous file there is kept whole: free some "
+                          "space, or write the run elsewhere") from None
+
+
+def save_checkpoint(path, **state):
+    """torch.save of ``state`` to PATH by write_atomically. A ``meta`` names each part by its stable ``_name_``
+    (names.py) instead of a module path."""
+    if isinstance(state.get("meta"), dict):
+        state["meta"] = named(state["meta"])
+    write_atomically(path, lambda fh: torch.save(state, fh))
 
 
 def read_checkpoint(path, trusted=False):
@@ -46,11 +75,15 @@ def read_checkpoint(path, trusted=False):
     return state
 
 
+def checkpoint_file(path):
+    """The checkpoint file ``path`` names: the file itself, or a run directory's checkpoint.pt."""
+    path = Path(str(path)).expanduser()
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
 def _read(path):
     """The checkpoint's dict as written, its meta not yet checked."""
-    path = Path(str(path)).expanduser()
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"ckpt={str(path)!r} does not exist", "ckpt")
     try:

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import csv
 import math
+import os
 import time
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from scoresde.data.base import share
 from sde.errors import CheckpointError, TrainingError, ConfigError, check_choice, check_int, check_number, invalid
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint, signature
+from .checkpoint import checkpoint_file, load_checkpoint, save_checkpoint, signature
 from .distributed import is_main_process
-from .state import OPTIMIZERS, TrainState
+from .state import OPTIMIZERS, TrainState, checkpoint_step
 
 SCHEDULES = ("constant", "cosine")
 
@@ -231,6 +232,8 @@ class Trainer:
         if main:
             out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(ckpt_path)
+            if resume is not None:
+                remove_stale_temporaries(checkpoint_file(resume), only_dead=True)
         num_classes = getattr(model, "num_classes", None)
         if self.cond_drop and num_classes is None:
             raise ConfigError(f"cond_drop={self.cond_drop:g} needs a conditional model (labelled data)", "cond_drop")
@@ -243,6 +246,9 @@ class Trainer:
         state.train_model = wrapped
         if resume is not None:
             state.load_state_dict(load_checkpoint(resume, model))
+            if state.step > self.steps:
+                raise ConfigError(f"steps={self.steps} is below the step {state.step} that the checkpoint {resume} has "
+                                  "reached: nothing would be trained", "steps")
         if self.compile:
             state.train_model = torch.compile(wrapped)
         autocast = self.amp and device.type == "cuda"
@@ -267,7 +273,9 @@ class Trainer:
             try:
                 save_checkpoint(ckpt_path, **snapshot, signature=signature(model), meta=meta or {})
             except OSError as e:
-                raise stop(f"checkpoint {ckpt_path} could not be written ({e})") from None
+                why = f"checkpoint {ckpt_path} at step {snapshot['step']} could not be written ({e.strerror or e})"
+                kept = "the previous one is kept whole and resumes" if ckpt_path.exists() else "none was written yet"
+                raise TrainingError(f"{why}; {kept}") from None
 
         batches = data.batches(self.batch_size, state.data_generator, labels=num_classes is not None, device=device,
                                seed=self.seed, start=state.step, **({"part": part} if part else {}))
@@ -381,20 +389,42 @@ def nonfinite(tensors):
     return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
-def remove_stale_temporaries(path):
-    """Temporary checkpoint files left by a killed write (the run directory is this run's alone)."""
-    for tmp in path.parent.glob(path.name + ".tmp*"):
-        tmp.unlink(missing_ok=True)
+def remove_stale_temporaries(path, only_dead=False):
+    """The temporary files NAME.tmp.PID that writes of ``path`` killed midway left beside it: all of them (the run
+    directory is this run's alone), or with ``only_dead`` those whose process PID is gone (the folder of a
+    checkpoint resumed from elsewhere, where a live run may be writing)."""
+    for tmp in Path(path).parent.glob(Path(path).name + ".tmp*"):
+        if not only_dead or not process_alive(tmp.name.rpartition(".")[2]):
+            tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid):
+    """Whether the process ``pid`` (a string; anything but a number counts as gone) is running."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 @contextlib.contextmanager
 def open_log(path, step):
-    """The CSV log opened for appending, its rows after ``step`` (a resumed checkpoint's) dropped first."""
+    """The CSV log opened for appending, its rows after ``step`` (a resumed checkpoint's) dropped first, and with
+    them any row that is not whole (a write torn by a kill) or does not follow the rows before it."""
     rows = []
     if path.exists():
         with open(path, newline="") as fh:
             rows = [row for row in csv.reader(fh) if row]
-        rows = rows[:1] + [row for row in rows[1:] if row[0].isdigit() and int(row[0]) <= step]
+        kept, last = rows[:1], 0
+        for row in rows[1:]:
+            if len(row) == len(rows[0]) and row[0].isdigit() and last < int(row[0]) <= step:
+                kept.append(row)
+                last = int(row[0])
+        rows = kept
         with open(path, "w", newline="") as fh:
             csv.writer(fh).writerows(rows)
     with open(path, "a", newline="") as fh:
@@ -409,10 +439,11 @@ def sampling_weights(state, ema=True):
     missing or not finite."""
     which = "EMA" if ema else "model"
     try:
-        weights, step = state["ema"]["shadow"] if ema else state["model"], int(state["step"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"ckpt={state['path']!r} lacks its {which} weights or step: it cannot be sampled",
+        weights = state["ema"]["shadow"] if ema else state["model"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"ckpt={state['path']!r} lacks its {which} weights: it cannot be sampled",
                               "ckpt") from None
+    step = checkpoint_step(state)
     bad = nonfinite(weights)
     if bad:
         raise CheckpointError(f"ckpt={state['path']!r} holds non-finite {which} weights ({len(bad)} tensors, first "
