@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from benchmarks.bad_inputs import FAIL_ON_ONE_RANK
 from models import MixtureScore, ScoreModel, UNet
 from scoresde.data import ArrayFile, GaussianMixture
 from scoresde.data.loader import EpochOrder
@@ -476,36 +477,6 @@ def test_outside_torchrun_every_error_is_printed(monkeypatch, capsys):
         raise RuntimeError("a bug")
     assert left.value.code == 1 and "Traceback" in capsys.readouterr().err
 
-
-FAIL_ON_ONE_RANK = '''"""run.py, with an error that rank FAIL_RANK alone meets: at FAIL_AT (train: its second training step, the
-other rank then waiting in DDP's all-reduce; sample: the sampling task, the other rank sampling its share), a
-ConfigError (FAIL_KIND=config) or a RuntimeError (bug)."""
-import os
-
-from sde.errors import ConfigError
-from scoresde.cli import main as cli
-from scoresde.tasks.sample import Sample
-from scoresde.training import trainer
-
-
-def fail(*args, **kwargs):
-    raise (ConfigError if os.environ["FAIL_KIND"] == "config" else RuntimeError)(
-        f"rank {os.environ['RANK']} alone met this")
-
-
-if os.environ["RANK"] == os.environ["FAIL_RANK"]:
-    if os.environ["FAIL_AT"] == "train":
-        step, calls = trainer.train_step, []
-
-        def train_step(*args, **kwargs):
-            calls.append(1)
-            return fail() if len(calls) == 2 else step(*args, **kwargs)
-        trainer.train_step = train_step
-    else:
-        Sample.__call__ = fail
-
-cli.main()
-'''
 
 TORCHRUN_SMALL = ["device=cpu", "threads=1", "train.steps=4", "train.batch_size=32", "model.net.hidden=32",
                   "model.net.depth=1", "sample.num=40", "solver.steps=5", "progress=false"]
