@@ -145,9 +145,9 @@ CASES = [
 
 # --- torchrun: 2 CPU processes (gloo); the error printed once, by one process, every process gone with it ---------
 
-FAIL_ON_ONE_RANK = '''"""run.py, with an error that rank FAIL_RANK alone meets: at FAIL_AT (train: its second training step, the
-other rank then waiting in DDP's all-reduce; sample: the sampling task, the other rank sampling its share), a
-ConfigError (FAIL_KIND=config) or a RuntimeError (bug)."""
+FAIL_ON_ONE_RANK = '''"""run.py, with an error that rank FAIL_RANK alone meets: at FAIL_AT (train: its second training
+step, the other rank then waiting in DDP's all-reduce; sample: the sampling task, the other rank sampling its
+share), a ConfigError (FAIL_KIND=config) or a RuntimeError (bug)."""
 import os
 
 from sde.errors import ConfigError
@@ -248,8 +248,9 @@ def outcome(proc):
 
 def probe(case, workdir, runner=None):
     """How ``case`` ended: (outcome, its error or warning line, the finished run), through ``runner(out,
-    overrides, cwd=...)`` (default: the case's category's in RUNNERS, else run_py, a process of its own) returning a subprocess.CompletedProcess; a
-    setup taking two arguments (a checkpoint to make) gets the runner too."""
+    overrides, cwd=...)`` (default: the one RUNNERS names for the case's category, else run_py, a process of its
+    own) returning a subprocess.CompletedProcess; a setup taking two arguments (a checkpoint to make) gets the
+    runner too."""
     category, name, setup, overrides, expected = case
     d, runner = Path(workdir), runner or RUNNERS.get(category, run_py)
     if setup is not None:

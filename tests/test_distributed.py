@@ -437,7 +437,8 @@ def test_the_first_process_to_announce_an_error_prints_it(agent_store, monkeypat
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(SystemExit) as left:
         distributed.leave_after_report(2)
-    assert left.value.code == 2 and torch.distributed.PrefixStore("none/0", agent_store).get(distributed.REPORTED) == b"1"
+    assert left.value.code == 2
+    assert torch.distributed.PrefixStore("none/0", agent_store).get(distributed.REPORTED) == b"1"
     as_rank(monkeypatch, 0)
     start = time.perf_counter()
     with pytest.raises(SystemExit):
