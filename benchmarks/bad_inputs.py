@@ -9,6 +9,8 @@ import argparse
 import atexit
 import inspect
 import os
+import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -141,6 +143,88 @@ CASES = [
      ["ckpt={d}/trained/checkpoint.pt", "train.steps=0", "data=gmm_hd", "data.dim=3"], "error"),
     ("training", "learning rate that blows up", None, ["train.steps=300", "train.lr=1e6", "train.warmup=1"], "error"),
 ]
+
+# --- torchrun: 2 CPU processes (gloo); the error printed once, by one process, every process gone with it ---------
+
+FAIL_ON_ONE_RANK = '''"""run.py, with an error that rank FAIL_RANK alone meets: at FAIL_AT (train: its second training
+step, the other rank then waiting in DDP's all-reduce; sample: the sampling task, the other rank sampling its
+share), a ConfigError (FAIL_KIND=config) or a RuntimeError (bug)."""
+import os
+
+from sde.errors import ConfigError
+from scoresde.cli import main as cli
+from scoresde.tasks.sample import Sample
+from scoresde.training import trainer
+
+
+def fail(*args, **kwargs):
+    raise (ConfigError if os.environ["FAIL_KIND"] == "config" else RuntimeError)(
+        f"rank {os.environ['RANK']} alone met this")
+
+
+if os.environ["RANK"] == os.environ["FAIL_RANK"]:
+    if os.environ["FAIL_AT"] == "train":
+        step, calls = trainer.train_step, []
+
+        def train_step(*args, **kwargs):
+            calls.append(1)
+            return fail() if len(calls) == 2 else step(*args, **kwargs)
+        trainer.train_step = train_step
+    else:
+        Sample.__call__ = fail
+
+cli.main()
+'''
+
+
+def _fail_on_rank_one(at):
+    """The case's entry point instead of run.py: entry.py, a config error that rank 1 alone meets at ``at``."""
+    return lambda d: (d / "entry.py").write_text(
+        f'import os\nos.environ.update(FAIL_RANK="1", FAIL_AT="{at}", FAIL_KIND="config")\n' + FAIL_ON_ONE_RANK)
+
+
+def torchrun_py(out, overrides, cwd=None):
+    """run.py (or the case's entry.py in ``cwd``) under torchrun on 2 CPU processes, each process's output in a
+    file of its own. The answer holds the processes' stdout and stderr; its exit status is torchrun's when 0,
+    else the exit status of the process that failed first (torchrun's root cause); torchrun's own stderr is
+    added where it holds more than its failure summary (a traceback other than its ChildFailedError, a broken
+    connection)."""
+    cwd = Path(cwd or ROOT)
+    entry = cwd / "entry.py" if (cwd / "entry.py").exists() else ROOT / "run.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as logs:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env.pop("HYDRA_FULL_ERROR", None)
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                               str(port), "--redirects", "3", "--log-dir", logs, str(entry), f"hydra.run.dir={out}",
+                               "device=cpu", "threads=1", *overrides], capture_output=True, text=True, cwd=cwd, env=env,
+                              timeout=600)
+        ranks = sorted(Path(logs).glob("*/attempt_0/*"), key=lambda f: int(f.name))
+        stdout = "".join((f / "stdout.log").read_text() for f in ranks)
+        stderr = "".join((f / "stderr.log").read_text() for f in ranks)
+    status = proc.returncode
+    root = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", proc.stderr, re.S)
+    if status and root:
+        status = int(root.group(1))
+    own = proc.stderr.replace("Traceback", "", 1) if "ChildFailedError" in proc.stderr else proc.stderr
+    if "Traceback" in own or "Connection closed" in own:
+        stderr += proc.stderr
+    return subprocess.CompletedProcess(proc.args, status, stdout, stderr)
+
+
+TORCHRUN_CASES = [
+    ("torchrun", "torchrun: solver.steps=-1 on every rank", None, ["solver.steps=-1"], "error"),
+    ("torchrun", "torchrun: a key that does not exist", None, ["train.stepz=3"], "error"),
+    ("torchrun", "torchrun: missing data file", None, ["data=array", "data.path={d}/missing.npy"], "error"),
+    ("torchrun", "torchrun: global batch that does not split", None, ["train.batch_size=7"], "error"),
+    ("torchrun", "torchrun: a sweep", None, ["-m", "solver.steps=3,4"], "error"),
+    ("torchrun", "torchrun: config error on rank 1 alone, training", _fail_on_rank_one("train"), [], "error"),
+    ("torchrun", "torchrun: config error on rank 1 alone, sampling", _fail_on_rank_one("sample"), [], "error"),
+]
+CASES += TORCHRUN_CASES
+RUNNERS = {"torchrun": torchrun_py}
 
 
 def _edit(fn):
@@ -322,10 +406,11 @@ def outcome(proc):
 
 def probe(case, workdir, runner=None):
     """How ``case`` ended: (outcome, its error or warning line, the finished run), through ``runner(out,
-    overrides, cwd=...)`` (default run_py, a process of its own) returning a subprocess.CompletedProcess; a
-    setup taking two arguments (a checkpoint to make) gets the runner too."""
+    overrides, cwd=...)`` (default: the one RUNNERS names for the case's category, else run_py, a process of its
+    own) returning a subprocess.CompletedProcess; a setup taking two arguments (a checkpoint to make) gets the
+    runner too."""
     category, name, setup, overrides, expected = case
-    d, runner = Path(workdir), runner or run_py
+    d, runner = Path(workdir), runner or RUNNERS.get(category, run_py)
     if setup is not None:
         setup(*[d, runner][:len(inspect.signature(setup).parameters)])
     args = [o.format(d=d) for o in overrides]

@@ -1,13 +1,17 @@
 """DistributedDataParallel on the CPU with gloo and two processes (torch.multiprocessing, a free port): the same
 steps as one process at the same global batch, checkpoints that move between one process and two, files from
 rank 0 alone, and sampling and likelihoods split across the ranks and gathered in order. The tests on two
-processes share one start of them (the fixture ``two``, about 25 s on a busy 2-core machine) and are slow."""
+processes share one start of them (the fixture ``two``, about 25 s on a busy 2-core machine) and are slow.
+Under torchrun an error is printed once and every process leaves with it; DDP's gradients arrive in their
+buckets' layout."""
+import datetime
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from models import MixtureScore
+from benchmarks.bad_inputs import FAIL_ON_ONE_RANK
+from models import MixtureScore, ScoreModel, UNet
 from scoresde.data import ArrayFile, GaussianMixture
 from scoresde.data.loader import EpochOrder
 from scoresde import Pipeline
@@ -383,3 +388,237 @@ def test_torchrun_trains_and_only_rank_zero_writes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "resumed"]
     assert list(tmp_path.glob("outputs/*/*")) == runs
     print(f"torchrun, 2 processes, 10 steps + sampling: {seconds:.1f} s")
+
+
+# --- leaving together under torchrun ------------------------------------------------------------------------------
+
+@pytest.fixture
+def agent_store(monkeypatch):
+    """A store as torchrun's agent keeps one, with the environment a worker of rank 0 of 2 sees."""
+    port = free_port()
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                                       timeout=datetime.timedelta(seconds=5))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "LOCAL_RANK"):
+        monkeypatch.setenv(key, "0")
+    monkeypatch.setattr(distributed, "_failure", {"store": None, "announced": False, "first": False, "stop": None})
+    yield store
+
+
+def as_rank(monkeypatch, index):
+    """This process seen as the worker of rank ``index``, its announcements forgotten."""
+    monkeypatch.setenv("RANK", str(index))
+    monkeypatch.setenv("LOCAL_RANK", str(index))
+    monkeypatch.setattr(distributed, "_failure", {"store": None, "announced": False, "first": False, "stop": None})
+
+
+def test_the_first_process_to_announce_an_error_prints_it(agent_store, monkeypatch):
+    """Rank 1 announces first and is to print; rank 0, announcing after it, is not, and sees rank 1's exit
+    status; rank 0 leaves only after rank 1 marked its reason printed (at most its waiting time), both with the
+    status 2."""
+    as_rank(monkeypatch, 1)
+    assert distributed.peer_failure() is None
+    assert distributed.announce_failure(2) is True
+    assert distributed.peer_failure() is None
+    first = distributed._failure
+    as_rank(monkeypatch, 0)
+    assert distributed.peer_failure() == 2
+    assert distributed.announce_failure(2) is False
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as left:
+        distributed.leave_after_report(2, seconds=0.5)
+    assert left.value.code == 2 and time.perf_counter() - start >= 0.4
+    monkeypatch.setattr(distributed, "_failure", first)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as left:
+        distributed.leave_after_report(2)
+    assert left.value.code == 2
+    assert torch.distributed.PrefixStore("none/0", agent_store).get(distributed.REPORTED) == b"1"
+    as_rank(monkeypatch, 0)
+    start = time.perf_counter()
+    with pytest.raises(SystemExit):
+        distributed.leave_after_report(2, seconds=5)
+    assert time.perf_counter() - start < 1
+
+
+def test_one_line_errors_prints_once_across_processes(agent_store, monkeypatch, capsys):
+    """The same config error met by both ranks: one line from the first; a later rank's config error, or the
+    broken collective that the first one's leaving causes, ends it with the first's status without a word."""
+    from scoresde.cli.errors import one_line_errors
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    as_rank(monkeypatch, 1)
+    with pytest.raises(SystemExit) as left, one_line_errors():
+        raise ConfigError("solver.steps=-1 is invalid: expected an integer >= 1")
+    assert left.value.code == 2
+    assert capsys.readouterr().err == "error: solver.steps=-1 is invalid: expected an integer >= 1\n"
+    for raised in (ConfigError("solver.steps=-1 is invalid"), RuntimeError("Connection closed by peer")):
+        as_rank(monkeypatch, 0)
+        with pytest.raises(SystemExit) as left, one_line_errors():
+            raise raised
+        assert left.value.code == 2 and capsys.readouterr().err == ""
+
+
+def test_outside_torchrun_every_error_is_printed(monkeypatch, capsys):
+    from scoresde.cli.errors import one_line_errors
+
+    for key in distributed.ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    for _ in range(2):
+        with pytest.raises(SystemExit) as left, one_line_errors():
+            raise ConfigError("seed='abc' is invalid")
+        assert left.value.code == 2 and capsys.readouterr().err == "error: seed='abc' is invalid\n"
+    with pytest.raises(SystemExit) as left, one_line_errors():
+        raise RuntimeError("a bug")
+    assert left.value.code == 1 and "Traceback" in capsys.readouterr().err
+
+
+TORCHRUN_SMALL = ["device=cpu", "threads=1", "train.steps=4", "train.batch_size=32", "model.net.hidden=32",
+                  "model.net.depth=1", "sample.num=40", "solver.steps=5", "progress=false"]
+
+
+def torchrun(tmp_path, script, args, **env):
+    """``script`` ARGS under torchrun on 2 CPU processes in ``tmp_path`` (``env`` added to the environment), each
+    process's output in a file of its own: (torchrun's exit status, its own stderr, [each process's stdout and
+    stderr], seconds)."""
+    logs = tmp_path / "logs"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+               str(free_port()), "--redirects", "3", "--log-dir", str(logs), str(script), *args]
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    environment.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    outputs = [(folder / "stdout.log").read_text() + (folder / "stderr.log").read_text()
+               for folder in sorted(logs.glob("*/attempt_0/*"), key=lambda f: int(f.name))]
+    assert len(outputs) == WORLD, done.stderr[-3000:]
+    return done.returncode, done.stderr, outputs, seconds
+
+
+def assert_left_together(status, launcher, outputs, seconds, line):
+    """torchrun failed; of both processes exactly one printed an ``error:`` line, one that starts with ``line``;
+    no process printed a
+    traceback (the launcher's own summary, ChildFailedError's, is torchrun's); a broken connection was not
+    reported; every process was gone within seconds."""
+    assert status != 0
+    said = [row for out in outputs for row in out.splitlines() if row.startswith("error:")]
+    assert len(said) == 1 and said[0].startswith(line), outputs
+    assert not any("Traceback" in out for out in outputs), outputs
+    assert "Connection closed" not in launcher and launcher.count("Traceback") <= 1
+    assert "Traceback" not in launcher or "ChildFailedError" in launcher
+    assert seconds < 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad, line", [
+    ("solver.steps=-1", "error: solver.steps=-1 is invalid: expected an integer >= 1"),
+    ("train.stepz=3", "error: train.stepz is not an option")])
+def test_under_torchrun_a_config_error_is_printed_once(tmp_path, bad, line):
+    """A config error that every process meets (before the group is joined: a key that does not exist; after
+    it, before training: solver.steps=-1): one line, from one process, nothing written, torchrun exits
+    non-zero, about 6 s (the processes' start)."""
+    status, launcher, outputs, seconds = torchrun(tmp_path, ROOT / "run.py",
+                                                  [*TORCHRUN_SMALL, bad, f"hydra.run.dir={tmp_path / 'out'}"])
+    assert_left_together(status, launcher, outputs, seconds, line)
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["train", "sample"])
+def test_under_torchrun_an_error_on_one_rank_alone_is_printed_once(tmp_path, where):
+    """Rank 1 alone meets a config error, during training (rank 0 waiting in DDP's all-reduce) or while
+    sampling (rank 0 computing its share): its line is printed once, rank 0 leaves with it quietly and at once
+    (its watchdog, or the broken collective), torchrun exits non-zero, about 8 s."""
+    (tmp_path / "fail_on_rank.py").write_text(FAIL_ON_ONE_RANK)
+    status, launcher, outputs, seconds = torchrun(
+        tmp_path, tmp_path / "fail_on_rank.py", [*TORCHRUN_SMALL, f"hydra.run.dir={tmp_path / 'out'}"],
+        FAIL_RANK="1", FAIL_AT=where, FAIL_KIND="config")
+    assert_left_together(status, launcher, outputs, seconds, "error: rank 1 alone met this")
+    assert "error:" in outputs[1]
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_bug_on_one_rank_keeps_one_traceback(tmp_path):
+    """A bug (RuntimeError) on rank 1 while training: its traceback, once; rank 0 leaves without one."""
+    (tmp_path / "fail_on_rank.py").write_text(FAIL_ON_ONE_RANK)
+    status, launcher, outputs, seconds = torchrun(
+        tmp_path, tmp_path / "fail_on_rank.py", [*TORCHRUN_SMALL, f"hydra.run.dir={tmp_path / 'out'}"],
+        FAIL_RANK="1", FAIL_AT="train", FAIL_KIND="bug")
+    assert status != 0 and seconds < 30
+    assert outputs[1].count("Traceback") == 1 and "RuntimeError: rank 1 alone met this" in outputs[1]
+    assert "Traceback" not in outputs[0] and "Connection closed" not in outputs[0] + launcher
+
+
+# --- DDP's gradient layout -----------------------------------------------------------------------------------------
+
+def test_gradients_of_a_one_by_one_kernel_take_the_parameters_strides():
+    """A 1×1 convolution fed a channels-last view (as the U-Net's attention output) gets a gradient in
+    channels-last strides; with match_gradient_strides the same values arrive in the parameter's strides, and a
+    gradient whose layout differs in a dimension of size > 1 is left as it is."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, 16).transpose(1, 2).reshape(16, 16, 2, 2)
+    grads = []
+    for hooked in (False, True):
+        torch.manual_seed(1)
+        conv = nn.Conv2d(16, 16, 1)
+        if hooked:
+            assert len(distributed.match_gradient_strides(conv)) == 1
+        conv(x).square().sum().backward()
+        grads.append(conv.weight.grad)
+    assert grads[0].stride() != conv.weight.stride() and grads[1].stride() == conv.weight.stride()
+    assert torch.equal(grads[0], grads[1])
+    other = torch.randn(16, 16, 1, 1).transpose(0, 1)
+    assert distributed._with_strides((16, 1, 1, 1))(other) is other
+
+
+def job_strides(tmp):
+    """Two steps of a small U-Net through Trainer (distributed.wrap), then one backward of the same network in a
+    plain DistributedDataParallel: the warnings each raised."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    data = ArrayFile(Path(tmp) / "digits.npy")
+    net = lambda: ScoreModel(UNet(data.shape, channels=8, multipliers=(1, 2), num_res_blocks=1,  # noqa: E731
+                                  attention_resolutions=(4,), groups=4), VPSDE())
+    caught = {}
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.manual_seed(0)
+        Trainer(steps=2, batch_size=32, progress=False, amp=False, warmup=1, log_every=1).fit(
+            net(), DSMLoss(), VPSDE(), data, Path(tmp) / f"rank{distributed.rank()}", "cpu")
+        caught["wrap"] = [str(w.message) for w in seen]
+        seen.clear()
+        plain = DistributedDataParallel(net())
+        x = torch.as_tensor(np.load(Path(tmp) / "digits.npy")[:16], dtype=torch.float32) / 127.5 - 1
+        plain(x, torch.full((16,), 0.5)).square().mean().backward()
+        caught["plain"] = [str(w.message) for w in seen]
+    return caught
+
+
+def strides_worker(rank, port, tmp):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    distributed.init_from_env("cpu")
+    try:
+        torch.save(job_strides(tmp), Path(tmp) / f"strides.{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_ddp_of_the_unet_takes_gradients_in_its_buckets_layout(tmp_path):
+    """Two gloo processes train a small U-Net (8 × 8 images, attention at 4 × 4) for two steps without DDP's
+    `Grad strides do not match bucket view strides` warning; the same network in a plain DDP warns (so the check
+    sees the warning where there is one). About 8 s."""
+    np.save(tmp_path / "digits.npy", np.random.default_rng(0).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8))
+    mp.spawn(strides_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        caught = torch.load(tmp_path / f"strides.{rank}.pt", weights_only=False)
+        assert not [w for w in caught["wrap"] if "Grad strides" in w], caught["wrap"]
+        assert any("Grad strides do not match bucket view strides" in w for w in caught["plain"])

@@ -233,7 +233,8 @@ def hydra_job(cfg):
     except BaseException:
         distributed.shutdown(wait=False)
         raise
-    distributed.shutdown()
+    with one_line_errors():
+        distributed.shutdown()
 
 
 def main(argv=None):

@@ -3,11 +3,19 @@ processes with gloo): who am I, my share of the work, and putting the shares bac
 
 Outside torchrun (no RANK/WORLD_SIZE in the environment) every helper answers as the only process does: rank 0 of
 1, the whole range, the tensor itself.
+
+Leaving together: a process that stops on an error announces it in the run's store (the rendezvous TCPStore every
+process reaches) before it says anything; the first to announce prints its reason, any other leaves without a word
+once that reason is printed, and a watchdog thread ends a process whose peer announced an error (its main thread
+may be waiting in a collective for the peer that left), with the peer's exit status.
 """
 import contextlib
 import datetime
 import gc
 import os
+import sys
+import threading
+import time
 
 import numpy as np
 import torch
@@ -16,6 +24,11 @@ import torch.distributed as dist
 from scoresde.data.base import share
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+FAILED = "scoresde/failed"
+REPORTED = "scoresde/reported"
+_failure = {"store": None, "announced": False, "first": False, "stop": None}
 
 
 def launched():
@@ -61,7 +74,117 @@ def init_from_env(device_type="cpu", timeout_minutes=30):
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes),
                                 **({"device_id": device} if cuda else {}))
+        watch_peers()
     return device
+
+
+def _own_rank():
+    return int(os.environ.get("RANK", rank()))
+
+
+def _store():
+    """A client of the store every process of this torchrun reaches (the agent's, which outlives any worker; or
+    the group's, once it is joined), or None: outside torchrun, or before the group is joined where the agent
+    keeps no store."""
+    if _failure["store"] is None and launched() and "MASTER_ADDR" in os.environ and (
+            initialized() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"):
+        try:
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                  timeout=datetime.timedelta(seconds=10), wait_for_workers=False)
+        except (RuntimeError, ValueError, OSError):
+            return None
+        prefix = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
+        _failure["store"] = dist.PrefixStore(prefix, store)
+    return _failure["store"]
+
+
+def announce_failure(status):
+    """Announces that this process leaves on an error with exit status ``status``; True when it is to print
+    the reason: the first process of the run to announce one (outside torchrun, the only process), False when
+    another process was first (this one leaves without a word, see leave_after_report). Without a store to
+    announce in (a command-line error before the group is joined, where the agent keeps none) every process met
+    the same command line: rank 0 prints."""
+    _failure["announced"] = True
+    if not launched():
+        _failure["first"] = True
+        return True
+    store = _store()
+    if store is None:
+        _failure["first"] = _own_rank() == 0
+        return _failure["first"]
+    mine = f"{_own_rank()}:{int(status)}"
+    try:
+        now = store.compare_set(FAILED, "", mine)
+    except (RuntimeError, ValueError, OSError):
+        now = mine
+    _failure["first"] = (now.decode() if isinstance(now, bytes) else now) == mine
+    return _failure["first"]
+
+
+def peer_failure():
+    """The exit status another process announced it leaves with (announce_failure), or None: no other process
+    announced one, or this is the only process."""
+    store = _store() if launched() else None
+    if store is None:
+        return None
+    try:
+        if not store.check([FAILED]):
+            return None
+        who, status = store.get(FAILED).decode().split(":")
+    except (RuntimeError, ValueError, OSError):
+        return None
+    return None if int(who) == _own_rank() else int(status)
+
+
+def leave_after_report(status, seconds=10.0):
+    """Ends this process with exit status ``status``: the first process to announce an error marks its reason
+    printed; any other waits (at most ``seconds``) until the first has printed its reason, so that the launcher,
+    which stops every process once one has left, does not stop the one that is printing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    store = _store() if launched() else None
+    if store is not None:
+        try:
+            if _failure["first"]:
+                store.set(REPORTED, "1")
+            else:
+                _wait_for_report(store, seconds)
+        except (RuntimeError, ValueError, OSError):
+            pass
+    sys.exit(status)
+
+
+def _wait_for_report(store, seconds, poll=0.05):
+    """Returns once the first process to announce an error marked its reason printed, or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not store.check([REPORTED]) and time.monotonic() < deadline:
+        time.sleep(poll)
+
+
+def watch_peers(interval=0.2):
+    """Starts the watchdog of this process: a daemon thread that, every ``interval`` seconds, looks for an error
+    announced by another process and then ends this one with that process's exit status, without a word, once
+    its reason is printed (this process's main thread may be blocked in a collective waiting for the peer that
+    left). A process that announced an error itself is not stopped by it."""
+    if _failure["stop"] is not None or _store() is None:
+        return
+    stop = _failure["stop"] = threading.Event()
+
+    def watch():
+        while not stop.wait(interval):
+            if _failure["announced"]:
+                return
+            status = peer_failure()
+            if status is not None and not _failure["announced"]:
+                try:
+                    _wait_for_report(_store(), 10.0)
+                except (RuntimeError, ValueError, OSError):
+                    pass
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+
+    threading.Thread(target=watch, name="scoresde-peer-watchdog", daemon=True).start()
 
 
 def split_rows(fn):
@@ -92,12 +215,20 @@ def shutdown(wait=True):
     that tears its connections down while another still uses them can abort at exit). Unreachable objects that
     hold the group's work (a DDP wrapper kept alive by a reference cycle) are freed first: freed only while the
     interpreter shuts down, gloo's threads abort the process (SIGABRT). ``wait=False`` (a process that stopped
-    on an error) leaves without waiting for the others."""
+    on an error) leaves without waiting for the others, and without complaint if the group is already broken by
+    a process that left."""
     if initialized():
         gc.collect()
         if wait:
             dist.barrier()
-        dist.destroy_process_group()
+            if _failure["stop"] is not None:
+                _failure["stop"].set()
+                _failure["stop"] = None
+            dist.destroy_process_group()
+            _failure["store"] = None
+            return
+        with contextlib.suppress(RuntimeError):
+            dist.destroy_process_group()
 
 
 def shard_range(n, index=None, count=None):
@@ -182,12 +313,41 @@ def rank_generator(generator, index=None, count=None):
     return torch.Generator(generator.device).manual_seed(int(seeds[index]))
 
 
+def _with_strides(strides):
+    """A gradient hook: the gradient seen with the parameter's ``strides`` where the two differ only in
+    dimensions of size 1 (which a stride does not address: the same elements at the same places, a free view),
+    any other gradient as it is."""
+    strides = tuple(strides)
+
+    def hook(grad):
+        if grad.stride() == strides or any(n != 1 and a != b for n, a, b in zip(grad.shape, grad.stride(), strides)):
+            return grad
+        return grad.as_strided(grad.shape, strides)
+    return hook
+
+
+def match_gradient_strides(model):
+    """Makes every gradient of ``model`` arrive with its parameter's strides (returns the hooks' handles).
+
+    A gradient may differ from its parameter in the strides of dimensions of size 1 alone: the CPU convolution
+    hands a 1×1 kernel's (C_out, C_in, 1, 1) gradient over in channels-last strides (C_in, 1, C_in, C_in) where the
+    parameter has (C_in, 1, 1, 1). Autograd keeps such a gradient (the layout contract ignores those dimensions);
+    DistributedDataParallel's buckets take the parameter's strides and compare all of them, warning (`Grad
+    strides do not match bucket view strides`) and copying through the mismatched view. The hook (on parameters
+    with a dimension of size 1 only) re-views the gradient with the parameter's strides: no copy, no change in a
+    value."""
+    return [p.register_hook(_with_strides(p.stride())) for p in model.parameters()
+            if p.requires_grad and p.dim() > 1 and 1 in p.shape]
+
+
 def wrap(model, device):
     """``model`` in DistributedDataParallel in a distributed run (its gradients averaged over the ranks in
-    backward, its weights broadcast from rank 0 now), ``model`` itself in one process."""
+    backward, each arriving in its bucket's layout: match_gradient_strides; its weights broadcast from rank 0
+    now), ``model`` itself in one process."""
     if not initialized() or world_size() == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     device = torch.device(device)
+    match_gradient_strides(model)
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
