@@ -221,3 +221,37 @@ def test_auto_threads_give_a_core_to_work_that_starts_during_the_run():
         competitor.kill()
         competitor.wait()
         torch.set_num_threads(threads)
+
+
+def test_the_trainer_calls_a_light_callback_after_every_step_and_a_run_looks_at_its_threads(tmp_path, monkeypatch):
+    """A callback with needs_model = False is called with the step after each step (no EMA copy); the run's
+    trainer is given AutoThreads when threads=auto, and not for a fixed count."""
+    from models import MLP, ScoreModel
+    from sde import VPSDE
+    from scoresde.cli import threads as threads_module
+    from scoresde.data import GaussianMixture
+    from scoresde.training import DSMLoss, Trainer
+
+    class Steps:
+        needs_model = False
+
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, step):
+            self.seen.append(step)
+
+    sde, steps = VPSDE(), Steps()
+    data = GaussianMixture([[0.0, 0.0], [2.0, 0.0]], [0.5, 0.5])
+    model = ScoreModel(MLP(shape=(2,), hidden=8, depth=1, embed_dim=8), sde)
+    Trainer(steps=5, batch_size=8, ckpt_every=10**6, progress=False).fit(model, DSMLoss(), sde, data, tmp_path, "cpu",
+                                                                         callbacks=[steps])
+    assert steps.seen == [1, 2, 3, 4, 5]
+    made = []
+    monkeypatch.setattr(threads_module.AutoThreads, "__call__", lambda self, step: made.append(step))
+    run_job(tmp_path / "auto", *ORACLE[:2], "model=mlp", "train.steps=3", "train.progress=false", "solver=ddim",
+            "solver.steps=2", "sample.num=10", "sample.max_range=0", "threads=auto")
+    assert made == [1, 2, 3]
+    run_job(tmp_path / "fixed", *ORACLE[:2], "model=mlp", "train.steps=3", "train.progress=false", "solver=ddim",
+            "solver.steps=2", "sample.num=10", "sample.max_range=0", "threads=1")
+    assert made == [1, 2, 3]

@@ -34,7 +34,7 @@ from .errors import one_line_errors, show_warnings_in_one_line
 from .legacy import translate
 from .rundir import claimed, requested_checkpoint, requested_dir
 from .sweep import SUMMARY, cached_training, keep_for_sweep
-from .threads import choose_threads
+from .threads import AutoThreads, choose_threads
 
 
 def to_plain(node):
@@ -144,6 +144,8 @@ def train_or_load(run):
                 "data": OmegaConf.to_container(cfg.data, resolve=True), "data_spec": run.data.spec()}
         callbacks = [TrainingPictures(run.trainer.sample_every, run.sde, run.data, context)]
         callbacks += [e.callback(run.sde, run.data, context) for e in run.evaluations if hasattr(e, "callback")]
+        if cfg.threads == "auto" and not distributed.launched():
+            callbacks.append(AutoThreads())
         with Clock(context.device) as clock:
             model, step = run.trainer.fit(model, loss, run.sde, run.data, context.out, context.device, cfg.ckpt,
                                           meta=spec, callbacks=[c for c in callbacks if c is not None])

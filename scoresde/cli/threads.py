@@ -70,7 +70,7 @@ class AutoThreads:
     the machine's busy CPU time less this process's own, and sets torch's threads to cores − others (rounded,
     at least 1), as choose_threads does at the start. ``read`` gives (busy, total, own) seconds (cpu_times)."""
 
-    every = 1
+    needs_model = False
 
     def __init__(self, interval=10.0, read=cpu_times, clock=time.monotonic):
         self.interval, self.read, self.clock = interval, read, clock

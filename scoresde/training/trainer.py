@@ -218,7 +218,8 @@ class Trainer:
         """Trains ``model`` in place up to ``steps`` and returns (ema_model, last_step); writes into ``out_dir``
         (created if missing). Every ``eval_every`` steps (0: never) ``on_eval(step, ema_model)`` is called as
         on_sample is. Each of ``callbacks`` (after on_sample and on_eval, in order) is called as
-        ``callback(step, ema_model)`` every ``callback.every`` steps (0: never), as on_sample is.
+        ``callback(step, ema_model)`` every ``callback.every`` steps (0: never), as on_sample is; one whose
+        ``needs_model`` is False is called as ``callback(step)`` after every step, on this process alone.
 
         A checkpoint is taken every ``ckpt_every`` steps but written only once it has proven good: its weights
         (model and EMA) are finite and the loss of the step after it is finite (at the last step, the loss of
@@ -254,7 +255,8 @@ class Trainer:
         autocast = self.amp and device.type == "cuda"
         calls = [(self.sample_every, on_sample), (check_int("eval_every", eval_every, 0), on_eval)]
         calls = [(every, call) for every, call in calls if call is not None]
-        calls += [(check_int("every", callback.every, 0), callback) for callback in callbacks]
+        light = [callback for callback in callbacks if not getattr(callback, "needs_model", True)]
+        calls += [(check_int("every", callback.every, 0), callback) for callback in callbacks if callback not in light]
         calls = [(every, call) for every, call in calls if every]
 
         def stop(why):
@@ -295,6 +297,8 @@ class Trainer:
                 window.append(train_step(state, loss, sde, x0, lr, self.grad_clip, autocast, labels, self.accumulate))
                 bar.update(1)
                 step, last = state.step, state.step == self.steps
+                for call in light:
+                    call(step)
                 due_row = step % self.log_every == 0 or last
                 due_ckpt = step % self.ckpt_every == 0 or last
                 due = [call for every, call in calls if step % every == 0]
