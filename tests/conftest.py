@@ -106,3 +106,18 @@ def assert_recovers(sde, solver, mixture, n, tv, mean, std):
     assert report["mean_error"] < mean, report
     assert report["std_ratio_error"] < std, report
     return nfe
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module- or session-scoped fixture run in one xdist group (setup.cfg: --dist
+    loadgroup), so that one worker builds the fixture once."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        for name in getattr(item, "fixturenames", ()):
+            last = defs[name][-1] if name in defs else None
+            if last is not None and last.scope in ("module", "session") and \
+                    os.path.dirname(os.path.abspath(last.func.__code__.co_filename)) == here:
+                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
+                break

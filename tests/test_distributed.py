@@ -517,12 +517,11 @@ def assert_left_together(status, launcher, outputs, seconds, line):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bad, line", [
-    ("solver.steps=-1", "error: solver.steps=-1 is invalid: expected an integer >= 1"),
-    ("train.stepz=3", "error: train.stepz is not an option")])
+    ("solver.steps=-1", "error: solver.steps=-1 is invalid: expected an integer >= 1")])
 def test_under_torchrun_a_config_error_is_printed_once(tmp_path, bad, line):
-    """A config error that every process meets (before the group is joined: a key that does not exist; after
-    it, before training: solver.steps=-1): one line, from one process, nothing written, torchrun exits
-    non-zero, about 6 s (the processes' start)."""
+    """A config error that every process meets after the group is joined, before training: one line, from one
+    process, nothing written, torchrun exits non-zero (an error before the group is joined:
+    benchmarks/bad_inputs.py TORCHRUN_CASES)."""
     status, launcher, outputs, seconds = torchrun(tmp_path, ROOT / "run.py",
                                                   [*TORCHRUN_SMALL, bad, f"hydra.run.dir={tmp_path / 'out'}"])
     assert_left_together(status, launcher, outputs, seconds, line)
@@ -530,11 +529,11 @@ def test_under_torchrun_a_config_error_is_printed_once(tmp_path, bad, line):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["train", "sample"])
+@pytest.mark.parametrize("where", ["train"])
 def test_under_torchrun_an_error_on_one_rank_alone_is_printed_once(tmp_path, where):
-    """Rank 1 alone meets a config error, during training (rank 0 waiting in DDP's all-reduce) or while
-    sampling (rank 0 computing its share): its line is printed once, rank 0 leaves with it quietly and at once
-    (its watchdog, or the broken collective), torchrun exits non-zero, about 8 s."""
+    """Rank 1 alone meets a config error during training (rank 0 waiting in DDP's all-reduce): its line is
+    printed once, rank 0 leaves with it quietly and at once (its watchdog, or the broken collective), torchrun
+    exits non-zero (while sampling: benchmarks/bad_inputs.py TORCHRUN_CASES)."""
     (tmp_path / "fail_on_rank.py").write_text(FAIL_ON_ONE_RANK)
     status, launcher, outputs, seconds = torchrun(
         tmp_path, tmp_path / "fail_on_rank.py", [*TORCHRUN_SMALL, f"hydra.run.dir={tmp_path / 'out'}"],

@@ -16,7 +16,7 @@ from test_run import SMALL_MLP
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"sde", "solvers", "models", "scoresde"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("install")]  # one worker builds the environment once
+pytestmark = pytest.mark.slow
 
 
 def tracked_files():
