@@ -7,6 +7,7 @@
     bound, stderr = pipe.elbo(x_test)                          # the variational bound on it, and its MC error
     sde, model = pipe                                          # the pieces, for a loop of your own
 """
+import inspect
 import time
 
 import numpy as np
@@ -18,9 +19,11 @@ from tqdm.auto import tqdm
 
 from models.guidance import GuidedScore, class_labels
 from scoresde.data import DataSpec
-from sde.errors import CheckpointError, ConfigError, NonFiniteError, check_int, config_scope
+from scoresde.inputs import as_labels, as_points, check_count, check_fits_in_memory, check_flag, check_seed
+from sde.errors import CheckpointError, ConfigError, NonFiniteError, config_scope
 from solvers import (DDIM, ELBO, AdaptiveSDE, DPMSolver, EulerMaruyama, FitGrid, Heun, Karras, ODELikelihood,
                      PredictorCorrector, ProbabilityFlowODE, SDEDPMSolver, UniformLogSNR, UniformTime)
+from solvers.base import Solver
 from solvers.fitting import fit_solver
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
@@ -53,6 +56,8 @@ def resolve_device(name):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} was asked for but CUDA is not available here: use device=auto or cpu",
                           "device")
+    if device.type == "meta":
+        raise ConfigError(f"device={name!r} holds no values: use auto, cpu, cuda or cuda:N", "device")
     if device.type not in ("cpu", "cuda"):
         try:
             torch.empty(1, device=device)
@@ -93,6 +98,41 @@ def solver_from_name(name, **options):
         raise ConfigError(f"{unknown[0]}={options[unknown[0]]!r} is not an option of solver={name!r}: its options "
                           f"are {', '.join(defaults)}", unknown[0])
     return cls(**{**defaults, **options})
+
+
+def as_solver(solver, options):
+    """A Solver object as given (no ``options``), or the one SOLVERS names with ``options`` over its defaults."""
+    if isinstance(solver, str):
+        return solver_from_name(solver, **options)
+    if not isinstance(solver, (Solver, Inpainter)):
+        raise ConfigError(f"solver={solver!r} is not a solver: give a name ({', '.join(sorted(SOLVERS))}) or a "
+                          "solver object", "solver")
+    if options:
+        name = next(iter(options))
+        raise ConfigError(f"{name}={options[name]!r} is an option of a solver named by a string; solver={solver!r} "
+                          "is built already: set it there", name)
+    return solver
+
+
+def estimator(cls, given, options, name):
+    """``given`` (an instance of cls) as it is, or cls(**options), an unknown option named in one line."""
+    if given is not None:
+        if options:
+            key = next(iter(options))
+            raise ConfigError(f"{key}={options[key]!r} and {name}= were both given: set it on {name}", key)
+        return given
+    params = inspect.signature(cls).parameters
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}={options[unknown[0]]!r} is not an option of {cls.__name__}: its options are "
+                          f"{', '.join(params)}", unknown[0])
+    return cls(**options)
+
+
+def model_dtype(model):
+    """The floating point dtype of a network's weights; None for a score without weights (the oracle)."""
+    params = model.parameters() if isinstance(model, torch.nn.Module) else ()
+    return next((p.dtype for p in params if p.is_floating_point()), None)
 
 
 def instantiate_config(key, node, **kwargs):
@@ -139,9 +179,10 @@ class Pipeline:
         model(x, t) (p_t: the same for every class list, guidance scale and batch size). With
         ``info`` also {"nfe": network passes per sample, "seconds": wall time of the sampling, "labels": the class
         of each sample or None}, and "grid_fit": the fit's record when this call fitted the grid."""
-        num, batch = check_int("num", num), check_int("batch", batch)
-        if isinstance(solver, str):
-            solver = solver_from_name(solver, **options)
+        num, batch, seed = check_count("num", num), check_count("batch", batch), check_seed("seed", seed)
+        progress, info = check_flag("progress", progress, ("auto",)), check_flag("info", info)
+        solver = as_solver(solver, options)
+        check_fits_in_memory(num, self.data.shape, self.device)
         labels = class_labels(classes, num, getattr(self.model, "num_classes", None))
         guided = GuidedScore(self.model, labels, guidance)
         solver, fit = fit_solver(solver, self.sde, self.model, self.data.shape, self.device)
@@ -172,17 +213,14 @@ class Pipeline:
         solvers.Inpainter); a grid recipe is fitted first, as for ``sample``. Returns (N · completions, *shape),
         point by point (with ``info`` also {"nfe", "seconds", "observed": what was seen of each point, in data
         space})."""
-        num, batch = check_int("completions", completions) * len(x), check_int("batch", batch)
-        if isinstance(solver, str):
-            solver = solver_from_name(solver, **options)
+        x = as_points(x, self.data.shape, self.device, model_dtype(self.model), value_range=self.data.value_range)
+        num, batch = check_count("completions", completions) * len(x), check_count("batch", batch)
+        seed, progress, info = check_seed("seed", seed), check_flag("progress", progress, ("auto",)), check_flag("info", info)
+        solver = as_solver(solver, options)
         inpainter = solver if isinstance(solver, Inpainter) else Inpainter(solver, method, jumps)
         fitted, _ = fit_solver(inpainter.solver, self.sde, self.model, self.data.shape, self.device)
         if fitted is not inpainter.solver:
             inpainter = Inpainter(fitted, inpainter.method, inpainter.jumps)
-        x = x.to(self.device)
-        if tuple(x.shape[1:]) != tuple(self.data.shape):
-            raise ConfigError(f"x of shape {tuple(x.shape)} does not fit the data's shape {tuple(self.data.shape)}",
-                              "x")
         observation = Observation(x, mask, transform)
         whole = observation.select(torch.arange(len(x), device=self.device).repeat_interleave(num // len(x)))
 
@@ -216,13 +254,14 @@ class Pipeline:
         −log (1/K Σ_k p(x + u_k)) (DataSet.importance_weighted_nll), tighter as K grows. With ``info`` also
         {"nfe", "seconds", "x": the points evaluated (dequantized for K = 1, as given for K > 1)}. With ``labels``
         (one class per point) a conditional model gives −log p(x | y)."""
-        likelihood = likelihood or ODELikelihood(**options)
-        x_in = x.to(self.device)
+        likelihood = estimator(ODELikelihood, likelihood, options, "likelihood")
+        x_in, batch, seed, dequantize, progress, info = self._checked(x, batch, seed, dequantize, progress, info)
+        labels = as_labels(labels, len(x_in), getattr(self.model, "num_classes", None))
         points = {}
 
         def setup(lo, hi, gen):
             x, draws = self._dequantized(x_in[lo:hi], dequantize, dequant_draws, gen)
-            y = None if labels is None else torch.as_tensor(labels).reshape(-1)[lo:hi].repeat(draws)
+            y = None if labels is None else labels[lo:hi].repeat(draws)
             points.update(x=x, draws=draws)
 
             def solve(idx):
@@ -244,8 +283,8 @@ class Pipeline:
         and its per-point Monte Carlo standard error: ``bound, stderr = pipe.elbo(x)`` (with ``info`` also a dict
         {"nfe", "seconds", "x"}). Dequantization as for ``nll``; with ``dequant_draws`` K > 1 the K bounds B_k
         combine into −log (1/K Σ_k exp(−B_k)), the standard error by the delta method."""
-        elbo = elbo or ELBO(**options)
-        x_in = x.to(self.device)
+        elbo = estimator(ELBO, elbo, options, "elbo")
+        x_in, batch, seed, dequantize, progress, info = self._checked(x, batch, seed, dequantize, progress, info)
         points = {}
 
         def setup(lo, hi, gen):
@@ -280,12 +319,19 @@ class Pipeline:
             out, nfe = _gathered(*_in_batches(fn, self.model, chunks, progress, what), draws)
         return out, nfe, clock.seconds
 
+    def _checked(self, x, batch, seed, dequantize, progress, info):
+        """The points to score (inputs.as_points: on this device, in the network's dtype, in the data's range) and
+        the checked batch, seed and flags."""
+        return (as_points(x, self.data.shape, self.device, model_dtype(self.model), value_range=self.data.value_range),
+                check_count("batch", batch), check_seed("seed", seed), check_flag("dequantize", dequantize),
+                check_flag("progress", progress, ("auto",)), check_flag("info", info))
+
     def _dequantized(self, x, dequantize, draws, generator):
         """The points to evaluate: x, or its dequantization (``draws`` of them stacked, for quantized data), and
         the number of draws."""
         if not dequantize or self.data.levels is None:
             return x, 1
-        draws = check_int("dequant_draws", draws)
+        draws = check_count("dequant_draws", draws)
         if draws == 1:
             return self.data.dequantize(x, generator), 1
         return self.data.dequantize_draws(x, draws, generator).reshape(draws * len(x), *x.shape[1:]), draws
@@ -300,6 +346,7 @@ def load(path, device="auto", ema=True, trusted=False):
     its EMA weights (``ema=False``: the raw weights) on ``device``, and the data's description. The checkpoint
     builds only the framework's own parts (read_checkpoint); ``trusted=True``, or a collection of ``_target_``
     paths, lets it name other classes, such as a user's own SDE."""
+    ema, device = check_flag("ema", ema), resolve_device(device)
     state = read_checkpoint(path, trusted)
     meta = state.get("meta") or {}
     if "sde" not in meta or "model" not in meta or "data_spec" not in meta:
@@ -312,7 +359,6 @@ def load(path, device="auto", ema=True, trusted=False):
     check_fits(state, model)
     weights, step = sampling_weights(state, ema)
     model.load_state_dict(weights)
-    device = resolve_device(device)
     return Pipeline(sde, model.to(device).eval(), spec, device, step, meta)
 
 

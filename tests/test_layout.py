@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {"sde": 0, "scoresde.paths": 0, "scoresde.data": 1, "models": 2, "solvers": 2, "scoresde.training": 3,
-          "scoresde.evaluation": 3, "scoresde": 4.5, "scoresde.pipeline": 4, "scoresde.tasks": 5, "scoresde.cli": 6,
+          "scoresde.evaluation": 3, "scoresde.inputs": 3.5, "scoresde": 4.5, "scoresde.pipeline": 4, "scoresde.tasks": 5,
+          "scoresde.cli": 6,
           "run": 7, "benchmarks": 7}
 """The floor of each package (``scoresde`` itself: its ``__init__``, the front door's lazy re-export); a module may
 import only from lower floors or from its own package."""
