@@ -383,6 +383,68 @@ RUNDIR_CASES = [
 ]
 CASES += RUNDIR_CASES
 
+# --- the Python front door ------------------------------------------------------------------------------------------
+
+FRONTDOOR = """
+import sys
+import numpy as np
+import torch
+import scoresde
+from models import MLP, MixtureScore, ScoreModel
+from scoresde import Pipeline
+from scoresde.data import DataSpec, GaussianMixture
+from sde import ConfigError, VPSDE
+sde = VPSDE()
+mix = GaussianMixture([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], [0.4, 0.4, 0.4], classes=[0, 1, 1])
+oracle = Pipeline(sde, MixtureScore(sde, mix), mix)
+net = Pipeline(sde, ScoreModel(MLP(shape=(2,), hidden=8, depth=1, embed_dim=8), sde).eval(), DataSpec((2,)))
+digits = Pipeline(sde, lambda x, t: -x, DataSpec((1, 8, 8), levels=256, value_range=(-1, 1)))
+x = mix.sample(5, torch.Generator().manual_seed(0))
+quick = dict(method="rk4", steps=4, max_error=0)
+try:
+    {statement}
+except ConfigError as e:
+    print(f"error: {{e}}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def frontdoor_py(out, statements, cwd=None):
+    """The case's Python statement run against small pipelines (the oracle, an untrained network, 8-bit digits'
+    description) in a process of its own; a ConfigError is printed as the command line prints it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", FRONTDOOR.format(statement=statements[0])], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+
+
+FRONTDOOR_CASES = [("frontdoor", name, None, [statement], "error") for name, statement in [
+    ("o10 pipe.sample with an unknown solver option", "oracle.sample(10, solver='dpm', bogus=3)"),
+    ("o11 pipe.nll on shape (5, 3) for a 2-D model", "net.nll(torch.zeros(5, 3), **quick)"),
+    ("o12 pipe.nll with a NaN point", "oracle.nll(torch.tensor([[0.0, float('nan')]]), **quick)"),
+    ("o13 pipe.nll of int64 points", "net.nll(torch.zeros(5, 2, dtype=torch.int64), **quick)"),
+    ("o15 pipe.nll on the meta device", "net.nll(torch.zeros(5, 2, device='meta'), **quick)"),
+    ("o16 pipe.nll of a 1-D tensor", "net.nll(torch.zeros(2), **quick)"),
+    ("o22 load(device='meta')", "scoresde.load('nowhere', device='meta')"),
+    ("o24 pipe.sample(seed=2**70)", "oracle.sample(10, solver='ddim', seed=2**70)"),
+    ("o28 pipe.elbo on shape (5, 3)", "oracle.elbo(torch.zeros(5, 3), draws=4)"),
+    ("o33 pipe.nll with the null class as a label", "oracle.nll(x, labels=[2] * 5, **quick)"),
+    ("o35 pipe.nll of points at 1e30", "oracle.nll(torch.full((5, 2), 1e30), **quick)"),
+    ("o36 load(ema='maybe')", "scoresde.load('nowhere', ema='maybe')"),
+    ("o38 pipe.sample(solver=5)", "oracle.sample(10, solver=5)"),
+    ("o40 pipe.nll(batch=0)", "oracle.nll(x, batch=0, **quick)"),
+    ("o43 pipe.nll of images on a 2-D model", "net.nll(torch.zeros(5, 1, 8, 8), **quick)"),
+    ("o44 pipe.nll with a wrong label count", "oracle.nll(x, labels=[0, 1], **quick)"),
+    ("o45 pipe.sample(progress='maybe')", "oracle.sample(10, solver='ddim', progress='maybe')"),
+    ("o46 pipe.sample(10**12)", "oracle.sample(10**12, solver='ddim')"),
+    ("o47 pipe.nll of 8-bit pixels at 5.0", "digits.nll(torch.full((2, 1, 8, 8), 5.0), **quick)"),
+    ("pipe.nll with float labels", "oracle.nll(x, labels=[0.0] * 5, **quick)"),
+    ("pipe.nll with labels on an unconditional model", "net.nll(x, labels=[0] * 5, **quick)"),
+    ("pipe.nll with an unknown likelihood option", "oracle.nll(x, bogus=1)"),
+    ("pipe.sample(num=0)", "oracle.sample(0, solver='ddim')"),
+]]
+CASES += FRONTDOOR_CASES
+RUNNERS["frontdoor"] = frontdoor_py
+
 
 def run_py(out, overrides, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -413,6 +475,10 @@ def probe(case, workdir, runner=None):
     d, runner = Path(workdir), runner or RUNNERS.get(category, run_py)
     if setup is not None:
         setup(*[d, runner][:len(inspect.signature(setup).parameters)])
+    if category == "frontdoor":
+        proc = runner(d / "out", overrides, cwd=d)
+        message = next((line for line in proc.stderr.splitlines() if line.startswith(("error: ", "warning: "))), "")
+        return outcome(proc), message, proc
     args = [o.format(d=d) for o in overrides]
     other_model = any(a.startswith("model=") for a in args)
     args += [a for a in SMALL if a.split("=")[0] not in {o.split("=")[0] for o in args}
