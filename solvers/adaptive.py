@@ -86,7 +86,7 @@ class AdaptiveSDE(Solver):
     200–300 NFE for VP and 350–500 for VE; for [−1, 1] images the paper uses atol = 0.0078, rtol = 0.01–0.05.
     """
 
-    def __init__(self, rtol=0.05, atol=0.01, h_init=0.01, safety=0.9, exponent=0.9, rejection="bridge",
+    def __init__(self, rtol=0.01, atol=0.002, h_init=0.01, safety=0.9, exponent=0.9, rejection="bridge",
                  memory=8, max_iters=10000, eps=None, denoise=False):
         super().__init__(eps, denoise)
         self.rtol = check_number("rtol", rtol)
