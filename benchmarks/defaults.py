@@ -129,8 +129,21 @@ def main(argv=None):
     p.add_argument("--num", type=int, default=20000, help="samples per run")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="prior draws per solver (and floor pairs)")
     p.add_argument("--out", default="benchmarks/results/defaults")
+    p.add_argument("--rows", nargs="+", default=[], metavar="JSON",
+                   help="write the table of rows measured before (<out>.json files of runs split by mixture or "
+                        "process) instead of measuring")
     args = p.parse_args(argv)
 
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.rows:
+        rows = [r for path in args.rows for r in json.loads(Path(path).read_text())]
+        rows = [r for r in rows if r["mixture"] in args.mixtures and r["sde"] in args.sdes
+                and r["solver"] in args.solvers]
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        out.with_suffix(".md").write_text(table(rows, args))
+        print(f"wrote {out.with_suffix('.md')} ({len(rows)} rows)")
+        return
     rows = []
     for mix_name in args.mixtures:
         mixture = MIXTURES[mix_name]()
@@ -143,9 +156,7 @@ def main(argv=None):
                       f"swd {r['swd']:.4f} / floor {r['swd_floor']:.4f} = {r['ratio']:.2f}  "
                       f"tv {r['weights_tv']:.4f}  gap {r['logp_gap_per_dim']:+.4f}  "
                       f"{'at floor' if r['at_floor'] else 'MISS'}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+                out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     out.with_suffix(".md").write_text(table(rows, args))
     print(f"wrote {out.with_suffix('.md')}")
 
@@ -155,10 +166,16 @@ def table(rows, args):
     lines = [f"Command: `python -m benchmarks.defaults {' '.join(_argv(args))}`", "",
              f"{args.num} samples per run, means over prior draws {args.seeds}, CPU ({torch.get_num_threads()} "
              f"threads, shared with other jobs: the seconds are of a loaded machine), torch {torch.__version__}. "
-             "Each solver as `python run.py solver=NAME sde=PROCESS` builds it, exact mixture score. Floor: the mean SWD "
-             f"between two exact sample sets of {args.num}, one pair per draw. At floor: SWD <= "
+             "Each solver as `python run.py solver=NAME sde=PROCESS` builds it, exact mixture score (seconds include "
+             "the fit of a fitted grid). Floor: the mean SWD between two exact sample sets of {args.num}, one pair per draw. At floor: SWD <= "
              f"{SWD_RATIO} x floor and |log-density gap| <= {GAP} nats/dim and weights TV <= {TV}.", "",
              f"**{len(rows) - len(misses)} of {len(rows)} at floor.**", ""]
+    wanted = len(args.mixtures) * len(args.sdes) * len(args.solvers)
+    if len(rows) < wanted:
+        done = {(r["mixture"], r["sde"], r["solver"]) for r in rows}
+        absent = [f"{m} {p} {s}" for m in args.mixtures for p in args.sdes for s in args.solvers
+                  if (m, p, s) not in done]
+        lines += [f"Not measured ({len(absent)} of {wanted}): " + ", ".join(absent) + ".", ""]
     lines += sections(rows, args.mixtures, args.sdes, lambda sel: f" (SWD floor {sel[0]['swd_floor']:.4f})",
                       [("solver", False), ("NFE", True), ("seconds / draw", True), ("SWD", True), ("SWD / floor", True),
                        ("weights TV", True), ("log-density gap / dim", True), ("verdict", False)],
