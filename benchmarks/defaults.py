@@ -167,7 +167,8 @@ def table(rows, args):
              f"{args.num} samples per run, means over prior draws {args.seeds}, CPU ({torch.get_num_threads()} "
              f"threads, shared with other jobs: the seconds are of a loaded machine), torch {torch.__version__}. "
              "Each solver as `python run.py solver=NAME sde=PROCESS` builds it, exact mixture score (seconds include "
-             "the fit of a fitted grid). Floor: the mean SWD between two exact sample sets of {args.num}, one pair per draw. At floor: SWD <= "
+             f"the fit of a fitted grid). Floor: the mean SWD between two exact sample sets of {args.num}, one pair "
+             f"per draw. At floor: SWD <= "
              f"{SWD_RATIO} x floor and |log-density gap| <= {GAP} nats/dim and weights TV <= {TV}.", "",
              f"**{len(rows) - len(misses)} of {len(rows)} at floor.**", ""]
     wanted = len(args.mixtures) * len(args.sdes) * len(args.solvers)
