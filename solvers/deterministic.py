@@ -87,7 +87,7 @@ class DPMSolver(SteppingSolver):
 
     fits_grid = True
 
-    def __init__(self, steps=60, order=2, grid="logsnr", lower_order_final=True, eps=None, denoise=False):
+    def __init__(self, steps=60, order=3, grid="logsnr", lower_order_final=True, eps=None, denoise=False):
         super().__init__(steps, grid, eps, denoise)
         self.order = check_choice("order", order, (1, 2, 3))
         self.lower_order_final = bool(lower_order_final)
