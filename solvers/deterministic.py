@@ -25,7 +25,7 @@ class DDIM(SteppingSolver):
 
     order = 1
 
-    def __init__(self, steps=100, grid="karras", eps=None, denoise=False):
+    def __init__(self, steps=400, grid="karras", eps=None, denoise=False):
         super().__init__(steps, grid, eps, denoise)
 
     def step(self, state, x, t, t_next):
@@ -46,7 +46,7 @@ class Heun(SteppingSolver):
 
     order = 2
 
-    def __init__(self, steps=30, grid="karras", eps=None, denoise=False):
+    def __init__(self, steps=80, grid="karras", eps=None, denoise=False):
         super().__init__(steps, grid, eps, denoise)
 
     def start(self, state, x):
@@ -87,7 +87,7 @@ class DPMSolver(SteppingSolver):
 
     fits_grid = True
 
-    def __init__(self, steps=40, order=2, grid="logsnr", lower_order_final=True, eps=None, denoise=False):
+    def __init__(self, steps=60, order=3, grid="logsnr", lower_order_final=True, eps=None, denoise=False):
         super().__init__(steps, grid, eps, denoise)
         self.order = check_choice("order", order, (1, 2, 3))
         self.lower_order_final = bool(lower_order_final)

@@ -225,7 +225,8 @@ def test_adaptive_tighter_tolerance_costs_more_and_errs_less(sde_name):
     """Measured (20000 points, 2-D): VP 88 → 306 NFE, std error 0.22 → 0.009; VE 146 → 466, 0.05 → 0.006. 6000
     points keep the effect far above their noise (std error about 0.01) at a third of the cost."""
     sde, mix = ALL_SDES[sde_name](), mixture_2d()
-    runs = [sample(sde, solver, mix, 6000) + (solver,) for solver in (AdaptiveSDE(rtol=0.2, atol=0.2), AdaptiveSDE())]
+    runs = [sample(sde, solver, mix, 6000) + (solver,)
+            for solver in (AdaptiveSDE(rtol=0.2, atol=0.2), AdaptiveSDE(rtol=0.05, atol=0.01))]
     (loose, nfe_loose, s_loose), (tight, nfe_tight, s_tight) = runs
     r_loose = mixture_report(reference(sde, s_loose, mix), loose)
     r_tight = mixture_report(reference(sde, s_tight, mix), tight)
