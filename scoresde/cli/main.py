@@ -23,7 +23,7 @@ from scoresde.tasks import Context, Sampling, TrainingPictures
 from scoresde.training import distributed
 from scoresde.training.trainer import load_for_sampling
 
-from .args import check_group_choices, check_override_keys, help_text
+from .args import check_command_line, help_text
 from .build import build, named_by_source, takes
 from .checkpoint import checkpoint_meta
 from .checks import check_data_fits, fit_model_to_data, warn_about_scale
@@ -241,8 +241,7 @@ def main(argv=None):
         sys.exit(0)
     with one_line_errors():
         argv = translate(argv, evaluation_names(conf))
-        check_group_choices(argv, conf)
-        check_override_keys(argv, conf)
+        argv = check_command_line(argv, conf)
         argv = quiet_other_ranks(argv)
     sys.argv = sys.argv[:1] + argv
     hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()
