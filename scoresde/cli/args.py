@@ -186,21 +186,24 @@ def check_values(argv, conf_dir, sweep=False):
             try:
                 check_config(compose("config", overrides=run), compose("config", overrides=choices))
                 if sweep and len(runs) > 1:
-                    check_parts(compose("config", overrides=run))
+                    check_parts(compose("config", overrides=run), run)
             except ConfigError as e:
                 if not sweep or len(runs) == 1:
                     raise
-                raise type(e)(f"{e} (run {i} of the sweep: {' '.join(run)})", e.keys) from None
+                swept = [a for a in run if any(a not in other for other in runs)]
+                raise type(e)(f"{e} (run {i} of the sweep: {' '.join(swept)}; no run was started)", e.keys) from None
 
 
-def check_parts(cfg):
-    """The parts of a run that are cheap to build (process, solver, training, loss) built, so that a bad value
-    in a later run of a sweep is refused before the first run trains."""
+def check_parts(cfg, overrides):
+    """The parts of a run that are cheap to build (process, solver, training, loss) built and the solver checked
+    against the process, so that a bad value in a later run of a sweep is refused before the first run trains."""
     from .build import build
+    from .checks import check_solver_fits
 
-    for key in ("sde", "solver", "train", "loss"):
-        if OmegaConf.is_dict(cfg.get(key)) and "_target_" in cfg[key]:
-            build(key, cfg[key])
+    parts = {key: build(key, cfg[key]) for key in ("sde", "solver", "train", "loss")
+             if OmegaConf.is_dict(cfg.get(key)) and "_target_" in cfg[key]}
+    if "sde" in parts and "solver" in parts:
+        check_solver_fits(cfg, overrides, parts["sde"], parts["solver"])
 
 
 def resolved(cfg):

@@ -26,7 +26,7 @@ from scoresde.training.trainer import load_for_sampling
 from .args import check_command_line, help_text
 from .build import build, named_by_source, takes
 from .checkpoint import checkpoint_meta
-from .checks import check_data_fits, fit_model_to_data, warn_about_scale
+from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_about_scale
 from .errors import one_line_errors, run_lock, show_warnings_in_one_line
 from .legacy import translate
 from .sweep import SUMMARY, cached_training, keep_for_sweep
@@ -99,6 +99,7 @@ def build_run(cfg, out, overrides):
                         guidance=cfg.guidance.scale)
     sampling.check(model)
     solver = build("solver", cfg.solver)
+    check_solver_fits(cfg, overrides, sde, solver)
     context = Context(out, seeds, device, solver, sampling, progress=cfg.progress, main=main_process)
     task = build("task", cfg.task, **({"mask": build("mask", cfg.mask)} if takes("task", cfg.task, "mask") else {}))
     task.setup(data, model, context)
