@@ -446,6 +446,116 @@ CASES += FRONTDOOR_CASES
 RUNNERS["frontdoor"] = frontdoor_py
 
 
+# ---- command-line values (issue 25, item 2): probe ids of /work/shared/probes/bad-inputs-2026-12.md in brackets
+
+
+def _pngs(mode, value):
+    """A folder of 12 small images of one value named .png, in PIL ``mode`` (L, I;16 for 16-bit PNGs, F for
+    float TIFFs)."""
+    def setup(d):
+        from PIL import Image
+
+        (d / "imgs").mkdir()
+        for i in range(12):
+            dtype = {"I;16": np.uint16, "F": np.float32}.get(mode, np.uint8)
+            image = Image.fromarray(np.full((8, 8), value, dtype))
+            image.save(d / "imgs" / f"{i}.png", format="TIFF" if mode == "F" else "PNG")
+    return setup
+
+
+def _labelled(labels, n=None):
+    return _npz("xy.npz", x=np.random.default_rng(0).normal(size=(len(labels) if n is None else n, 2)),
+                y=np.asarray(labels))
+
+
+def _mask_file(array):
+    return lambda d: np.save(d / "mask.npy", array)
+
+
+FOLDER = ["data=folder", "data.path={d}/imgs", "data.channels=1", "data.size=8", "model=unet",
+          "model.net.channels=8", "model.net.multipliers=[1]", "model.net.attention_resolutions=[]",
+          "model.net.num_res_blocks=1", "model.net.groups=4", "train.batch_size=4", "solver.steps=2", "sample.num=4"]
+XY = ["data=array", "data.path={d}/xy.npz", "data.labels=y"]
+DIGITS = ["data=digits", "model=unet", "model.net.channels=8", "model.net.multipliers=[1]",
+          "model.net.attention_resolutions=[]", "model.net.num_res_blocks=1", "model.net.groups=4",
+          "train.batch_size=4", "solver.steps=2", "sample.num=4"]
+INPAINT = ["model=oracle", "data=gmm", "task=inpaint", "solver=em", "solver.steps=5"]
+CLI_CASES = [
+    ("config", "[a06] sample.plot=maybe", None, ["sample.plot=maybe"], "error"),
+    ("config", "[s13] progress=maybe", None, ["progress=maybe"], "error"),
+    ("config", "[s15] ckpt_override=maybe", None, ["ckpt_override=maybe"], "error"),
+    ("checkpoint", "[k51] ckpt_override=maybe with another sde", _checkpoint,
+     ["ckpt={d}/trained/checkpoint.pt", "train.steps=0", "sde=ve", "ckpt_override=maybe"], "error"),
+    ("config", "[t25] train.amp=maybe", None, ["train.amp=maybe"], "error"),
+    ("config", "[t31] train.progress=maybe", None, ["train.progress=maybe"], "error"),
+    ("solver", "[v09] solver.denoise=maybe", None, ["solver=em", "solver.denoise=maybe"], "error"),
+    ("solver", "[v23] solver.lower_order_final=maybe", None, ["solver=dpm", "solver.lower_order_final=maybe"],
+     "error"),
+    ("config", "[--] eval.classifier.required=maybe", None, ["eval.classifier.required=maybe"], "error"),
+    ("config", "[--] train.channels_last=maybe", None, ["train.channels_last=maybe"], "error"),
+    ("config", "[--] loss.stratified=1", None, ["loss.stratified=1"], "error"),
+    ("config", "[s02] seed=2**70", None, [f"seed={2 ** 70}"], "error"),
+    ("config", "[s03] seed=abc", None, ["seed=abc"], "error"),
+    ("config", "[s04] seed=1.5", None, ["seed=1.5"], "error"),
+    ("config", "[--] seed=-1", None, ["seed=-1"], "error"),
+    ("config", "[t29] train.seed=abc", None, ["train.seed=abc"], "error"),
+    ("data", "[d43] data.seed=abc", _npy("x.npy", np.zeros((10, 2))), A + ["data.seed=abc"], "error"),
+    ("inpaint", "[i24] mask.seed=abc", None, [*INPAINT, "mask=random", "mask.seed=abc"], "error"),
+    ("config", "[s11] device=meta", None, ["device=meta"], "error"),
+    ("data", "[d35] uint64 labels beyond int64", _labelled(np.array([0, 1] * 4 + [1, 2 ** 63 + 5], np.uint64)), XY,
+     "error"),
+    ("data", "[d36] string labels", _labelled(np.array(["a", "b"] * 5)), XY, "error"),
+    ("data", "[d37] label 10**9", _labelled(np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 10 ** 9])), XY, "error"),
+    ("data", "[d40] test_fraction leaving no training rows", _npy("x.npy", np.zeros((10, 2))),
+     A + ["data.test_fraction=0.99"], "error"),
+    ("data", "[f10] data.size=0", _pngs("L", 100), FOLDER + ["data.size=0"], "error"),
+    ("data", "[f11] data.size=-4", _pngs("L", 100), FOLDER + ["data.size=-4"], "error"),
+    ("data", "[f12] data.size=abc", _pngs("L", 100), FOLDER + ["data.size=abc"], "error"),
+    ("data", "[f13] data.size=7.5", _pngs("L", 100), FOLDER + ["data.size=7.5"], "error"),
+    ("data", "[f08] 16-bit PNGs", _pngs("I;16", 40000), FOLDER, "warning"),
+    ("data", "[f21] float images (mode F)", _pngs("F", 0.5), FOLDER, "warning"),
+    ("data", "[d31] data.key for a .npy", _npy("x.npy", np.random.default_rng(0).normal(size=(50, 2))),
+     A + ["data.key=x"], "error"),
+    ("data", "[d08] values 1e300", _npy("x.npy", np.random.default_rng(0).normal(size=(50, 2)) * 1e300), A,
+     "error"),
+    ("model", "[m12] dropout=1.5", None, DIGITS + ["model.net.dropout=1.5"], "error"),
+    ("model", "[m13] dropout=-1", None, DIGITS + ["model.net.dropout=-1"], "error"),
+    ("model", "[m14] attention_resolutions=[abc]", None, DIGITS + ["model.net.attention_resolutions=[abc]"], "error"),
+    ("inpaint", "[i13] mask.fraction=0", None, [*INPAINT, "mask=random", "mask.fraction=0"], "error"),
+    ("inpaint", "[i15] mask.box of the wrong length", None, [*DIGITS, "task=inpaint", "mask.box=[1,2]"], "error"),
+    ("inpaint", "[i18] mask file of strings", _mask_file(np.array(["a", "b"])),
+     [*INPAINT, "mask=file", "mask.path={d}/mask.npy"], "error"),
+    ("inpaint", "[i18] mask file with NaN", _mask_file(np.array([np.nan, 1.0])),
+     [*INPAINT, "mask=file", "mask.path={d}/mask.npy"], "error"),
+    ("inpaint", "[i21] nothing unknown", None, [*INPAINT, "mask=coordinates", "mask.coordinates=[0,1]"], "error"),
+    ("inpaint", "[i26] mask.box for vectors", None, [*INPAINT, "mask.box=[0,0,1,1]"], "error"),
+    ("inpaint", "[i27] mask.box of floats", None, [*DIGITS, "task=inpaint", "mask.box=[0,0,2.7,3.9]"], "error"),
+    ("loss", "[l11] loss.t_min >= T", None, ["sde=rf", "loss.t_min=0.9995"], "error"),
+    ("config", "[e12] eval.ode.exact_max_dim=-1", None, ["+eval=ode", "eval.num=20", "eval.ode.exact_max_dim=-1"],
+     "error"),
+    ("config", "[e23] eval.ode.rtol=1e6", None, ["+eval=ode", "eval.num=20", "eval.ode.rtol=1e6"], "error"),
+    ("config", "[e23] eval.ode.atol=0", None, ["+eval=ode", "eval.num=20", "eval.ode.atol=0"], "error"),
+    ("paths", "[h11] broken override syntax", None, ["model.net.hidden=[1,"], "error"),
+    ("paths", "[h12] interpolation to a missing key", None, ["sample.num=${{nothing.here}}"], "error"),
+    ("paths", "[k45] ckpt=~/nonexistent", None, ["ckpt=~/nonexistent-scoresde.pt", "train.steps=0"], "error"),
+    ("paths", "[x05] data.path=~/...", None, ["data=array", "data.path=~/nonexistent-scoresde.npy"], "error"),
+    ("paths", "[h07] sweep whose second run is bad", None, ["-m", "train.steps=3,-1"], "error"),
+    ("solver", "[v02] solver.eps=-1", None, ["solver=em", "solver.eps=-1"], "error"),
+    ("solver", "[v03] solver.eps=1", None, ["solver=em", "solver.eps=1"], "error"),
+    ("solver", "[v29] adaptive safety=5", None, ["model=oracle", "data=gmm", "solver=adaptive", "solver.safety=5"],
+     "error"),
+    ("solver", "[v30] adaptive max_iters=1", None, ["model=oracle", "data=gmm", "solver=adaptive",
+                                                   "solver.max_iters=1"], "error"),
+    ("sde", "[p06] vp T=1e6", None, ["sde.T=1e6"], "error"),
+    ("sde", "[p14] vp beta_max=1e6", None, ["sde.beta_max=1e6"], "error"),
+    ("sde", "[p15] ve sigma_max=1e30", None, ["sde=ve", "sde.sigma_max=1e30"], "error"),
+    ("config", "[a14] guidance.scale=1e30", None, [*DIGITS, "train.cond_drop=0.1", "sample.classes=1",
+                                                   "guidance.scale=1e30"], "error"),
+    ("solver", "[v40] solver._target_=os.getcwd", None, ["solver._target_=os.getcwd"], "error"),
+]
+CASES += CLI_CASES
+
+
 def run_py(out, overrides, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -480,9 +590,9 @@ def probe(case, workdir, runner=None):
         message = next((line for line in proc.stderr.splitlines() if line.startswith(("error: ", "warning: "))), "")
         return outcome(proc), message, proc
     args = [o.format(d=d) for o in overrides]
-    other_model = any(a.startswith("model=") for a in args)
+    other = {part for part in ("model", "solver") if any(a.startswith(f"{part}=") for a in args)}
     args += [a for a in SMALL if a.split("=")[0] not in {o.split("=")[0] for o in args}
-             and not (other_model and a.startswith("model."))]
+             and a.split(".")[0] not in other]
     if "train.steps" not in " ".join(args):
         args.append("train.steps=3")
     proc = runner(d / "out", args, cwd=d)

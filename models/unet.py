@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sde.errors import ConfigError, invalid
+from sde.errors import ConfigError, check_int, check_number, invalid
 
 from .embedding import batch_times, check_labels, label_embedding, time_embedding
 from .mlp import event_shape
@@ -84,6 +84,17 @@ class Stage(nn.ModuleList):
         return h
 
 
+def _integers(name, values, minimum):
+    """A list of integers >= minimum as a tuple (a string, a float or a bool among them refused)."""
+    try:
+        values = None if isinstance(values, str) else list(values)
+    except TypeError:
+        values = None
+    if values is None or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values):
+        raise invalid(name, values, f"a list of integers >= {minimum}")
+    return tuple(values)
+
+
 class UNet(nn.Module):
     """net(x, t, y) for images x of shape (N, C, H, W) and optional class labels y, returning x's shape.
 
@@ -101,10 +112,12 @@ class UNet(nn.Module):
                  dropout=0.0, groups=8, embedding="sinusoidal", embed_dim=None, num_classes=None):
         super().__init__()
         self.shape = event_shape(shape)
-        multipliers = tuple(int(m) for m in multipliers)
-        attention_resolutions = {int(r) for r in attention_resolutions or ()}
-        channels, num_res_blocks, groups = int(channels), int(num_res_blocks), int(groups)
-        embed_dim = 4 * channels if embed_dim is None else int(embed_dim)
+        multipliers = _integers("multipliers", multipliers, 1)
+        attention_resolutions = set(_integers("attention_resolutions", attention_resolutions or (), 1))
+        channels, num_res_blocks = check_int("channels", channels), check_int("num_res_blocks", num_res_blocks)
+        groups = check_int("groups", groups)
+        embed_dim = 4 * channels if embed_dim is None else check_int("embed_dim", embed_dim)
+        dropout = check_number("dropout", dropout, strict=False, maximum=1.0)
         self._check(self.shape, channels, multipliers, groups)
 
         self.embed = time_embedding(embedding, channels)

@@ -94,7 +94,7 @@ class AdaptiveSDE(Solver):
         self.rtol = check_number("rtol", rtol)
         self.atol = check_number("atol", atol)
         self.h_init = check_number("h_init", h_init)
-        self.safety = check_number("safety", safety)
+        self.safety = check_number("safety", safety, maximum=1.0)
         self.exponent = check_number("exponent", exponent)
         self.rejection = check_choice("rejection", rejection, REJECTIONS)
         self.memory = check_int("memory", memory)

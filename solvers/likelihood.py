@@ -19,7 +19,7 @@ from sde.errors import ConfigError, check_choice, check_int, check_number, inval
 from .base import CountedScore, GridState, randn_like, step_time_dtype, time_dtype
 from .exponential import adams_weights
 from .grids import GRIDS, FlooredLogSNR, as_grid
-from .ode import ADAPTIVE, FIXED, ode_options, ode_times
+from .ode import ADAPTIVE, FIXED, check_tolerances, ode_options, ode_times
 
 DIVERGENCES = ("auto", "exact", "gaussian", "rademacher")
 EXPONENTIAL = "exponential"
@@ -81,8 +81,7 @@ class ODELikelihood:
     def __init__(self, method="dopri5", rtol=1e-5, atol=1e-5, steps=100, grid="auto", eps=1e-5, divergence="auto",
                  exact_max_dim=64, max_error=0.05, order=4, sigma_floor=0.02):
         check_choice("method", method, ADAPTIVE + FIXED + (EXPONENTIAL,))
-        check_number("rtol", rtol)
-        check_number("atol", atol)
+        check_tolerances(rtol, atol)
         check_int("steps", steps)
         if check_choice("grid", grid, LIKELIHOOD_GRIDS) == "auto":
             grid = "logsnr_floor" if method == EXPONENTIAL else "time"
@@ -94,7 +93,7 @@ class ODELikelihood:
         self.time_grid = FlooredLogSNR(self.sigma_floor) if grid == "logsnr_floor" else as_grid(grid)
         self.eps = float(eps)
         self.divergence = check_choice("divergence", divergence, DIVERGENCES)
-        self.exact_max_dim = int(exact_max_dim)
+        self.exact_max_dim = check_int("exact_max_dim", exact_max_dim, 0)
 
     def estimator(self, dim):
         if self.divergence == "auto":

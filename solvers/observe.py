@@ -80,13 +80,22 @@ class Observation:
 
 def box_mask(shape, box=None):
     """Images (C, H, W): True outside a box [top, left, height, width] in pixels (default: the centre quarter of
-    the area), so the box is what is missing. Vectors (D,): True on the first half of the coordinates."""
+    the area), so the box is what is missing. Vectors (D,): True on the first half of the coordinates (a box is
+    refused there: it applies to images)."""
     if len(shape) != 3:
+        if box is not None:
+            raise ConfigError(f"box={short(box)} applies to images (C, H, W); the data are vectors of shape "
+                              f"{tuple(shape)}: remove box (the second half of the coordinates is then missing), or "
+                              "choose mask=coordinates or mask=random", "box")
         mask = torch.zeros(shape, dtype=torch.bool)
         mask.view(-1)[: max(1, math.prod(shape) // 2)] = True
         return mask
     _, h, w = shape
-    top, left, height, width = (h // 4, w // 4, h // 2, w // 2) if box is None else [int(v) for v in box]
+    if box is not None:
+        box = list(box) if not isinstance(box, (str, int, float)) else [box]
+        if len(box) != 4 or any(isinstance(v, bool) or not isinstance(v, int) for v in box):
+            raise invalid("box", box, f"4 integers [top, left, height, width] in pixels of the {h} × {w} image")
+    top, left, height, width = (h // 4, w // 4, h // 2, w // 2) if box is None else box
     if not (0 <= top < h and 0 <= left < w and height > 0 and width > 0):
         raise invalid("box", box, f"[top, left, height, width] inside the {h} × {w} image")
     mask = torch.ones(shape, dtype=torch.bool)
@@ -126,6 +135,10 @@ def file_mask(shape, path):
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError):
         raise ConfigError(f"path={str(path)!r} is not a .npy file", "path") from None
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.iscomplexobj(array):
+        raise ConfigError(f"path={str(path)!r} holds {array.dtype} values: expected numbers (nonzero = known)", "path")
+    if not np.isfinite(array).all():
+        raise ConfigError(f"path={str(path)!r} holds NaN or inf: expected finite numbers (nonzero = known)", "path")
     mask = torch.as_tensor(array != 0)
     if len(shape) == 3 and mask.shape == tuple(shape[1:]):
         mask = mask.expand(shape).clone()

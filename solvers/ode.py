@@ -2,7 +2,7 @@
 import torch
 from torchdiffeq import odeint
 
-from sde.errors import check_choice, check_int, check_number
+from sde.errors import ConfigError, check_choice, check_int, check_number, invalid
 
 from .base import Solver, time_dtype
 from .grids import GRIDS, make_grid
@@ -11,11 +11,26 @@ ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
 
 
+TOLERANCE_MAX = 0.1
+"""The loosest rtol and atol an adaptive solve accepts: beyond it the step control stops controlling (at 1e6 the
+NLL of a 2-D mixture comes out 180 against 11.7)."""
+
+
+def check_tolerances(rtol, atol):
+    """rtol and atol in (0, TOLERANCE_MAX]."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        try:
+            check_number(name, value, maximum=TOLERANCE_MAX)
+        except ConfigError:
+            raise invalid(name, value, f"a tolerance in (0, {TOLERANCE_MAX:g}], where the adaptive solve "
+                                       "controls its error") from None
+    return float(rtol), float(atol)
+
+
 def check_ode_options(method, rtol, atol, steps, grid="time"):
     check_choice("method", method, ADAPTIVE + FIXED)
     check_choice("grid", grid, GRIDS)
-    check_number("rtol", rtol)
-    check_number("atol", atol)
+    check_tolerances(rtol, atol)
     check_int("steps", steps)
 
 

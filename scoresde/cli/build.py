@@ -3,7 +3,7 @@ import contextlib
 import inspect
 import re
 
-from hydra.utils import get_class, get_method
+from hydra._internal.utils import _locate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -17,14 +17,15 @@ def _target(key, node):
     if name is None:
         raise ConfigError(f"{key}._target_ must be set: the class or function that builds {key}", f"{key}._target_")
     try:
-        try:
-            return get_class(name)
-        except ValueError:
-            return get_method(name)
+        target = _locate(name)
     except Exception as e:  # noqa: BLE001 - any failure to import a user's target is a config error
         cause = e.__cause__ or e
         raise ConfigError(f"{key}._target_={name} cannot be imported: {type(cause).__name__}: {cause}".splitlines()[0],
                           f"{key}._target_") from None
+    if not callable(target):
+        raise ConfigError(f"{key}._target_={name} is not a class or function: it cannot build {key}",
+                          f"{key}._target_")
+    return target
 
 
 def _check_arguments(key, target, node, kwargs):
@@ -39,6 +40,10 @@ def _check_arguments(key, target, node, kwargs):
     extra = [k for k in given if k not in params]
     if extra:
         accepted = ", ".join(k for k in params if k not in kwargs and k != "self")
+        if not accepted:
+            raise ConfigError(f"{key}._target_={node.get('_target_')} takes no options, so it is no {key} that "
+                              f"{key}.{extra[0]} could configure: name a class of {key} (python run.py --help)",
+                              f"{key}._target_")
         raise ConfigError(f"{key}.{extra[0]} is not an option of {node.get('_target_')}: it takes {accepted} "
                           f"(remove it with ~{key}.{extra[0]})", f"{key}.{extra[0]}")
 

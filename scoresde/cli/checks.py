@@ -1,10 +1,13 @@
 """Checks of the data against the rest of the run, made before training: the checkpoint's data shape, the
-data's scale against the prior, and the model fitted to the data (images get the U-Net)."""
+data's scale against the prior, the model fitted to the data (images get the U-Net), and the solver against
+the process."""
+import math
 import warnings
 
+import torch
 from omegaconf import OmegaConf
 
-from sde.errors import ConfigError, ConfigWarning
+from sde.errors import ConfigError, ConfigWarning, config_scope
 
 from .args import override_keys
 
@@ -49,3 +52,44 @@ def fit_model_to_data(cfg, data, overrides):
         raise ConfigError(f"train.cond_drop={cfg.train.cond_drop} needs labelled data; {data!r} has no labels")
     if cfg.train.cond_drop and "conditional" in cfg.model and not cfg.model.conditional:
         cfg.model.conditional = True
+
+
+SIGMA_SAFE = 1e18
+"""The largest s(T) and sigma(T) = s/a trained and sampled in float32: their square still fits (3.4e38)."""
+
+
+def process_options(cfg, overrides):
+    """The process's options as the user names them: those the command line sets (sde.T=1e6), or else all of
+    the node's."""
+    _, keys = override_keys(overrides, "sde")
+    keys = [k for k in keys if not k.startswith("_")] or [k for k in (cfg.get("sde") or {}) if not k.startswith("_")]
+    return ", ".join(f"sde.{k}={cfg.sde.get(k)}" for k in keys) or "the process's options"
+
+
+def check_solver_fits(cfg, overrides, sde, solver):
+    """Before training: the process's scale must fit float32 (s(T) <= SIGMA_SAFE), the solver's end time must lie
+    in [0, T), and a stepping solver's time grid must exist for this process (a grid in σ = s/a needs a finite
+    σ(T)); each refused in one line naming the option to change (solver.eps, sde.T ...)."""
+    from solvers.base import Solver, SteppingSolver, check_eps
+    from solvers.grids import Grid
+
+    prior = sde.prior_std()
+    if not math.isfinite(prior) or prior > SIGMA_SAFE:
+        raise ConfigError(f"the process {sde!r} reaches s(T) = {prior:.3g} ({process_options(cfg, overrides)}): beyond "
+                          f"{SIGMA_SAFE:g}, whose square float32 holds, so training would overflow; lower it", "sde")
+    if not isinstance(solver, Solver):
+        return
+    with config_scope("solver"):
+        eps = check_eps(sde, solver.eps)
+    if not (isinstance(solver, SteppingSolver) and isinstance(solver.grid, Grid)):
+        return
+    sigma_T = float(torch.exp(-sde.log_snr(torch.tensor(sde.T, dtype=torch.float64))))
+    try:
+        with config_scope("solver"):
+            solver.times(sde, eps)
+    except ConfigError as e:
+        if math.isfinite(sigma_T):
+            raise
+        raise ConfigError(f"solver.grid={solver.grid.name} needs a finite sigma(T) = s/a, and the process {sde!r} has "
+                          f"sigma(T) = {sigma_T:g} (a(T) underflows to 0): lower {process_options(cfg, overrides)}, or "
+                          "choose solver.grid=time", "sde") from e.__cause__

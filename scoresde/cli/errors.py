@@ -1,5 +1,4 @@
-"""How a run ends on bad input (one line, exit 2) or a bug (the traceback, exit 1), the lock on its directory,
-and warnings in one line."""
+"""How a run ends on bad input (one line, exit 2) or a bug (the traceback, exit 1), and warnings in one line."""
 import contextlib
 import os
 import sys
@@ -8,33 +7,6 @@ import warnings
 
 from sde.errors import ConfigError, ConfigWarning, NonFiniteError, TrainingError
 from scoresde.training import distributed
-
-
-@contextlib.contextmanager
-def run_lock(out):
-    """Holds ``out/.lock`` for the run: a second live run in the same directory is refused in one line."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: run without the lock
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            raise ConfigError(f"hydra.run.dir={str(out)!r} is in use by another live run (pid {holder}): give each "
-                              "run its own directory", "hydra.run.dir") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

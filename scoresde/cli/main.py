@@ -26,10 +26,10 @@ from scoresde.training import distributed
 from scoresde.training.checkpoint import write_output
 from scoresde.training.trainer import load_for_sampling
 
-from .args import check_group_choices, check_override_keys, help_text
+from .args import check_command_line, help_text
 from .build import build, named_by_source, takes
 from .checkpoint import check_steps, checkpoint_meta
-from .checks import check_data_fits, fit_model_to_data, warn_about_scale
+from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_about_scale
 from .errors import one_line_errors, show_warnings_in_one_line
 from .legacy import translate
 from .rundir import claimed, requested_checkpoint, requested_dir
@@ -103,6 +103,7 @@ def build_run(cfg, out, overrides):
                         guidance=cfg.guidance.scale)
     sampling.check(model)
     solver = build("solver", cfg.solver)
+    check_solver_fits(cfg, overrides, sde, solver)
     context = Context(out, seeds, device, solver, sampling, progress=cfg.progress, main=main_process)
     task = build("task", cfg.task, **({"mask": build("mask", cfg.mask)} if takes("task", cfg.task, "mask") else {}))
     task.setup(data, model, context)
@@ -254,8 +255,7 @@ def main(argv=None):
     with contextlib.ExitStack() as held:
         with one_line_errors():
             argv = translate(argv, evaluation_names(conf))
-            check_group_choices(argv, conf)
-            check_override_keys(argv, conf)
+            argv = check_command_line(argv, conf)
             argv = quiet_other_ranks(argv)
             out = requested_dir(argv)
             if out is not None and os.environ.get("RANK", "0") == "0" and not multirun(argv):

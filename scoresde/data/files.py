@@ -16,11 +16,31 @@ from .base import DataSet
 from .loader import image_batches, read_rows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FLOAT32_SAFE = 1e18
+"""The largest magnitude of continuous data: its square (in the loss, the data's variance) still fits float32."""
 
 
 def eight_bit_to_unit(k, dtype=torch.float64):
     """8-bit integers 0..255 to bin centres in [−1, 1]: (k + ½) / 128 − 1, exact in float32 and float64 alike."""
     return (torch.as_tensor(k).to(dtype) + 0.5) / 128 - 1
+
+
+MAX_CLASSES = 100_000
+"""The most classes labels may number: a class embedding holds one row per class."""
+
+
+def check_labels(labels, n, name):
+    """``n`` integer labels 0..K−1, one per point, as int64, K at most n and MAX_CLASSES (a label of 10⁹ would
+    ask for a class embedding of 10⁹ rows); anything else is a ConfigError naming the file."""
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != n or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise ConfigError(f"{name}: expected {n} integer labels >= 0, one per point; got {len(labels)} of type "
+                          f"{labels.dtype}", "path")
+    if len(labels) and (labels.min() < 0 or labels.max() >= min(n, MAX_CLASSES)):
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise ConfigError(f"{name}: label {bad} is invalid: expected labels 0..K−1 numbering K classes, at most "
+                          f"{min(n, MAX_CLASSES)} (the number of points, and at most {MAX_CLASSES})", "path")
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def _flag(name, value):
@@ -55,16 +75,15 @@ class TensorData(DataSet):
                 raise ConfigError(f"{name} holds {n} sample(s): at least 2 are needed for a train/test split", "path")
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).numpy()
             n_test = max(1, int(round(n * test_fraction)))
+            if n_test >= n:
+                raise ConfigError(f"test_fraction={test_fraction:g} holds out {n_test} of the {n} points of {name}, "
+                                  "leaving none to train on: lower it", "test_fraction")
             self.test_index, self.train_index = perm[:n_test], perm[n_test:]
         else:
             self.train_index, self.test_index = (np.asarray(s, dtype=np.int64) for s in split)
         self.labels = None
         if labels is not None:
-            labels = torch.as_tensor(np.asarray(labels)).reshape(-1)
-            if len(labels) != n or labels.is_floating_point() or (labels < 0).any():
-                raise ConfigError(f"{name}: expected {n} integer labels >= 0, one per point; got "
-                                  f"{len(labels)} of type {labels.dtype}", "path")
-            self.labels = labels.long()
+            self.labels = check_labels(labels, n, name)
             self.num_classes = int(self.labels.max()) + 1
         self.shape = tuple(read_rows(self.store, self.train_index[:1], self.channels_last).shape[1:])
         self.test_size = len(self.test_index)
@@ -170,8 +189,10 @@ def _read_array(path, key, what, mmap=False):
     try:
         loaded = np.load(path, allow_pickle=False, mmap_mode="r" if mmap and magic == b"\x93NUMPY" else None)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
-            if what == "labels":
-                raise ConfigError(f"labels={key!r} needs a .npz file holding the labels beside the points", "labels")
+            if key is not None:
+                raise ConfigError(f"{what}={key!r} names an array of a .npz file; {path.name} is a .npy holding one "
+                                  f"array: remove {what}" + (" (or save the labels beside the points with "
+                                                             "numpy.savez)" if what == "labels" else ""), what)
             return loaded
         keys = list(loaded.keys())
         if not keys:
@@ -227,10 +248,40 @@ class ArrayFile(TensorData):
         bad = ~np.isfinite(array.reshape(len(array), -1)).all(1)
         if bad.any():
             raise ConfigError(f"{name} contains NaN or inf (first in sample {int(np.argmax(bad))})", "path")
+        wide = (np.abs(array.reshape(len(array), -1)) > FLOAT32_SAFE).any(1)
+        if wide.any():
+            raise ConfigError(f"{name} holds values up to {float(np.abs(array).max()):.3g} (first in sample "
+                              f"{int(np.argmax(wide))}): beyond {FLOAT32_SAFE:g}, where float32 training overflows; "
+                              "rescale the data", "path")
         array = array.astype(np.float64)
         if hwc:
             array = np.ascontiguousarray(array.transpose(0, 3, 1, 2))
         super().__init__(array, y, test_fraction, seed, name, flip=flip, workers=workers)
+
+
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+WIDE_MODES = {"I;16": (0, 65535), "I;16L": (0, 65535), "I;16B": (0, 65535), "I;16N": (0, 65535),
+              "I": (0, 65535), "F": (0, 1)}
+"""PIL's modes of one channel beyond 8 bits, with the range read as black..white: 16-bit integers (PNG's
+16-bit gray opens as I;16 or I) and 32-bit floats in [0, 1]."""
+
+
+def to_eight_bit(im, path):
+    """An image of a mode beyond 8 bits (WIDE_MODES) as mode L, its range lo..hi scaled to 0..255 and rounded;
+    one with values outside that range is a ConfigError; an 8-bit image as it is."""
+    from PIL import Image
+
+    if im.mode in EIGHT_BIT_MODES:
+        return im
+    if im.mode not in WIDE_MODES:
+        raise ConfigError(f"image {str(path)!r} has PIL mode {im.mode}: expected an 8-bit image, 16-bit gray or "
+                          "32-bit float gray in [0, 1]", "path")
+    lo, hi = WIDE_MODES[im.mode]
+    values = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(values).all() or values.min() < lo or values.max() > hi:
+        raise ConfigError(f"image {str(path)!r} (mode {im.mode}) holds values outside {lo:g}..{hi:g}, the range "
+                          "read as black..white", "path")
+    return Image.fromarray(np.round((values - lo) / (hi - lo) * 255).astype(np.uint8), mode="L")
 
 
 def _class_folders(root, files, labels):
@@ -265,6 +316,7 @@ class ImageFolder(ImageData):
         if not root.is_dir():
             raise ConfigError(f"path={str(root)!r} is not a folder", "path")
         check_choice("channels", channels, (1, 3))
+        size = check_int("size", size)
         if labels not in ("auto", True, False):
             raise ConfigError(f"labels={labels!r} is invalid: expected auto, true or false", "labels")
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -272,16 +324,22 @@ class ImageFolder(ImageData):
             raise ConfigError(f"path={str(root)!r} holds no PNG or JPEG images", "path")
         y, self.classes = _class_folders(root, files, labels)
         mode = "L" if channels == 1 else "RGB"
-        images = []
+        images, wide = [], []
         for f in files:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     with Image.open(f) as im:
-                        im = im.convert(mode).resize((int(size), int(size)), Image.BICUBIC)
+                        if im.mode not in EIGHT_BIT_MODES:
+                            wide.append(im.mode)
+                        im = to_eight_bit(im, f).convert(mode).resize((size, size), Image.BICUBIC)
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise ConfigError(f"image {str(f)!r} cannot be read ({e})") from None
             arr = np.asarray(im, dtype=np.uint8)
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        if wide:
+            warnings.warn(ConfigWarning(f"path={str(root)!r}: {len(wide)} of {len(files)} images are not 8-bit (mode "
+                                        f"{wide[0]}): read at 8 bits, 0..{WIDE_MODES[wide[0]][1]:g} scaled to 0..255",
+                                        "path"))
         super().__init__(np.stack(images), y, test_fraction, seed, name=f"path={str(root)!r}", flip=flip,
                          workers=workers)

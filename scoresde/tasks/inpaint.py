@@ -9,6 +9,20 @@ from solvers.inpaint import Inpainter
 from solvers.observe import Observation, gray_chroma
 
 
+def check_mask(known, mask):
+    """A mask (True = known) must know some coordinates and leave some unknown: with none known the task is
+    sampling, with none unknown nothing is completed and the metrics of the unknown part would be NaN."""
+    name = getattr(mask, "func", mask)
+    keywords = getattr(mask, "keywords", {})
+    what = f"{getattr(name, '__name__', 'mask')}({', '.join(f'{k}={v!r}' for k, v in keywords.items())})"
+    if bool(known.all()):
+        raise ConfigError(f"the mask {what} knows every coordinate of the data's shape {tuple(known.shape)}: nothing "
+                          "is left to complete (inpaint_rmse would be NaN); choose a mask that hides some")
+    if not bool(known.any()):
+        raise ConfigError(f"the mask {what} knows no coordinate of the data's shape {tuple(known.shape)}: that is "
+                          "sampling (task=sample); choose a mask that keeps some")
+
+
 class Inpaint:
     """``completions`` completions of each of ``num`` held-out points (the "inpaint_points" stream) of which
     ``mask(shape)`` (True = known) is known, with the run's solver wrapped by solvers.Inpainter (``method``
@@ -37,6 +51,7 @@ class Inpaint:
             self.inpainter = Inpainter(context.solver, self.method, self.jumps)
             self.x_known = data.test(self.num, context.seeds.generator("inpaint_points")).to(context.device)
         self.known, self.transform = self.observation(data)
+        check_mask(self.known, self.mask)
 
     def __call__(self, pipe, context):
         mask, transform, x_known, n = self.known, self.transform, self.x_known, self.completions

@@ -47,9 +47,15 @@ class Sample:
 
     def __call__(self, pipe, context):
         s = context.sampling
-        with config_scope("sample"):
-            x, stats = pipe.sample(s.num, context.solver, batch=s.batch, generator=context.generator, info=True,
-                                   progress=context.progress, classes=s.classes, guidance=s.guidance)
+        try:
+            with config_scope("solver"):
+                x, stats = pipe.sample(s.num, context.solver, batch=s.batch, generator=context.generator, info=True,
+                                       progress=context.progress, classes=s.classes, guidance=s.guidance)
+        except NonFiniteError as e:
+            if not s.guidance:
+                raise
+            raise NonFiniteError(f"{e} under guidance.scale={s.guidance:g}: a smaller scale keeps the guided score "
+                                 "(1 + w) s(x, t, y) - w s(x, t, ∅) within range") from None
         if not context.main:
             return {}
         labels = stats["labels"]
