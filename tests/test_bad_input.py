@@ -231,7 +231,8 @@ def test_a_bad_command_line_value_ends_in_its_one_line(case, tmp_path):
 def bool_options():
     """(group choice overrides, key) of every option whose default is true or false, in every option of every
     group (and the run's own options), from the composed configs."""
-    from scoresde.cli.args import GROUPS, flatten, resolved
+    from scoresde.cli.args import GROUPS, flatten
+    from scoresde.cli.values import resolved
     from scoresde.paths import config_dir
 
     found = []
@@ -261,7 +262,7 @@ def test_every_boolean_option_refuses_what_is_not_a_boolean():
     refuses 'maybe', 1 and 'yes' in one line naming it; the switches with auto also take auto."""
     from omegaconf import OmegaConf
 
-    from scoresde.cli.args import check_config
+    from scoresde.cli.values import check_config
 
     options = bool_options()
     keys = {key for _, key in options}
@@ -293,7 +294,7 @@ def test_every_boolean_option_refuses_what_is_not_a_boolean():
 def test_a_seed_in_range_is_accepted(value):
     from omegaconf import OmegaConf
 
-    from scoresde.cli.args import check_config
+    from scoresde.cli.values import check_config
 
     reference = compose_config(["mask=random"])
     for key in ("seed", "train.seed", "mask.seed"):
@@ -308,7 +309,7 @@ def test_a_seed_in_range_is_accepted(value):
 def test_home_is_expanded_at_the_start_of_a_value_only():
     import os
 
-    from scoresde.cli.args import expand_home
+    from scoresde.cli.values import expand_home
 
     home = os.path.expanduser("~")
     assert expand_home("data.path=~/data/cifar-10-batches-py") == f"data.path={home}/data/cifar-10-batches-py"

@@ -8,6 +8,9 @@ import torch
 from omegaconf import OmegaConf
 
 from sde.errors import ConfigError, ConfigWarning, config_scope
+from solvers.base import Solver, SteppingSolver, check_eps
+from solvers.fitting import fallback
+from solvers.grids import Grid
 
 from .args import override_keys
 
@@ -70,9 +73,6 @@ def check_solver_fits(cfg, overrides, sde, solver):
     """Before training: the process's scale must fit float32 (s(T) <= SIGMA_SAFE), the solver's end time must lie
     in [0, T), and a stepping solver's time grid must exist for this process (a grid in σ = s/a needs a finite
     σ(T)); each refused in one line naming the option to change (solver.eps, sde.T ...)."""
-    from solvers.base import Solver, SteppingSolver, check_eps
-    from solvers.grids import Grid
-
     prior = sde.prior_std()
     if not math.isfinite(prior) or prior > SIGMA_SAFE:
         raise ConfigError(f"the process {sde!r} reaches s(T) = {prior:.3g} ({process_options(cfg, overrides)}): beyond "
@@ -84,9 +84,10 @@ def check_solver_fits(cfg, overrides, sde, solver):
     if not (isinstance(solver, SteppingSolver) and isinstance(solver.grid, Grid)):
         return
     sigma_T = float(torch.exp(-sde.log_snr(torch.tensor(sde.T, dtype=torch.float64))))
+    plain = fallback(solver) if solver.grid.needs_fit else solver
     try:
         with config_scope("solver"):
-            solver.times(sde, eps)
+            plain.times(sde, eps)
     except ConfigError as e:
         if math.isfinite(sigma_T):
             raise

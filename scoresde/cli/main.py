@@ -26,7 +26,7 @@ from scoresde.training import distributed
 from scoresde.training.checkpoint import write_output
 from scoresde.training.trainer import load_for_sampling
 
-from .args import check_command_line, help_text
+from .args import help_text
 from .build import build, named_by_source, takes
 from .checkpoint import check_steps, checkpoint_meta
 from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_about_scale
@@ -35,6 +35,7 @@ from .legacy import translate
 from .rundir import claimed, requested_checkpoint, requested_dir
 from .sweep import SUMMARY, cached_training, keep_for_sweep
 from .threads import AutoThreads, choose_threads
+from .values import check_command_line
 
 
 def to_plain(node):
