@@ -16,8 +16,9 @@ schedule then ends at the budget), trains from scratch and measures:
 - steps and seconds of training.
 
 Parts: 'default' (the default job itself, `python run.py data=<set> likelihood=true` with 10,000 test points and
-20,000 samples, for its own train.steps: the seconds are measured), 'objectives' (each loss.weighting with the
-default job's other settings, for ``budget`` seconds), 'preset' (experiment=flow_matching as 'default'), 'choices' (one change at a time to the default job, for
+20,000 samples, for its own train.steps: the seconds are measured; ``--fresh K`` adds K mixtures drawn from
+FRESH_SEED, which no recipe was chosen on), 'objectives' (each loss.weighting with the
+default job's other settings, for ``budget`` seconds), 'preset' (experiment=flow_matching and experiment=precise as 'default'), 'choices' (one change at a time to the default job, for
 ``choice_budget`` seconds: width and depth, time embedding, batch size, learning rate and schedule, EMA decay,
 stratified t). Writes <out>.md and <out>.json;
 a part given alone updates only its own rows. Training uses every core torch is given (OMP_NUM_THREADS).
@@ -49,14 +50,35 @@ DATA = {  # name: overrides
             "data.stds=[0.25,0.6,0.15,0.35,0.45,0.2]", "data.weights=[3,5,2,6,4,1]"],
     "checkerboard": ["data=checkerboard"],
 }
-PRESET = ["experiment=flow_matching"]
-OBJECTIVES = {  # name: overrides over the default job (whose loss is eps)
+PRESETS = (["experiment=flow_matching"], ["experiment=precise"])
+FRESH_SEED = 2027  # the --fresh mixtures' seed: no recipe was chosen on them
+
+
+def fresh(k, seed=FRESH_SEED):
+    """``k`` 2-D Gaussian mixtures of known density drawn from ``seed``: 3 to 8 components each, means uniform
+    on [-3, 3]², stds log-uniform on [0.15, 0.6], weights Dirichlet(2) (each at least 0.02, then normalized);
+    name: data overrides, as DATA."""
+    rng = np.random.default_rng(seed)
+    sets = {}
+    for i in range(k):
+        n = int(rng.integers(3, 9))
+        means = np.round(rng.uniform(-3.0, 3.0, (n, 2)), 2)
+        stds = np.round(np.exp(rng.uniform(np.log(0.15), np.log(0.6), n)), 3)
+        weights = np.maximum(rng.dirichlet(np.full(n, 2.0)), 0.02)
+        weights = np.round(weights / weights.sum(), 3)
+        sets[f"fresh{i}"] = ["data=gmm", f"data.means={means.tolist()}".replace(" ", ""),
+                             f"data.stds={stds.tolist()}".replace(" ", ""),
+                             f"data.weights={weights.tolist()}".replace(" ", "")]
+    return sets
+
+FORMER = ["model.parameterization=eps", "loss.weighting=eps", "model.net.hidden=128"]  # the former default job
+OBJECTIVES = {  # name: overrides over the former default job (whose loss is eps)
     "eps (the default)": [],
     "likelihood, importance t": ["loss.weighting=likelihood", "loss.time=importance"],
     "flow matching (sde=rf, v)": ["loss.weighting=flow", "sde=rf", "model.parameterization=v"],
     "edm (x0)": ["loss.weighting=edm", "model.parameterization=x0"],
 }
-CHOICES = {  # name: overrides over the default job (an MLP 128 wide, 4 blocks, batch 1024, cosine, EMA 0.999)
+CHOICES = {  # name: overrides over the former default job (an MLP 128 wide, 4 blocks, batch 1024, cosine, EMA 0.999)
     "the default": [],
     "width 64": ["model.net.hidden=64"],
     "width 256": ["model.net.hidden=256"],
@@ -160,15 +182,16 @@ def job(name, overrides, out, test=10000, samples=20000):
     return row
 
 
-def part_rows(part, budget, choice_budget, out):
+def part_rows(part, budget, choice_budget, out, sets=DATA):
     if part == "default":
-        return [{**job(f"`python run.py {' '.join(o)}`", o, out), "data": d} for d, o in DATA.items()]
+        return [{**job(f"`python run.py {' '.join(o)}`", o, out), "data": d} for d, o in sets.items()]
     if part == "preset":
-        return [{**job(f"`python run.py {' '.join(PRESET + o)}`", PRESET + o, out), "data": d} for d, o in DATA.items()]
+        return [{**job(f"`python run.py {' '.join(p + o)}`", p + o, out), "data": d}
+                for p in PRESETS for d, o in sets.items()]
     if part == "objectives":
-        return [{**measure(n, DATA["eight_gaussians"] + o, budget, out, test=4000), "data": "eight_gaussians"}
+        return [{**measure(n, DATA["eight_gaussians"] + FORMER + o, budget, out, test=4000), "data": "eight_gaussians"}
                 for n, o in OBJECTIVES.items() if o]
-    return [{**measure(n, DATA["eight_gaussians"] + o, choice_budget, out), "data": "eight_gaussians"}
+    return [{**measure(n, DATA["eight_gaussians"] + FORMER + o, choice_budget, out), "data": "eight_gaussians"}
             for n, o in CHOICES.items()]
 
 
@@ -189,9 +212,9 @@ def table(rows, part):
 
 TITLES = {
     "default": "The default job, `python run.py data=... likelihood=true` (its own train.steps; seconds measured)",
-    "preset": "The preset experiment=flow_matching (sde=rf, v, loss.weighting=flow), `python run.py experiment=flow_matching data=...` (its own train.steps)",
-    "objectives": "Objectives with the default job's other settings on the eight Gaussians (budget {budget:g} s)",
-    "choices": "One choice changed from the default job on the eight Gaussians (budget {choice_budget:g} s)",
+    "preset": "The presets experiment=flow_matching (sde=rf, v, loss.weighting=flow) and experiment=precise (edm, x0, 128 wide), `python run.py experiment=... data=...` (their own train.steps)",
+    "objectives": "Objectives with the former default job's other settings on the eight Gaussians (budget {budget:g} s)",
+    "choices": "One choice changed from the former default job on the eight Gaussians (budget {choice_budget:g} s)",
 }
 
 
@@ -216,6 +239,9 @@ def main(argv=None):
     p.add_argument("--part", choices=("all", "default", "preset", "objectives", "choices"), default="all")
     p.add_argument("--budget", type=float, default=240.0, help="training seconds of the objective rows")
     p.add_argument("--choice-budget", type=float, default=60.0, help="training seconds of the choice rows")
+    p.add_argument("--fresh", type=int, default=0, metavar="K",
+                   help="also K mixtures drawn from FRESH_SEED (fresh0, ...) in the default and preset parts")
+    p.add_argument("--only-fresh", action="store_true", help="the default and preset parts on the fresh mixtures only")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count())
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -223,9 +249,10 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
     parts = ("default", "preset", "objectives", "choices") if args.part == "all" else (args.part,)
-    rows = [r for r in old if r["part"] not in parts]
+    rows = [r for r in old if r["part"] not in parts or (args.only_fresh and not r["data"].startswith("fresh"))]
     for part in parts:
-        rows += [{**r, "part": part} for r in part_rows(part, args.budget, args.choice_budget, out)]
+        sets = {**({} if args.only_fresh else DATA), **fresh(args.fresh)}
+        rows += [{**r, "part": part} for r in part_rows(part, args.budget, args.choice_budget, out, sets)]
         write(rows, out, args, "python -m benchmarks.training " + " ".join(sys.argv[1:] if argv is None else argv))
     return rows
 

@@ -29,7 +29,7 @@ def test_help_lists_groups_options_and_commented_run_options(capsys):
         main(["--help"])
     assert end.value.code == 0
     stdout = capsys.readouterr().out
-    for needle in ("solver=", "  dpm ", "DPM-Solver++", "data=", "  digits ", "train:", "steps: 26000",
+    for needle in ("solver=", "  dpm ", "DPM-Solver++", "data=", "  digits ", "train:", "steps: 10000",
                    "# total optimizer steps", "eval:", "task=", "  inpaint ", "eval=", "  ode "):
         assert needle in stdout, needle
 
