@@ -44,7 +44,7 @@ def test_checkpoint_records_its_configuration(trained):
     assert meta["sde"]["_name_"] == "sde/subvp" and meta["sde"]["beta_max"] == 20.0
     assert meta["model"]["_name_"] == "model/score" and meta["model"]["net"]["_name_"] == "net/mlp"
     assert "_target_" not in str(meta)
-    assert meta["model"]["net"]["hidden"] == 64 and meta["model"]["parameterization"] == "eps"
+    assert meta["model"]["net"]["hidden"] == 64 and meta["model"]["parameterization"] == "x0"
     meta = read_checkpoint(trained)["meta"]
     assert meta["sde"]["_target_"] == "sde.SubVPSDE" and meta["model"]["net"]["_target_"] == "models.MLP"
     assert "_name_" not in str(meta)
@@ -64,8 +64,8 @@ def test_sampling_without_sde_or_model_uses_the_checkpoints_own(trained, tmp_pat
 
 @pytest.mark.parametrize("override, needle", [
     ("sde=vp", "was trained with sde._target_='sde.SubVPSDE' but this run has sde._target_='sde.VPSDE'"),
-    pytest.param("model.parameterization=x0", "was trained with model.parameterization='eps' but this run has "
-                                  "model.parameterization='x0'", marks=pytest.mark.slow),
+    pytest.param("model.parameterization=eps", "was trained with model.parameterization='x0' but this run has "
+                                   "model.parameterization='eps'", marks=pytest.mark.slow),
     pytest.param("model.sigma_data=0.5", "was trained with model.sigma_data=1.0 but this run has "
                  "model.sigma_data=0.5", marks=pytest.mark.slow),
     pytest.param("model.net.hidden=32", "was trained with model.net.hidden=64 but this run has "

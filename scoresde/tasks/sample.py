@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 
-from sde.errors import ConfigWarning, config_scope
+from sde.errors import ConfigWarning, NonFiniteError, config_scope
 from scoresde.evaluation import plot_samples
 from scoresde.training.checkpoint import write_output
 from solvers.fitting import save_grid
