@@ -2,6 +2,7 @@
 in one line (or warns in one line), and runs that start together cannot collide. Runs in this process (run_job)
 unless the process is the subject."""
 import csv
+import functools
 import re
 import subprocess
 import sys
@@ -254,6 +255,12 @@ def bool_options():
 
 
 def compose_config(overrides):
+    """The composed config of ``overrides`` (a copy: each group choice is composed once)."""
+    return _composed(tuple(overrides)).copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(overrides):
     from hydra import compose, initialize_config_dir
 
     from scoresde.paths import config_dir

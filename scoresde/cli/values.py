@@ -1,5 +1,6 @@
 """The values of a command line checked before any work: its syntax, the home folder in paths, the sweep flag
 anywhere, every run of a sweep composed, its booleans, seeds and device, and the cheap parts of each run built."""
+import functools
 import inspect
 import os
 import re
@@ -151,8 +152,14 @@ def parameter_default(cfg, key):
     name = node.get("_target_") if OmegaConf.is_dict(node) else None
     if not isinstance(name, str):
         return None
-    try:
-        param = inspect.signature(_locate(name)).parameters.get(leaf)
-    except Exception:  # noqa: BLE001 - a target that cannot be imported is refused where it is built
-        return None
+    param = _parameters(name).get(leaf)
     return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(name):
+    """The parameters of the callable at the dotted path ``name`` ({} when it cannot be imported or inspected)."""
+    try:
+        return dict(inspect.signature(_locate(name)).parameters)
+    except Exception:  # noqa: BLE001 - a target that cannot be imported is refused where it is built
+        return {}
