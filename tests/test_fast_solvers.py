@@ -96,8 +96,8 @@ RECOMMENDED = {  # the constructors' defaults, except DPM-3's step count
 }
 
 
-# The fast tier keeps the fixed-grid solvers on both processes and, in 16-D, the adaptive one on VP; the tuned grid
-# is fitted in test_tuning_is_done_once_per_model_and_process.
+# The fast tier keeps the fixed-grid solvers on both processes; the tuned grid is fitted in
+# test_tuning_is_done_once_per_model_and_process, and the adaptive one in the adaptive tests below.
 FAST_RECOVERY = {(sde, name) for sde in ("vp", "ve") for name in ("ddim", "heun", "dpm2", "dpm3")}
 
 
@@ -109,7 +109,7 @@ def test_recovers_2d_mixture(sde_name, solver_name):
 
 
 @pytest.mark.parametrize("sde_name, solver_name",
-                         slow_except(FAST_RECOVERY | {("vp", "adaptive")}, ["vp", "ve"], sorted(RECOMMENDED)))
+                         slow_except(FAST_RECOVERY, ["vp", "ve"], sorted(RECOMMENDED)))
 def test_recovers_16d_mixture(sde_name, solver_name):
     assert_recovers(ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_16d(), 4000, tv=0.04, mean=0.2, std=0.04)
 
