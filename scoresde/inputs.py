@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from sde.errors import ConfigError, check_int
+from sde.errors import ConfigError, check_int, invalid
 
 MAX_SEED = 2**63 - 1
 MAX_MAGNITUDE = 1e18
@@ -26,7 +26,7 @@ def check_flag(name, value, also=()):
 def check_seed(name, value):
     """An integer seed in 0..2**63 − 1 (numpy integers included; bools and floats refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"{name}={value!r} is invalid: expected an integer in 0..2**63-1", name)
+        raise invalid(name, value, "an integer in 0..2**63-1")
     return int(value)
 
 

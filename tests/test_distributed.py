@@ -169,12 +169,17 @@ def evaluate(base, rank=None):
 JOBS = (job_same_steps, job_dsm, job_checkpoints, job_evaluation)
 
 
-def worker(rank, port, tmp):
-    """Every job, one after the other, in one pair of processes (starting them is most of the cost)."""
+def join(rank, port):
+    """This process as rank ``rank`` of WORLD gloo processes on one thread, as torchrun would start it."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
     distributed.init_from_env("cpu")
+
+
+def worker(rank, port, tmp):
+    """Every job, one after the other, in one pair of processes (starting them is most of the cost)."""
+    join(rank, port)
     try:
         for job in JOBS:
             torch.save(job(Path(tmp)), Path(tmp) / f"{job.__name__}.{rank}.pt")
@@ -600,10 +605,7 @@ def job_strides(tmp):
 
 
 def strides_worker(rank, port, tmp):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
-    torch.set_num_threads(1)
-    distributed.init_from_env("cpu")
+    join(rank, port)
     try:
         torch.save(job_strides(tmp), Path(tmp) / f"strides.{rank}.pt")
     finally:

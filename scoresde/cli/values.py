@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from sde.errors import ConfigError, invalid
+from scoresde.inputs import check_seed
 
 from .args import GROUPS, check_group_choices, check_override_keys, flatten
 from .build import build
@@ -23,7 +24,6 @@ from .checks import check_solver_fits
 SWEEP_FLAGS = ("-m", "--multirun")
 AUTO_SWITCHES = ("progress", "train.progress", "train.channels_last", "data.labels")
 """Options whose default ``auto`` is a third choice beside true and false."""
-SEED_MAX = 2 ** 63 - 1
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -129,8 +129,7 @@ def check_config(cfg, reference):
             continue
         default = defaults.get(key, parameter_default(cfg, key))
         if key.rpartition(".")[2] == "seed" and not (default is None and value is None):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
-                raise invalid(key, value, "an integer in 0..2**63-1")
+            check_seed(key, value)
         elif isinstance(default, bool) and not isinstance(value, bool):
             raise invalid(key, value, "true or false")
         elif default == "auto" and key in AUTO_SWITCHES and not isinstance(value, bool) and value != "auto":
