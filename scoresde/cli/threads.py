@@ -29,22 +29,15 @@ def busy_cores(interval=0.25):
     counts too: torch's threads wait for each other at every operation, so one of them preempted even briefly
     stalls them all (benchmarks/results/threads.md). The
     1-minute load average, which still counts work that has ended, is the fallback where /proc/stat is missing."""
-    def sample():
-        with open("/proc/stat") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-        user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-        return user + nice + system + irq + softirq + steal, sum(fields[:8])
-
-    try:
-        busy0, total0 = sample()
+    first = cpu_times()
+    if first is not None:
         time.sleep(interval)
-        busy1, total1 = sample()
-        return (os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1)
-    except (OSError, ValueError):
-        try:
-            return os.getloadavg()[0]
-        except (AttributeError, OSError):
-            return 0.0
+        second = cpu_times()
+        return (os.cpu_count() or 1) * (second[0] - first[0]) / max(second[1] - first[1], 1 / os.sysconf("SC_CLK_TCK"))
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def cpu_times():
