@@ -227,10 +227,10 @@ def test_trained_with_label_dropout_one_network_gives_both_scores(tmp_path):
 
 @pytest.mark.slow
 def test_conditional_digits_are_recognised_as_their_class_more_often_with_guidance(tmp_path):
-    """A conditional MLP on the 8 × 8 digits (about a minute of CPU): the digits classifier labels samples
-    drawn for class c as c well above chance (10 %), and more often with guidance."""
+    """A conditional MLP on the 8 × 8 digits (800 steps): the digits classifier labels samples drawn for class c
+    as c well above chance (10 %), and more often with guidance (0.78 unguided, 0.98 at scale 2)."""
     proc = run(tmp_path / "train", "data=digits", "model=mlp", "model.net.hidden=256", "model.net.depth=3",
-               "train.steps=1500", "train.batch_size=128", "train.lr=1e-3", "train.cond_drop=0.1",
+               "train.steps=800", "train.batch_size=128", "train.lr=2e-3", "train.cond_drop=0.1",
                "train.schedule=constant", "loss.stratified=false", "train.progress=false", "solver=dpm",
                "solver.steps=20", "sample.num=10", "sample.max_range=0")
     assert proc.returncode == 0, proc.stderr

@@ -52,7 +52,8 @@ def run_job(out, *overrides):
 def run_main(out, *overrides, cwd=None):
     """``run(out, *overrides, cwd=cwd)`` in this process: the command line's main() with stdout and stderr
     captured and its exit status kept, as a subprocess.CompletedProcess (what the process would print and return,
-    for tests of one-line errors that need no process of their own). The working directory, sys.path, sys.argv,
+    for tests of one-line errors that need no process of their own), at torch's thread count unless the overrides
+    set threads=. The working directory, sys.path, sys.argv,
     warning filters and torch's thread count are restored afterwards, and modules imported from ``cwd`` dropped."""
     import contextlib
     import io
@@ -72,7 +73,8 @@ def run_main(out, *overrides, cwd=None):
             for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
                 warnings.simplefilter("ignore", category)
             try:
-                main([f"hydra.run.dir={out}", *overrides])
+                threads = [] if any(o.startswith("threads=") for o in overrides) else [f"threads={saved[3]}"]
+                main([f"hydra.run.dir={out}", *threads, *overrides])
             except SystemExit as end:
                 code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
     finally:
@@ -240,15 +242,16 @@ def test_unet_on_digits(tmp_path):
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     """SIGKILL mid-run, then ckpt=... continues to the full step count."""
     first = tmp_path / "first"
-    args = ["train.steps=1200", "train.ckpt_every=100", "solver=ode", "sample.num=100", *SMALL_MLP]
-    proc = subprocess.Popen(command(first, *args), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL,
+    args = ["train.steps=1200", "train.ckpt_every=100", "train.batch_size=64", "solver=ode", "sample.num=100",
+            *SMALL_MLP]
+    proc = subprocess.Popen(command(first, *args, "threads=1"), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = first / "checkpoint.pt"
     try:
         deadline = time.time() + 240
         while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        time.sleep(0.5)
+            time.sleep(0.05)
+        time.sleep(0.2)
         assert proc.poll() is None, "training finished before it could be killed"
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -1,6 +1,7 @@
 """The command line before Hydra sees it: --help, group choices and keys checked against the configs, each
 refused in one line that names what is accepted."""
 import difflib
+import functools
 import re
 from pathlib import Path
 
@@ -35,17 +36,28 @@ def help_text(conf_dir):
     return "\n".join(lines)
 
 
+def composed(conf_dir, overrides=()):
+    """The config that ``overrides`` compose from ``conf_dir`` (a copy; each distinct list is composed once per
+    process: the checks compose the same group choices for every run of a sweep and every run in one process)."""
+    return _composed(str(Path(conf_dir).resolve()), tuple(overrides)).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def _composed(conf_dir, overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(conf_dir, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def check_override_keys(argv, conf_dir):
     """Fail in one line, naming the nearest valid key, on ``key=value`` when the composed config has no such key
     (Hydra's own message is several lines and its ``+key`` hint leads to a bad argument)."""
-    from hydra import compose, initialize_config_dir
-
     pairs = [re.fullmatch(r"(\+?)([\w.]+)=(.*)", arg) for arg in argv]
     pairs = [m for m in pairs if m and not m.group(2).startswith("hydra.")]
     choices = [f"{m.group(1)}{m.group(2)}={first_choice(m.group(2), m.group(3))}" for m in pairs
                if m.group(2) in GROUPS]
-    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
-        cfg = compose("config", overrides=choices)
+    cfg = composed(conf_dir, choices)
     known = [k for k in flatten(OmegaConf.to_container(cfg, resolve=False)) if not k.startswith("hydra")]
     known += [k.rpartition(".")[0] for k in known if "." in k] + list(SHORTHANDS)
     for m in pairs:

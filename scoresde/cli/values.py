@@ -17,7 +17,7 @@ from omegaconf.errors import InterpolationResolutionError
 from sde.errors import ConfigError, invalid
 from scoresde.inputs import check_seed
 
-from .args import GROUPS, check_group_choices, check_override_keys, flatten
+from .args import GROUPS, check_group_choices, check_override_keys, composed, flatten
 from .build import build
 from .checks import check_solver_fits
 
@@ -77,13 +77,15 @@ def check_values(argv, conf_dir, sweep=False):
     starts (check_config): a ConfigError names the bad value, and for a sweep the run it belongs to."""
     overrides = [a for a in overrides_of(argv) if not a.lstrip("+~").startswith("hydra.")]
     runs = sweep_runs(overrides) if sweep else [overrides]
+    references = [composed(conf_dir, [a for a in run if (m := re.match(r"\+?(\w+)=", a)) and m[1] in GROUPS])
+                  for run in runs]
     with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
-        for i, run in enumerate(runs):
-            choices = [a for a in run if re.match(r"\+?(\w+)=", a) and re.match(r"\+?(\w+)=", a).group(1) in GROUPS]
+        for i, (run, reference) in enumerate(zip(runs, references)):
             try:
-                check_config(compose("config", overrides=run), compose("config", overrides=choices))
+                cfg = compose("config", overrides=run)
+                check_config(cfg, reference)
                 if sweep and len(runs) > 1:
-                    check_parts(compose("config", overrides=run), run)
+                    check_parts(cfg, run)
             except ConfigError as e:
                 if not sweep or len(runs) == 1:
                     raise
@@ -127,7 +129,7 @@ def check_config(cfg, reference):
     for key, value in values.items():
         if key.startswith("hydra."):
             continue
-        default = defaults.get(key, parameter_default(cfg, key))
+        default = defaults[key] if key in defaults else parameter_default(cfg, key)
         if key.rpartition(".")[2] == "seed" and not (default is None and value is None):
             check_seed(key, value)
         elif isinstance(default, bool) and not isinstance(value, bool):
