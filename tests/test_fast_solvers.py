@@ -103,7 +103,10 @@ FAST_RECOVERY = {(sde, name) for sde in ("vp", "ve") for name in ("ddim", "heun"
 
 @pytest.mark.parametrize("sde_name, solver_name", slow_except(FAST_RECOVERY, ["vp", "ve"], sorted(RECOMMENDED)))
 def test_recovers_2d_mixture(sde_name, solver_name):
-    nfe = assert_recovers(ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_2d(), 20000,
+    """20,000 samples (adaptive, whose cost is ~1000–1500 evaluations of the batch: 8,000, where it errs by at
+    most TV 0.007, mean 0.047, std 0.022)."""
+    n = 8000 if solver_name == "adaptive" else 20000
+    nfe = assert_recovers(ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_2d(), n,
                           tv=0.025, mean=0.1, std=0.04)
     assert nfe <= (2000 if solver_name == "adaptive" else 600)
 
