@@ -33,7 +33,7 @@ from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_
 from .errors import one_line_errors, show_warnings_in_one_line
 from .legacy import translate
 from .rundir import claimed, requested_checkpoint, requested_dir
-from .sweep import SUMMARY, cached_training, keep_for_sweep
+from .sweep import NOTES, SUMMARY, cached_training, keep_for_sweep
 from .threads import AutoThreads, choose_threads
 from .values import check_command_line
 
@@ -162,12 +162,13 @@ def train_or_load(run):
 
 
 def write_report(metrics, out):
-    """metrics.json in the run directory, and the summary's metrics printed one a line."""
+    """metrics.json in the run directory, and the summary's metrics printed one a line (with NOTES' word on
+    units)."""
     text = (json.dumps(metrics, indent=2) + "\n").encode()
     write_output(out / "metrics.json", lambda fh: fh.write(text))
     for key in SUMMARY:
         if key in metrics:
-            print(f"{key:>20s}  {metrics[key]:.6g}")
+            print(f"{key:>20s}  {metrics[key]:<12.6g}  {NOTES.get(key, '')}".rstrip())
     print(f"{'outputs':>20s}  {out}")
 
 

@@ -19,6 +19,12 @@ SUMMARY = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "swd"
            "nll", "exact_nll", "bpd", "nfe_likelihood", "likelihood_seconds", "elbo", "elbo_bpd", "elbo_stderr", "fid",
            "kid", "kid_std", "fid_num", "fid_seconds")
 
+NOTES = {"nll": "nats per point, of the density of the data as the network sees it (pixels scaled to [-1, 1])",
+         "bpd": "bits per dimension of the data in its own units (8-bit pixels: of the dequantized levels)",
+         "elbo": "a bound on nll, in the same units",
+         "swd_floor": "the SWD between two sets of exact draws of this size: swd at or below it is sampling noise"}
+"""What the summary prints beside a metric whose units or meaning are not obvious from its name."""
+
 
 def cached_training(cfg, keys=("sde", "model", "data", "train", "loss", "seed", "ckpt")):
     """In a Hydra sweep, where a model trained with exactly this config is kept (sweep dir/.trained/HASH), so
