@@ -2,7 +2,6 @@
 in one line (or warns in one line), and runs that start together cannot collide. Runs in this process (run_job)
 unless the process is the subject."""
 import csv
-import functools
 import re
 import subprocess
 import sys
@@ -259,18 +258,12 @@ def bool_options():
 
 
 def compose_config(overrides):
-    """The composed config of ``overrides`` (a copy: each group choice is composed once)."""
-    return _composed(tuple(overrides)).copy()
-
-
-@functools.lru_cache(maxsize=None)
-def _composed(overrides):
-    from hydra import compose, initialize_config_dir
-
+    """The composed config of ``overrides`` (a copy: each group choice is composed once, as the command line's
+    checks compose it)."""
+    from scoresde.cli.args import composed
     from scoresde.paths import config_dir
 
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return composed(config_dir(), overrides)
 
 
 @pytest.mark.slow

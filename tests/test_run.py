@@ -53,8 +53,8 @@ def run_main(out, *overrides, cwd=None):
     """``run(out, *overrides, cwd=cwd)`` in this process: the command line's main() with stdout and stderr
     captured and its exit status kept, as a subprocess.CompletedProcess (what the process would print and return,
     for tests of one-line errors that need no process of their own), at torch's thread count unless the overrides
-    set threads=. The working directory, sys.path, sys.argv,
-    warning filters and torch's thread count are restored afterwards, and modules imported from ``cwd`` dropped."""
+    set threads=. The working directory, sys.path, sys.argv, warning filters and torch's thread count are restored
+    afterwards, and modules imported from ``cwd`` dropped."""
     import contextlib
     import io
     import warnings

@@ -42,7 +42,7 @@ def composed(conf_dir, overrides=()):
     return _composed(str(Path(conf_dir).resolve()), tuple(overrides)).copy()
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=128)
 def _composed(conf_dir, overrides):
     from hydra import compose, initialize_config_dir
 

@@ -4,9 +4,7 @@ import functools
 import inspect
 import os
 import re
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import _locate
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -79,18 +77,17 @@ def check_values(argv, conf_dir, sweep=False):
     runs = sweep_runs(overrides) if sweep else [overrides]
     references = [composed(conf_dir, [a for a in run if (m := re.match(r"\+?(\w+)=", a)) and m[1] in GROUPS])
                   for run in runs]
-    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
-        for i, (run, reference) in enumerate(zip(runs, references)):
-            try:
-                cfg = compose("config", overrides=run)
-                check_config(cfg, reference)
-                if sweep and len(runs) > 1:
-                    check_parts(cfg, run)
-            except ConfigError as e:
-                if not sweep or len(runs) == 1:
-                    raise
-                swept = [a for a in run if any(a not in other for other in runs)]
-                raise type(e)(f"{e} (run {i} of the sweep: {' '.join(swept)}; no run was started)", e.keys) from None
+    for i, (run, reference) in enumerate(zip(runs, references)):
+        try:
+            cfg = composed(conf_dir, run)
+            check_config(cfg, reference)
+            if sweep and len(runs) > 1:
+                check_parts(cfg, run)
+        except ConfigError as e:
+            if not sweep or len(runs) == 1:
+                raise
+            swept = [a for a in run if any(a not in other for other in runs)]
+            raise type(e)(f"{e} (run {i} of the sweep: {' '.join(swept)}; no run was started)", e.keys) from None
 
 
 def check_parts(cfg, overrides):
