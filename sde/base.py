@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.integrate import cumulative_simpson
 
 from .errors import ConfigError
 
@@ -231,6 +230,8 @@ class SDE:
 
     def _tabulate(self):
         """log a and s² on a uniform grid, with their exact slopes f and g² + 2 f s² for Hermite interpolation."""
+        from scipy.integrate import cumulative_simpson
+
         grid = torch.linspace(0, self.T, self.grid_size, dtype=torch.float64)
         f = self.f(grid).double().numpy()
         g2 = (self.g(grid).double() ** 2).numpy()

@@ -12,7 +12,6 @@ since h = (d log s/dt) x + (dλ/dt) a D and div h = d (d log s/dt) + (dλ/dt) a 
 a tr(∂D/∂x) = e^{2λ} tr Cov[x_0 | x_t] runs smoothly from 0 (λ → −∞) to d (λ → ∞).
 """
 import torch
-from torchdiffeq import odeint
 
 from sde.errors import ConfigError, check_choice, check_int, check_number, invalid
 
@@ -166,6 +165,8 @@ class ODELikelihood:
             ts = self.time_grid(sde, check_int("steps", steps or self.steps), self.eps).flip(0)
             ts = ts.to(device=x.device, dtype=time_dtype(x))
         state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+        from torchdiffeq import odeint
+
         xs, integrals = odeint(dynamics, state, ts, method=self.method, rtol=self.rtol, atol=self.atol,
                                options=ode_options(self.method, ts))
         return xs[-1], integrals[-1], score.nfe

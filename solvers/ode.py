@@ -1,6 +1,5 @@
 """The probability-flow ODE  dx/dt = f x − ½ g² ∇log p_t,  solved by torchdiffeq."""
 import torch
-from torchdiffeq import odeint
 
 from sde.errors import ConfigError, check_choice, check_int, check_number, invalid
 
@@ -65,5 +64,7 @@ class ProbabilityFlowODE(Solver):
             return sde.ode_drift(x, t, score(x, t))
 
         ts = ode_times(sde, eps, self.method, self.steps, self.grid, x)
+        from torchdiffeq import odeint
+
         return odeint(velocity, x, ts, method=self.method, rtol=self.rtol, atol=self.atol,
                       options=ode_options(self.method, ts))[-1]

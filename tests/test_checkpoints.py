@@ -337,7 +337,11 @@ def rundir_case(name):
     return next(c for c in RUNDIR_CASES if c[1].split()[0] == name)
 
 
-@pytest.mark.parametrize("name", list(MISFITS))
+MISFITS_FAST = {"k07", "k21"}  # a different model, a step that is not a count
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=() if name in MISFITS_FAST else pytest.mark.slow)
+                                  for name in MISFITS])
 def test_a_checkpoint_that_does_not_fit_is_one_line(tiny_run, tmp_path, name):
     """Each checkpoint case of benchmarks/bad_inputs.py (probe ids k..), through main() in this process."""
     import shutil

@@ -14,7 +14,7 @@ from scoresde.data import GaussianMixture
 from scoresde import Pipeline
 from sde import ConfigError, VPSDE
 from solvers import DPMSolver, EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
-from test_run import ROOT, SMALL_MLP, run_main as run
+from test_run import SMALL_MLP, run_main as run
 
 
 def labelled_mixture():

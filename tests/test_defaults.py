@@ -12,12 +12,13 @@ def test_the_benchmark_covers_every_shipped_solver_and_process():
     assert set(PROCESSES) == {p.stem for p in (config_dir() / "sde").glob("*.yaml")}
 
 
-@pytest.mark.parametrize("process", [p if p == "vp" else pytest.param(p, marks=pytest.mark.slow) for p in PROCESSES])
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
 def test_the_benchmark_builds_what_a_run_builds(process, tmp_path):
     """run.py's build_run (every part of a run, before training) makes the same process and solver, for each
     solver's config, as the table's ``shipped``."""
     for name in SOLVERS:
-        overrides = [f"solver={name}", f"sde={process}", "progress=false"]
+        overrides = [f"solver={name}", f"sde={process}", "progress=false", "threads=1"]
         cfg, overrides = compose(overrides)
         run = build_run(cfg, tmp_path, overrides)
         sde, solver = shipped(name, process)

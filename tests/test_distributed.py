@@ -363,8 +363,9 @@ def test_split_rows_computes_each_share_on_its_rank_and_gathers_in_order(two):
 @pytest.mark.slow
 def test_torchrun_trains_and_only_rank_zero_writes(tmp_path):
     """python -m torch.distributed.run --nproc_per_node=2 run.py: one run folder (rank 0's timestamped one), its
-    files complete, nothing else written by rank 1; then resumed under torchrun from its checkpoint into a given
-    folder."""
+    files complete, nothing else written by rank 1 (a checkpoint moving between one process and two:
+    test_checkpoints_move_between_one_process_and_two; a given folder under torchrun:
+    test_other_ranks_leave_the_run_folder_to_rank_zero)."""
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
             str(ROOT / "run.py"), "device=cpu", "threads=1", "train.batch_size=64", "train.log_every=5",
             "train.ckpt_every=10", "model.net.hidden=32", "model.net.depth=1", "sample.num=200", "sample.max_range=0",
@@ -385,13 +386,6 @@ def test_torchrun_trains_and_only_rank_zero_writes(tmp_path):
     assert metrics["processes"] == 2 and metrics["train_steps"] == 10
     assert np.load(out / "samples.npz")["x"].shape == (200, 2)
     assert done.stdout.count("train_steps") == 1
-    resumed = subprocess.run(base + ["train.steps=15", f"ckpt={out / 'checkpoint.pt'}",
-                                     f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["train_steps"] == 15
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "resumed"]
-    assert list(tmp_path.glob("outputs/*/*")) == runs
     print(f"torchrun, 2 processes, 10 steps + sampling: {seconds:.1f} s")
 
 

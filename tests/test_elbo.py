@@ -14,7 +14,7 @@ from models import MLP, MixtureScore, ScoreModel
 from scoresde.data import DataSpec, GaussianMixture
 from scoresde import Pipeline
 from sde import ConfigError
-from solvers import ELBO, ODELikelihood
+from solvers import ELBO
 from test_run import run_main as run
 from scoresde.training import DSMLoss, Trainer
 
@@ -31,8 +31,11 @@ def prior_mismatch(sde, oracle, x, draws=400, seed=5):
     return diff.reshape(draws, -1).mean(0)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "user_vp", "user_flow", "subvp", "cosine", "rf"])
-@pytest.mark.parametrize("mixture", [mixture_2d, mixture_16d], ids=["2d", "16d"])
+# The fast tier: every process in 2-D, VP and the user's flow in 16-D.
+@pytest.mark.parametrize("mixture, sde_name", [
+    pytest.param(mixture, name, marks=() if mixture is mixture_2d or name in ("vp", "user_flow") else pytest.mark.slow,
+                 id=f"{'2d' if mixture is mixture_2d else '16d'}-{name}")
+    for mixture in (mixture_2d, mixture_16d) for name in ("vp", "ve", "user_vp", "user_flow", "subvp", "cosine", "rf")])
 def test_elbo_of_the_exact_score_is_the_exact_nll(sde_name, mixture):
     """With the exact score the bound is tight: ELBO − prior mismatch − exact NLL, averaged over 100 points,
     lies within 4 of its standard errors (2000 draws per point) plus 0.002 nats/dim, for the built-in processes

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_SDES, mixture_2d, reference, sample
+from conftest import ALL_SDES, mixture_2d, reference, sample, slow_except
 from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from scoresde.data import GaussianMixture
@@ -216,10 +216,16 @@ STEPPERS = {
     "dpm3": (lambda grid, n: DPMSolver(steps=n, order=3, grid=grid), 80),
 }
 ON_UNIFORM_TIME = {"dpm3": 200}
+OURS = {"sde", "solvers", "models", "scoresde"}
 
 
-@pytest.mark.parametrize("grid", ["time", "logsnr", "karras", "fixed"])
-@pytest.mark.parametrize("solver_name", sorted(STEPPERS))
+# The fast tier: each stepper on one grid, each grid under two steppers.
+GRIDS_FAST = {("em", "time"), ("pc", "karras"), ("ancestral", "logsnr"), ("ddim", "fixed"), ("heun", "time"),
+              ("dpm1", "logsnr"), ("dpm2", "karras"), ("dpm3", "fixed")}
+
+
+@pytest.mark.parametrize("solver_name, grid", slow_except(GRIDS_FAST, sorted(STEPPERS), ["time", "logsnr", "karras",
+                                                                                           "fixed"]))
 def test_every_stepping_solver_recovers_the_mixture_on_every_grid(solver_name, grid):
     """VP, the 2-D three-component mixture, 6000 samples: weights TV ≤ 0.03 and |log-density gap| ≤ 0.04 nats/dim
     (measured: TV 0.002–0.015, gaps up to 0.03 in size; exact samples give TV ≈ 0.01 at this size)."""
@@ -301,11 +307,16 @@ def test_posterior_is_the_gaussian_conditional(any_sde):
 
 def test_the_solvers_package_imports_as_a_dag_without_imports_inside_functions():
     """grids ← base ← the solvers ← fitting: no module of solvers/ imports one that imports it back, and none
-    imports inside a function to dodge a circle."""
+    imports a module of ours inside a function to dodge a circle (a dependency may be loaded where it is used)."""
     import ast
     from pathlib import Path
 
     import solvers
+
+    def ours(node):
+        if isinstance(node, ast.ImportFrom):
+            return node.level > 0 or node.module.split(".")[0] in OURS
+        return any(alias.name.split(".")[0] in OURS for alias in node.names)
 
     root = Path(solvers.__file__).parent
     graph = {}
@@ -314,8 +325,8 @@ def test_the_solvers_package_imports_as_a_dag_without_imports_inside_functions()
         graph[path.stem] = {node.module.split(".")[0] for node in ast.walk(tree)
                             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
         inner = [node.lineno for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-                 for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
-        assert not inner, f"solvers/{path.name} imports inside a function at lines {inner}"
+                 for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom)) and ours(node)]
+        assert not inner, f"solvers/{path.name} imports a module of ours inside a function at lines {inner}"
     done, visiting = set(), []
 
     def visit(name):

@@ -30,10 +30,10 @@ def start_errors(lik, sde, mixture, x):
 
 @pytest.mark.parametrize("sde_name, mix_name, num, coarse", [
     ("vp", "2d", 400, dict(steps=25)),
-    ("ve", "2d", 400, dict(steps=25)),
+    pytest.param("ve", "2d", 400, dict(steps=25), marks=pytest.mark.slow),
     ("cosine", "2d", 400, dict(order=2)),
-    ("rf", "2d", 400, dict(order=2)),
-    ("vp", "64d", 40, dict(steps=10)),
+    pytest.param("rf", "2d", 400, dict(order=2), marks=pytest.mark.slow),
+    pytest.param("vp", "64d", 40, dict(steps=10), marks=pytest.mark.slow),
 ], ids=["vp-2d", "ve-2d", "cosine-2d", "rf-2d", "vp-64d"])
 def test_documented_setting_is_within_the_bound_point_by_point(sde_name, mix_name, num, coarse):
     """The documented setting at 50 NFE: mean |error| <= 0.005 nats/dim over the benchmark's test points (float32,

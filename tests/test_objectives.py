@@ -44,7 +44,8 @@ def loss_draws(loss, sde, data, batches=20, n=4000, seed=0):
                       for _ in range(batches)])
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "rf", "user_vp"])
+@pytest.mark.parametrize("sde_name", ["vp", pytest.param("rf", marks=pytest.mark.slow),
+                                      pytest.param("user_vp", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("time", TIMES)
 def test_every_time_law_estimates_the_weightings_own_objective(sde_name, weighting, time):
@@ -58,7 +59,8 @@ def test_every_time_law_estimates_the_weightings_own_objective(sde_name, weighti
     assert abs(values.mean().item() - expected) < 4 * se + 1e-4 * expected, (values.mean().item(), expected, se)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "user_vp"])
+@pytest.mark.parametrize("sde_name", ["vp", pytest.param("ve", marks=pytest.mark.slow),
+                                      pytest.param("user_vp", marks=pytest.mark.slow)])
 def test_importance_sampling_keeps_the_likelihood_loss_and_lowers_its_variance(sde_name):
     """The likelihood-weighted loss of the exact score on the 3-component mixture, 80,000 draws each: with
     t_min = 1e-3, t drawn ∝ g²/s² gives the mean of t uniform (within 4 standard errors of their difference)
@@ -219,7 +221,7 @@ def test_each_objective_trains_the_mlp_to_a_stated_kl(objective):
     assert -0.01 < kl < bound, kl
 
 
-@pytest.mark.parametrize("weighting", ["eps", "likelihood"])
+@pytest.mark.parametrize("weighting", ["eps", pytest.param("likelihood", marks=pytest.mark.slow)])
 def test_stratified_times_keep_the_objective_and_lower_the_variance_of_a_batch(weighting):
     """800 batches of 256 points of the exact score's loss on Gaussian data under VP (importance-sampled t for the
     likelihood weighting): with t stratified over the batch the mean of the batch means matches the exact

@@ -361,7 +361,7 @@ def test_a_new_run_into_a_finished_runs_directory_is_refused_and_changes_nothing
     assert "holds a finished run" in one_line_error(other) and snapshot(out) == before
 
 
-@pytest.mark.parametrize("ckpt", ["{out}", "{out}/checkpoint.pt"])
+@pytest.mark.parametrize("ckpt", ["{out}", pytest.param("{out}/checkpoint.pt", marks=pytest.mark.slow)])
 def test_a_run_that_resumes_the_run_in_its_directory_goes_on(tmp_path, ckpt):
     out = tmp_path / "run"
     assert run_main(out, *TINY).returncode == 0

@@ -1,11 +1,7 @@
 """Pictures of samples: a scatter for 2-D data, a grid for images, 2-D projections otherwise."""
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def plot_samples(x, path, reference=None, title=None, max_points=5000, value_range=None, labels=None):
@@ -25,20 +21,19 @@ def plot_samples(x, path, reference=None, title=None, max_points=5000, value_ran
     if title:
         fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _scatter(x, ref, labels=None):
     d = x.shape[1]
     pairs = [(0, 1)] if d <= 2 else [(i, i + 1) for i in range(0, min(d - 1, 8), 2)][:4]
     if d == 1:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = _subplots(figsize=(5, 3.5))
         if ref is not None:
             ax.hist(ref[:, 0], bins=100, density=True, color="0.75", label="data")
         ax.hist(x[:, 0], bins=100, density=True, histtype="step", color="C0", label="samples")
         ax.legend()
         return fig
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
+    fig, axes = _subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs):
         if ref is not None:
             ax.scatter(ref[:, i], ref[:, j], s=2, c="0.75", label="data", rasterized=True)
@@ -73,7 +68,7 @@ def _image_grid(x, value_range=None, reference=None, max_images=64):
         r, q = divmod(k, cols)
         grid[top + 1 + r * (h + 1): top + 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = \
             image.transpose(1, 2, 0)
-    fig, ax = plt.subplots(figsize=(cols * 0.8 + 1, (rows + bool(real)) * 0.8 + 1))
+    fig, ax = _subplots(figsize=(cols * 0.8 + 1, (rows + bool(real)) * 0.8 + 1))
     ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
     ax.axis("off")
     return fig
@@ -89,7 +84,7 @@ def _class_rows(x, labels, value_range=None, reference=None, per_row=10, max_row
     for r, images in enumerate(rows):
         for q, image in enumerate(np.clip((images - lo) / max(hi - lo, 1e-8), 0, 1)):
             grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = image.transpose(1, 2, 0)
-    fig, ax = plt.subplots(figsize=(per_row * 0.8 + 1, len(rows) * 0.8 + 1))
+    fig, ax = _subplots(figsize=(per_row * 0.8 + 1, len(rows) * 0.8 + 1))
     ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
     ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(rows))], [str(k) for k in classes])
     ax.set_xticks([])
@@ -117,7 +112,7 @@ def plot_inpainting(original, observed, completions, path, value_range=None, tit
                 left = 1 + q * (w + 1) + (q >= 2)
                 grid[1 + r * (h + 1): 1 + r * (h + 1) + h, left: left + w] = \
                     np.clip((image - lo) / max(hi - lo, 1e-8), 0, 1).transpose(1, 2, 0)
-        fig, ax = plt.subplots(figsize=((m + 2) * 0.8 + 1, n * 0.8 + 1))
+        fig, ax = _subplots(figsize=((m + 2) * 0.8 + 1, n * 0.8 + 1))
         ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
         ax.set_xticks([1 + w / 2, 1 + (w + 1) + w / 2, 2 + 2 * (w + 1) + m * (w + 1) / 2],
                       ["original", "observed", "completions"])
@@ -127,4 +122,11 @@ def plot_inpainting(original, observed, completions, path, value_range=None, tit
     if title:
         fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+
+
+def _subplots(*grid, **options):
+    """A figure and its axes, drawn without pyplot (no global figure state, matplotlib loaded when first used)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=options.pop("figsize", None))
+    return fig, fig.subplots(*grid, **options)
