@@ -1,117 +1,34 @@
-import itertools
+"""Hooks and fixtures only, so that pytest's own process loads no torch; what the tests share is in helpers.py."""
 import os
 
 import pytest
-import torch
 
-from scoresde.evaluation import mixture_report
-from models import MixtureScore
-from sde import SDE, CosineVPSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE
-from solvers.base import check_eps
-from solvers.fitting import fit_solver
-from scoresde.data import GaussianMixture, RandomMixture
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # one thread per test process: the workers share the cores
+SDE_NAMES = ("cosine", "rf", "subvp", "user_vp", "ve", "vp")  # helpers.ALL_SDES
+pytest.register_assert_rewrite("helpers")
 
 
-class UserVP(SDE):
-    """A user's process that states only f(t) and g(t): the VP SDE written out by hand."""
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
 
-    def __init__(self, beta_min=0.1, beta_max=20.0):
-        self.beta_min, self.beta_max = beta_min, beta_max
-        super().__init__()
-
-    def f(self, t):
-        return -0.5 * (self.beta_min + t * (self.beta_max - self.beta_min))
-
-    def g(self, t):
-        return torch.sqrt(self.beta_min + t * (self.beta_max - self.beta_min))
+        torch.set_num_threads(1)  # one thread per test process: the workers share the cores
 
 
-class UserVE(SDE):
-    """A user's process that states only f(t) and g(t): the VE SDE written out by hand."""
-
-    sampling_eps = 1e-5
-
-    def f(self, t):
-        return torch.zeros_like(t)
-
-    def g(self, t):
-        return 0.01 * 5000.0**t * (2 * torch.log(torch.tensor(5000.0, dtype=t.dtype))) ** 0.5
-
-
-class UserFlow(SDE):
-    """A user's process that states only the path a(t), s(t): rectified flow, coefficients derived."""
-
-    T = 0.999
-
-    def a(self, t):
-        return 1 - t
-
-    def s(self, t):
-        return t
-
-
-ALL_SDES = {
-    "vp": VPSDE,
-    "ve": VESDE,
-    "subvp": SubVPSDE,
-    "cosine": CosineVPSDE,
-    "rf": RectifiedFlow,
-    "user_vp": UserVP,
-}
-
-
-@pytest.fixture(params=sorted(ALL_SDES))
+@pytest.fixture(params=SDE_NAMES)
 def any_sde(request):
+    from helpers import ALL_SDES
+
     return ALL_SDES[request.param]()
-
-
-def slow_except(fast, *axes):
-    """Every combination of the axes as a parameter set, marked slow unless it is in ``fast``."""
-    return [pytest.param(*combo, marks=() if combo in fast else pytest.mark.slow) for combo in itertools.product(*axes)]
-
-
-def mixture_2d():
-    """Three components of unequal weight and width."""
-    return GaussianMixture([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], [0.3, 0.5, 0.2], [0.5, 0.3, 0.2])
-
-
-def mixture_16d():
-    return RandomMixture(components=4, dim=16, spread=1.5, std_min=0.3, std_max=0.8, seed=3)
-
-
-def sample(sde, solver, mixture, n, seed=0, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    x_T = sde.prior_sample((n, *mixture.shape), generator=gen, dtype=dtype)
-    score = MixtureScore(sde, mixture)
-    solver, _ = fit_solver(solver, sde, score, mixture.shape, dtype=dtype)
-    return solver(sde, score, x_T, gen)
-
-
-def reference(sde, solver, mixture):
-    """The exact law at the solver's end time eps: the mixture perturbed to p_eps."""
-    eps = torch.tensor(check_eps(sde, solver.eps), dtype=torch.float64)
-    return mixture.perturbed(sde.a(eps).item(), sde.s(eps).item())
-
-
-def assert_recovers(sde, solver, mixture, n, tv, mean, std):
-    """Samples n points with the oracle and asserts the mixture's weights (TV < tv), component means
-    (mean_error < mean) and stds (std_ratio_error < std) at the solver's end time; returns the NFE."""
-    x, nfe = sample(sde, solver, mixture, n)
-    assert x.shape == (n, *mixture.shape) and torch.isfinite(x).all()
-    report = mixture_report(reference(sde, solver, mixture), x)
-    assert report["weights_tv"] < tv, report
-    assert report["mean_error"] < mean, report
-    assert report["std_ratio_error"] < std, report
-    return nfe
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Tests that share a module- or session-scoped fixture run in one xdist group (setup.cfg: --dist
-    loadgroup), so that one worker builds the fixture once."""
+    loadgroup), so that one worker builds the fixture once; the modules that hold slow tests run first (each
+    module's tests together, in their order), so that no long test is left for one worker to run alone at the
+    end."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
     here = os.path.dirname(os.path.abspath(__file__))
     for item in items:
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})

@@ -1,6 +1,7 @@
 """The digits classifier that judges image samples: real digits score high, noise and a single repeated
 class score at chance."""
 import numpy as np
+import pytest
 import torch
 
 from scoresde.evaluation.classify import applies, class_scores, classifier_report
@@ -18,6 +19,7 @@ def test_class_scores_of_known_probabilities():
     assert one_class["recognised"] == 1.0 and abs(one_class["score"] - 1) < 1e-6
 
 
+@pytest.mark.slow
 def test_real_digits_are_recognised_and_noise_and_one_repeated_image_are_not():
     data = Digits()
     real = classifier_report(data.test(180, torch.Generator().manual_seed(9)), data, torch.Generator().manual_seed(0))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_SDES, slow_except
+from helpers import ALL_SDES, slow_except
 from scoresde.evaluation import mixture_report
 from models import MLP, GuidedScore, MixtureScore, ScoreModel, class_labels
 from scoresde.data import GaussianMixture
@@ -72,9 +72,10 @@ def test_class_labels_for_a_batch():
 
 # -- sampling: every solver, per class, at w = 0 ---------------------------------------------------------------
 
-# pc at 500 steps (1000 evaluations, as em's): its per-class errors measured under half of each tolerance.
+# em and pc at 500 steps: pc's per-class errors measured under half of each tolerance; em's within 0.014 (TV),
+# 0.037 (mean), 0.033 (std) and 0.007 (gap) of 0.03, 0.1, 0.04 and 0.015.
 SOLVERS = {
-    "em": lambda: EulerMaruyama(steps=1000),
+    "em": lambda: EulerMaruyama(steps=500),
     "pc": lambda: PredictorCorrector(steps=500),
     "ode": lambda: ProbabilityFlowODE(),
     "dpm": lambda: DPMSolver(order=3, steps=40),
@@ -228,9 +229,9 @@ def test_trained_with_label_dropout_one_network_gives_both_scores(tmp_path):
 @pytest.mark.slow
 def test_conditional_digits_are_recognised_as_their_class_more_often_with_guidance(tmp_path):
     """A conditional MLP on the 8 × 8 digits (800 steps): the digits classifier labels samples drawn for class c
-    as c well above chance (10 %), and more often with guidance (0.78 unguided, 0.98 at scale 2)."""
-    proc = run(tmp_path / "train", "data=digits", "model=mlp", "model.net.hidden=256", "model.net.depth=3",
-               "train.steps=800", "train.batch_size=128", "train.lr=2e-3", "train.cond_drop=0.1",
+    as c well above chance (10 %), and more often with guidance (0.74 unguided, 0.97 at scale 2)."""
+    proc = run(tmp_path / "train", "data=digits", "model=mlp", "model.net.hidden=128", "model.net.depth=3",
+               "train.steps=800", "train.batch_size=128", "train.lr=3e-3", "train.cond_drop=0.1",
                "train.schedule=constant", "loss.stratified=false", "train.progress=false", "solver=dpm",
                "solver.steps=20", "sample.num=10", "sample.max_range=0")
     assert proc.returncode == 0, proc.stderr

@@ -166,9 +166,6 @@ def evaluate(base, rank=None):
     return out
 
 
-JOBS = (job_same_steps, job_dsm, job_checkpoints, job_evaluation)
-
-
 def join(rank, port):
     """This process as rank ``rank`` of WORLD gloo processes on one thread, as torchrun would start it."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
@@ -198,6 +195,7 @@ def two(tmp_path_factory):
     """The folder the jobs ran in, on two gloo processes, after what they need was made in this one."""
     tmp = tmp_path_factory.mktemp("ddp")
     pixels_file(tmp)
+    np.save(tmp / "digits.npy", np.random.default_rng(0).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8))
     fit("generated", 2, tmp / "one_half")
     mp.spawn(worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
     return tmp
@@ -598,22 +596,14 @@ def job_strides(tmp):
     return caught
 
 
-def strides_worker(rank, port, tmp):
-    join(rank, port)
-    try:
-        torch.save(job_strides(tmp), Path(tmp) / f"strides.{rank}.pt")
-    finally:
-        distributed.shutdown()
+JOBS = (job_same_steps, job_dsm, job_checkpoints, job_evaluation, job_strides)
 
 
 @pytest.mark.slow
-def test_ddp_of_the_unet_takes_gradients_in_its_buckets_layout(tmp_path):
+def test_ddp_of_the_unet_takes_gradients_in_its_buckets_layout(two):
     """Two gloo processes train a small U-Net (8 × 8 images, attention at 4 × 4) for two steps without DDP's
     `Grad strides do not match bucket view strides` warning; the same network in a plain DDP warns (so the check
-    sees the warning where there is one). About 8 s."""
-    np.save(tmp_path / "digits.npy", np.random.default_rng(0).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8))
-    mp.spawn(strides_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    for rank in range(WORLD):
-        caught = torch.load(tmp_path / f"strides.{rank}.pt", weights_only=False)
+    sees the warning where there is one)."""
+    for caught in results(two, "job_strides"):
         assert not [w for w in caught["wrap"] if "Grad strides" in w], caught["wrap"]
         assert any("Grad strides do not match bucket view strides" in w for w in caught["plain"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_SDES, UserFlow, mixture_16d, mixture_2d
+from helpers import ALL_SDES, UserFlow, mixture_16d, mixture_2d
 from models import MLP, MixtureScore, ScoreModel
 from scoresde.data import DataSpec, GaussianMixture
 from scoresde import Pipeline

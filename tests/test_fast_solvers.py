@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import ALL_SDES, assert_recovers, mixture_16d, mixture_2d, reference, sample, slow_except
+from helpers import ALL_SDES, assert_recovers, mixture_16d, mixture_2d, reference, sample, slow_except
 from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from scoresde.data import GaussianMixture
@@ -102,7 +102,11 @@ RECOMMENDED = {  # the constructors' defaults, except DPM-3's step count
 FAST_RECOVERY = {(sde, name) for sde in ("vp", "ve") for name in ("heun", "dpm2", "dpm3")}
 
 
-@pytest.mark.parametrize("sde_name, solver_name", slow_except(FAST_RECOVERY, ["vp", "ve"], sorted(RECOMMENDED)))
+# The tuned grid on VE (on VP this mixture's tuned grid is held to the exact ODE solution in
+# test_tuned_grid_beats_every_fixed_grid_on_fresh_draws).
+@pytest.mark.parametrize("sde_name, solver_name",
+                         [p for p in slow_except(FAST_RECOVERY, ["vp", "ve"], sorted(RECOMMENDED))
+                          if p.values != ("vp", "dpm3_tuned")])
 def test_recovers_2d_mixture(sde_name, solver_name):
     """20,000 samples (adaptive, whose cost is ~1000–1500 evaluations of the batch: 8,000, where it errs by at
     most TV 0.007, mean 0.047, std 0.022)."""
@@ -112,10 +116,11 @@ def test_recovers_2d_mixture(sde_name, solver_name):
     assert nfe <= (2000 if solver_name == "adaptive" else 600)
 
 
-# The tuned grid in 16-D on VP alone (on VE it is fitted in 2-D and to the 20-NFE target below).
+# The tuned grid and the adaptive solver in 16-D on VP alone (on VE they recover the 2-D mixture, and the tuned grid
+# meets the 20-NFE target below).
 @pytest.mark.parametrize("sde_name, solver_name",
                          [p for p in slow_except(FAST_RECOVERY, ["vp", "ve"], sorted(RECOMMENDED))
-                          if p.values != ("ve", "dpm3_tuned")])
+                          if p.values not in (("ve", "dpm3_tuned"), ("ve", "adaptive"))])
 def test_recovers_16d_mixture(sde_name, solver_name):
     assert_recovers(ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_16d(), 4000, tv=0.04, mean=0.2, std=0.04)
 

@@ -332,7 +332,7 @@ def test_the_trainer_calls_on_eval_every_eval_every_steps_without_changing_the_r
     it leave the trained weights as they are without it; a negative period is refused."""
     from test_long_training import CPU, small_model, trainer
 
-    from conftest import ALL_SDES, mixture_2d
+    from helpers import ALL_SDES, mixture_2d
     from scoresde.training import DSMLoss
 
     sde, calls = ALL_SDES["vp"](), []

@@ -116,7 +116,7 @@ def test_image_grid_puts_a_row_of_real_images_above_the_samples(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_over_solvers_trains_once_and_writes_a_summary(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", f"hydra.sweep.dir={tmp_path}",
-                           "solver=em,ddim,dpm", "solver.steps=10", "train.steps=30", "sample.num=100", *SMALL_MLP],
+                           "solver=em,ddim,dpm", "solver.steps=10", "train.steps=30", "sample.num=100", "threads=1", *SMALL_MLP],
                           capture_output=True, text=True, cwd=ROOT, env=environment(), timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / ".trained").glob("*/checkpoint.pt"))) == 1

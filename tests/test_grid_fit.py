@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_SDES
+from helpers import ALL_SDES
 from test_run import run_main
 from scoresde.evaluation import mixture_report
 from models import MixtureScore

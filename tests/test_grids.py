@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_SDES, mixture_2d, reference, sample, slow_except
+from helpers import ALL_SDES, mixture_2d, reference, sample, slow_except
 from scoresde.evaluation import mixture_report
 from models import MixtureScore
 from scoresde.data import GaussianMixture

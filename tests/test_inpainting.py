@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_SDES
+from helpers import ALL_SDES
 from scoresde.evaluation import inpainting_report
 from models import MixtureScore
 from scoresde.data import GaussianMixture, RandomMixture

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import ALL_SDES, mixture_16d, mixture_2d
+from helpers import ALL_SDES, mixture_16d, mixture_2d
 from models import MixtureScore
 from scoresde.data import DataSpec, GaussianMixture
 from sde import ConfigError

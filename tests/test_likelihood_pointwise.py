@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.oracle import MIXTURES
-from conftest import ALL_SDES
+from helpers import ALL_SDES
 from models import MixtureScore
 from scoresde.data import GaussianMixture
 from sde import ConfigError

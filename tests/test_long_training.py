@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_SDES, mixture_2d
+from helpers import ALL_SDES, mixture_2d
 from models import MLP, ScoreModel
 from scoresde.data import ImageData
 from sde.errors import CheckpointError, ConfigError

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import mixture_2d
+from helpers import mixture_2d
 from models import MixtureScore
 from scoresde.data import GaussianMixture
 

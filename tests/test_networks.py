@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import mixture_2d
+from helpers import mixture_2d
 from models import MixtureScore
 from scoresde.training import EMA
 from models.embedding import FourierEmbedding, SinusoidalEmbedding, time_embedding

@@ -10,7 +10,7 @@ import torch
 from benchmarks.peers import (DPM_SOLVER_ENV, DiffusersPeer, OfficialPeer, OfficialSchedule, alphas_cumprod,
                               betas_from_alphas_cumprod, load_official, time_at_vp_sigma, train_times, vp_eps,
                               vp_scale)
-from conftest import mixture_2d
+from helpers import mixture_2d
 from models import MixtureScore
 from sde import SDE, CosineVPSDE, RectifiedFlow, VESDE, VPSDE
 from solvers import DDIM, DPMSolver, FixedTimes

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from conftest import ALL_SDES, UserFlow, UserVE, UserVP
+from helpers import ALL_SDES, UserFlow, UserVE, UserVP
 from sde import SDE, CosineVPSDE, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 
 TIMES = [1e-5, 1e-3, 0.05, 0.3, 0.5, 0.8, 0.95]

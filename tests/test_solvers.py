@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import ALL_SDES, UserVP, assert_recovers, mixture_16d, mixture_2d, sample, slow_except
+from helpers import ALL_SDES, UserVP, assert_recovers, mixture_16d, mixture_2d, sample, slow_except
 from scoresde.evaluation import mixture_report
 from sde import VPSDE, ConfigError, config_scope
 from solvers import EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
@@ -27,9 +27,17 @@ RECOVERY_2D = [p for p in slow_except({(name, "ode") for name in ALL_SDES}, sort
                if p.values[0] != "user_vp" or p.values[1].startswith("ode")]
 
 
+# With a corrector, 250 steps (500 evaluations) keep the 2-D errors of 10,000 samples under half of each tolerance
+# on every process (std at most 0.030 of 0.065); em and pc_ancestral keep 500 (at 250, ancestral's std on cosine
+# reaches 0.040).
+CORRECTED_2D_STEPS = {"pc": 250, "pc_em_langevin": 250}
+
+
 @pytest.mark.parametrize("sde_name, solver_name", RECOVERY_2D)
 def test_recovers_2d_mixture(sde_name, solver_name):
-    assert_recovers(ALL_SDES[sde_name](), SOLVERS[solver_name](), mixture_2d(), 10000,
+    steps = CORRECTED_2D_STEPS.get(solver_name)
+    solver = SOLVERS[solver_name](steps) if steps else SOLVERS[solver_name]()
+    assert_recovers(ALL_SDES[sde_name](), solver, mixture_2d(), 10000,
                     tv=0.025, mean=0.1, std=STD_TOLERANCE.get(solver_name, 0.04))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from conftest import ALL_SDES, mixture_2d
+from helpers import ALL_SDES, mixture_2d
 from models import MLP, MixtureScore, ScoreModel
 from solvers import ODELikelihood, ProbabilityFlowODE
 from scoresde.evaluation import mixture_report
