@@ -108,9 +108,9 @@ FAST_RECOVERY = {(sde, name) for sde in ("vp", "ve") for name in ("heun", "dpm2"
                          [p for p in slow_except(FAST_RECOVERY, ["vp", "ve"], sorted(RECOMMENDED))
                           if p.values != ("vp", "dpm3_tuned")])
 def test_recovers_2d_mixture(sde_name, solver_name):
-    """20,000 samples (adaptive, whose cost is ~1000–1500 evaluations of the batch: 8,000, where it errs by at
-    most TV 0.007, mean 0.047, std 0.022)."""
-    n = 8000 if solver_name == "adaptive" else 20000
+    """20,000 samples (adaptive, whose cost is ~900–1500 evaluations of the batch: 5,000, where it errs by at
+    most TV 0.005, mean 0.045, std 0.028)."""
+    n = 5000 if solver_name == "adaptive" else 20000
     nfe = assert_recovers(ALL_SDES[sde_name](), RECOMMENDED[solver_name](), mixture_2d(), n,
                           tv=0.025, mean=0.1, std=0.04)
     assert nfe <= (2000 if solver_name == "adaptive" else 600)

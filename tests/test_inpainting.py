@@ -108,11 +108,12 @@ def inpaint_report(sde, inpainter, mix, known, points=1000, completions=10, seed
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_resampling_completes_the_unknown_coordinate_as_the_exact_conditional(sde_name):
-    """The recommended setting (resample, em 250 steps, 5 jumps) against the exact conditional; replacement alone
-    at the same steps is further off."""
+    """The recommended setting (resample, em 250 steps, 5 jumps) against the exact conditional, on 500 points with
+    10 completions each (measured gaps +0.005 VP, −0.006 VE); replacement alone at the same steps is further off
+    (−0.05, −0.07)."""
     sde, mix = ALL_SDES[sde_name](), ambiguous_2d()
-    replace, nfe1 = inpaint_report(sde, Inpainter(EulerMaruyama(steps=250)), mix, FIRST)
-    resample, nfe5 = inpaint_report(sde, Inpainter(EulerMaruyama(steps=250), "resample", 5), mix, FIRST)
+    replace, nfe1 = inpaint_report(sde, Inpainter(EulerMaruyama(steps=250)), mix, FIRST, points=500)
+    resample, nfe5 = inpaint_report(sde, Inpainter(EulerMaruyama(steps=250), "resample", 5), mix, FIRST, points=500)
     assert (nfe1, nfe5) == (250, 1250)
     assert resample["inpaint_known_error"] == 0 and replace["inpaint_known_error"] == 0
     assert abs(resample["inpaint_logp_gap_per_dim"]) < 0.03 and resample["inpaint_weights_tv"] < 0.03, resample

@@ -87,14 +87,16 @@ def test_a_subclass_must_state_a_process():
 @pytest.mark.parametrize("name", ["vp"] + [pytest.param(name, marks=pytest.mark.slow)
                                           for name in ["ve", "subvp", "cosine", "rf", "user_vp"]])
 def test_marginal_matches_simulated_forward_sde(name):
-    """Euler–Maruyama on dx = f x dt + g dw (midpoint coefficients, fine grid) from a fixed x0."""
+    """Euler–Maruyama on dx = f x dt + g dw (midpoint coefficients, 1000 steps) from a fixed x0: at a quarter, half
+    and all of the way the errors of 20,000 paths are at most half of each tolerance on every process (as at 2000
+    steps)."""
     sde = ALL_SDES[name]()
     gen = torch.Generator().manual_seed(0)
-    n, steps, t_end = 20000, 2000, 0.9
+    n, steps, t_end = 20000, 1000, 0.9
     x0 = torch.tensor([1.5, -0.5], dtype=torch.float64)
     x = x0.expand(n, 2).clone()
     ts = torch.linspace(0, t_end, steps + 1, dtype=torch.float64)
-    checkpoints = {500: None, 1000: None, 2000: None}
+    checkpoints = {250: None, 500: None, 1000: None}
     for i in range(steps):
         dt = ts[i + 1] - ts[i]
         mid = 0.5 * (ts[i] + ts[i + 1])
