@@ -12,8 +12,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from scoresde.cli.main import compose, main
+from scoresde.paths import config_dir
 from sde.errors import ConfigError, ConfigWarning
 from test_run import ROOT, SMALL_MLP, environment, run_job, run_job_with_edited_samples, run_main
 
@@ -32,6 +34,38 @@ def test_help_lists_groups_options_and_commented_run_options(capsys):
     for needle in ("solver=", "  dpm ", "DPM-Solver++", "data=", "  digits ", "train:", "steps: 10000",
                    "# total optimizer steps", "eval:", "task=", "  inpaint ", "eval=", "  ode "):
         assert needle in stdout, needle
+
+
+def test_help_gives_each_option_a_column_whole_sentences_and_every_solver_option(capsys):
+    """Each group's options in a column as wide as the longest name, each with the first whole sentence of its
+    file's comment (wrapped, never cut); each solver's own keys (solver.steps, ...) listed under it."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    stdout = capsys.readouterr().out
+    blocks = {}
+    for block in stdout.split("\n\n"):
+        head, *rows = block.splitlines()
+        if head.endswith(")") and "=   (" in head:
+            blocks[head.split("=")[0]] = rows
+    assert set(blocks) == {"sde", "solver", "model", "data", "task", "eval", "mask", "experiment"}
+    for group, rows in blocks.items():
+        paths = sorted((config_dir() / group).glob("*.yaml"))
+        width = 2 + max(len(p.stem) for p in paths) + 2
+        starts = [i for i, row in enumerate(rows) if row[2] != " "]
+        assert [rows[i].split()[0] for i in starts] == [p.stem for p in paths], group
+        for i, path in zip(starts, paths):
+            end = next((j for j in starts if j > i), len(rows))
+            assert all(row[:width].strip() in ("", path.stem) for row in rows[i:end]), rows[i]
+            text = " ".join(row[width:].strip() for row in rows[i:end])
+            comment = " ".join(ln.lstrip("#").strip() for ln in path.read_text().splitlines()
+                               if ln.startswith("#") and "@package" not in ln)
+            assert comment.startswith(text), (path.name, text)
+            rest = comment[len(text):]
+            assert rest == "" or (rest.startswith(". ") and rest[2:3].isupper() or rest[2:3] in "`("), (path.name, rest)
+    for path in sorted((config_dir() / "solver").glob("*.yaml")):
+        for key in OmegaConf.load(path):
+            if key != "_target_":
+                assert f"solver.{key}" in stdout.split("solver options")[1].split("run options")[0], (path.stem, key)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ refused in one line that names what is accepted."""
 import difflib
 import functools
 import re
+import textwrap
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -16,9 +17,12 @@ SHORTHANDS = ("likelihood",)
 """Command-line keys that are no config key but are translated (cli.legacy), offered as near matches."""
 
 
+HELP_WIDTH = 118
+
+
 def help_text(conf_dir):
-    """``python run.py --help``: each group's options with their first comment line, then the run's own options
-    as config.yaml states them, comments included."""
+    """``python run.py --help``: each group's options with the first sentence of their comment, each solver's own
+    options, then the run's own options as config.yaml states them, comments included."""
     conf_dir = Path(conf_dir)
     lines = ["usage: python run.py [GROUP=OPTION ...] [KEY=VALUE ...]   (-m for a sweep: solver=em,pc,ode)", ""]
     for group in GROUPS:
@@ -26,14 +30,41 @@ def help_text(conf_dir):
                 "eval": "(a list: eval=[quality,ode], or one more with +eval=ode)"}.get(group,
                                                                          f"(or {group}._target_=your_module.YourClass)")
         lines.append(f"{group}=   {note}")
-        for path in sorted((conf_dir / group).glob("*.yaml")):
-            first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#") and "@package" not in ln), "")
-            lines.append(f"  {path.stem:<16s}{first}")
+        paths = sorted((conf_dir / group).glob("*.yaml"))
+        width = max(len(p.stem) for p in paths) + 2
+        for path in paths:
+            lines += _described(path.stem, first_sentence(path.read_text()), width)
         lines.append("")
+    lines.append("solver options (each solver's defaults and comments: conf/solver/NAME.yaml; e.g. solver.steps=20):")
+    paths = sorted((conf_dir / "solver").glob("*.yaml"))
+    width = max(len(p.stem) for p in paths) + 2
+    for path in paths:
+        keys = [key for key in OmegaConf.load(path) if key != "_target_"]
+        lines += _described(path.stem, ", ".join(f"solver.{key}" for key in keys), width)
+    lines.append("")
     lines.append("run options (conf/config.yaml; set any with KEY=VALUE, e.g. train.steps=500):")
     text = (conf_dir / "config.yaml").read_text().split("\nhydra:")[0]
     lines += [f"  {ln}" for ln in text.splitlines() if ln.strip() and not ln.startswith(("defaults", "  - "))]
     return "\n".join(lines)
+
+
+def first_sentence(text):
+    """The first sentence of a config file's leading comment (its lines joined; the header's ``@package`` left out)."""
+    comment = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        if "@package" not in line:
+            comment.append(line.lstrip("#").strip())
+    words = " ".join(comment)
+    end = re.search(r"\.(\s+[A-Z`(]|$)", words)
+    return words[:end.start()] if end else words
+
+
+def _described(name, description, width):
+    """``  name  description`` with the description wrapped under itself."""
+    return textwrap.wrap(description, HELP_WIDTH, initial_indent="  " + name.ljust(width),
+                         subsequent_indent=" " * (2 + width), break_on_hyphens=False) or [f"  {name}"]
 
 
 def composed(conf_dir, overrides=()):
