@@ -195,7 +195,7 @@ class Pipeline:
                 return solver(self.sde, score, x_T[idx - lo], gen)
             return draw, torch.arange(lo, hi, device=self.device).split(batch), None
 
-        x, nfe, seconds = self._map(num, seed, generator, setup, progress, "sample")
+        x, nfe, seconds = self._map(num, seed, generator, setup, progress, "sample", solver.planned_nfe(self.sde))
         check_finite(x, "samples", f"the model or the solver diverged ({solver!r})")
         if not info:
             return x
@@ -231,7 +231,8 @@ class Pipeline:
                 return inpainter(self.sde, self.model, x_T[idx - lo], whole.select(idx), gen)
             return draw, torch.arange(lo, hi, device=self.device).split(batch), None
 
-        out, nfe, seconds = self._map(num, seed, generator, setup, progress, "inpaint")
+        out, nfe, seconds = self._map(num, seed, generator, setup, progress, "inpaint",
+                                      inpainter.planned_nfe(self.sde))
         check_finite(out, "completions", f"the model or the solver diverged ({inpainter!r})")
         return (out, {"nfe": nfe, "seconds": seconds, "observed": observation.observed()}) if info else out
 
@@ -307,16 +308,17 @@ class Pipeline:
             bound, stderr = bound[0], stderr[0]
         return (bound, stderr, {"nfe": nfe, "seconds": seconds, "x": x}) if info else (bound, stderr)
 
-    def _map(self, num, seed, generator, setup, progress, what):
+    def _map(self, num, seed, generator, setup, progress, what, planned=None):
         """The skeleton of sample, inpaint, nll and elbo: this process's share [lo, hi) of ``num`` points and its
         own generator (from ``generator``, else one seeded with ``seed``: _share); ``setup(lo, hi, gen) -> (fn,
         chunks, draws)`` prepares the share, ``fn(chunk) -> (out, nfe)`` runs on each chunk (with a progress bar
-        of the model's evaluations), and the outputs of every process are gathered in rank order (by point, for
-        ``draws`` stacked draws per point: _gathered). Returns (out, mean NFE, seconds of the chunks' work)."""
+        of the model's evaluations, out of ``planned`` per chunk where the solver knows them), and the outputs of
+        every process are gathered in rank order (by point, for ``draws`` stacked draws per point: _gathered).
+        Returns (out, mean NFE, seconds of the chunks' work)."""
         lo, hi, gen = _share(num, generator or torch.Generator(self.device).manual_seed(int(seed)))
         fn, chunks, draws = setup(lo, hi, gen)
         with Clock(self.device) as clock:
-            out, nfe = _gathered(*_in_batches(fn, self.model, chunks, progress, what), draws)
+            out, nfe = _gathered(*_in_batches(fn, self.model, chunks, progress, what, planned), draws)
         return out, nfe, clock.seconds
 
     def _checked(self, x, batch, seed, dequantize, progress, info):
@@ -380,11 +382,13 @@ def _gathered(out, nfe, draws=None):
     return distributed.gather_cat(out), float(np.mean(distributed.gather_objects(nfe)))
 
 
-def _in_batches(fn, model, chunks, progress, what):
+def _in_batches(fn, model, chunks, progress, what, planned=None):
     """fn(chunk) over chunks, outputs concatenated, NFE averaged over the calls; with ``progress`` a bar counts
-    the model's evaluations (the work of every solver, adaptive ones included) and the points done."""
+    the model's evaluations (the work of every solver, adaptive ones included) and the points done, out of
+    ``planned`` evaluations per chunk (its total and the time left) where they are known."""
     outs, nfes = [], []
-    with tqdm(desc=what, unit=" evals", disable=hide_progress(progress), dynamic_ncols=True) as bar:
+    total = None if planned is None else planned * len(chunks)
+    with tqdm(desc=what, unit=" evals", total=total, disable=hide_progress(progress), dynamic_ncols=True) as bar:
         def count(*_):
             bar.update(1)
 

@@ -70,6 +70,11 @@ class Solver:
     def solve(self, sde, score, x, eps, generator):
         raise NotImplementedError
 
+    def planned_nfe(self, sde):
+        """The network evaluations one solve under ``sde`` takes, where they are known before it starts (None: the
+        solver chooses its steps as it goes)."""
+        return None
+
     def __repr__(self):
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
@@ -115,6 +120,7 @@ class SteppingSolver(Solver):
     order = 1
     deterministic = True
     fits_grid = False
+    evaluations_per_step = 1
 
     def __init__(self, steps, grid="time", eps=None, denoise=False):
         super().__init__(eps, denoise)
@@ -133,6 +139,10 @@ class SteppingSolver(Solver):
 
     def solve(self, sde, score, x, eps, generator):
         return self.integrate(sde, score, x, self.times(sde, eps), generator)
+
+    def planned_nfe(self, sde):
+        """steps · evaluations_per_step, and one more with ``denoise``."""
+        return self.steps * self.evaluations_per_step + int(self.denoise)
 
     def times(self, sde, eps):
         """The grid of a solve: steps + 1 times from T to eps, float64 on the CPU."""

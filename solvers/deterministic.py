@@ -8,7 +8,7 @@ import torch
 
 from sde.errors import check_choice
 
-from .base import SteppingSolver
+from .base import SteppingSolver, check_eps
 from .exponential import dpm_weights
 
 LOWER_ORDER_FINAL_BELOW = 15
@@ -48,6 +48,10 @@ class Heun(SteppingSolver):
 
     def __init__(self, steps=80, grid="karras", eps=None, denoise=False):
         super().__init__(steps, grid, eps, denoise)
+
+    def planned_nfe(self, sde):
+        last_is_zero = sde.s(torch.tensor(check_eps(sde, self.eps), dtype=torch.float64)).item() == 0
+        return 2 * self.steps - int(last_is_zero) + int(self.denoise)
 
     def start(self, state, x):
         state.correct = (state.sde.s(state.times[1:]) > 0).tolist()

@@ -56,6 +56,11 @@ class Inpainter:
             x = sde.x0_from_score(x, score(x, state.t[-1]), state.t[-1])
         return observation.impose(x, 1.0, 0.0, torch.zeros_like(x)), score.nfe
 
+    def planned_nfe(self, sde):
+        """The solver's evaluations per step taken ``jumps`` times (``denoise``'s one once)."""
+        planned = self.solver.planned_nfe(sde)
+        return None if planned is None else (planned - int(self.solver.denoise)) * self.jumps + int(self.solver.denoise)
+
     @staticmethod
     def impose(state, observation, x, t):
         t = torch.as_tensor(t)

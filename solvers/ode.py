@@ -8,6 +8,7 @@ from .grids import GRIDS, make_grid
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
+STAGES = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}  # network evaluations per step
 
 
 TOLERANCE_MAX = 0.1
@@ -58,6 +59,12 @@ class ProbabilityFlowODE(Solver):
         super().__init__(eps, denoise)
         check_ode_options(method, rtol, atol, steps, grid)
         self.method, self.rtol, self.atol, self.steps, self.grid = method, float(rtol), float(atol), steps, grid
+
+    def planned_nfe(self, sde):
+        """A fixed method's stages times its steps (and one with ``denoise``); None for an adaptive one."""
+        if self.method in ADAPTIVE:
+            return None
+        return STAGES[self.method] * self.steps + int(self.denoise)
 
     def solve(self, sde, score, x, eps, generator):
         def velocity(t, x):

@@ -102,6 +102,11 @@ class PredictorCorrector(SteppingSolver):
         self.corrector_steps = check_int("corrector_steps", corrector_steps, 0)
         self.step_rule = check_choice("step_rule", step_rule, STEP_RULES)
 
+    @property
+    def evaluations_per_step(self):
+        """The corrector's steps and the predictor's one."""
+        return (self.corrector_steps if CORRECTORS[self.corrector] is not None else 0) + 1
+
     def step(self, state, x, t, t_next):
         sde, score, generator = state.sde, state.score, state.generator
         correct = CORRECTORS[self.corrector]

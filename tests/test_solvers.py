@@ -5,7 +5,10 @@ import torch
 from helpers import ALL_SDES, UserVP, assert_recovers, mixture_16d, mixture_2d, sample, slow_except
 from scoresde.evaluation import mixture_report
 from sde import VPSDE, ConfigError, config_scope
-from solvers import EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
+from models import MixtureScore
+from solvers import EulerMaruyama, PredictorCorrector, ProbabilityFlowODE, TuneGrid
+from solvers.adaptive import AdaptiveSDE
+from solvers.fitting import fit_solver
 
 # 500 steps: the discretization error a solver must keep under the tolerances below is that of half the usual
 # 1000 steps (measured at under a third of each tolerance, but for Langevin's widening on VP at 0.038 of 0.065).
@@ -80,6 +83,56 @@ def test_report_detects_a_wrong_distribution():
 def test_nfe_is_counted(solver_name, expected):
     _, nfe = sample(ALL_SDES["vp"](), SOLVERS[solver_name](), mixture_2d(), 10)
     assert nfe == expected
+
+
+PLANNED = [  # (solver name, options): the shipped solvers at short step counts, and what changes a count
+    ("em", {"steps": 7}), ("pc", {"steps": 5}), ("pc", {"steps": 4, "corrector_steps": 3, "denoise": True}),
+    ("pc", {"steps": 6, "predictor": "ancestral", "corrector": "none"}), ("ddim", {"steps": 6}),
+    ("heun", {"steps": 5}), ("heun", {"steps": 5, "eps": 0.0}), ("dpm", {"steps": 6, "denoise": True}),
+    ("sde_dpm", {"steps": 6}), ("dpm", {"steps": 4, "grid": TuneGrid(pilots=8, reference_steps=20)}),
+    ("ode", {"method": "rk4", "steps": 5}),
+    ("ode", {"method": "heun3", "steps": 4}), ("ode", {"method": "midpoint", "steps": 4, "denoise": True}),
+]
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("name, options", PLANNED, ids=[f"{n}-{'-'.join(str(v)[:8] for v in o.values())}" for n, o in PLANNED])
+def test_a_solver_plans_the_evaluations_it_takes(sde_name, name, options):
+    """planned_nfe, which a progress bar takes as its total, is the count a solve then takes (Heun's last step at
+    a zero σ is Euler's; a grid fitted to the model keeps the count); a solver that chooses its steps as it goes
+    plans none."""
+    from scoresde.pipeline import as_solver
+
+    sde = ALL_SDES[sde_name]()
+    solver = as_solver(name, dict(options))
+    if name == "heun" and options.get("eps") == 0.0 and sde.s(torch.tensor(0.0)).item() > 0:
+        pytest.skip("its σ at t = 0 is not zero")
+    fitted, _ = fit_solver(solver, sde, MixtureScore(sde, mixture_2d()), (2,))
+    _, nfe = sample(sde, fitted, mixture_2d(), 10)
+    assert fitted.planned_nfe(sde) == nfe
+    assert ProbabilityFlowODE().planned_nfe(sde) is None and AdaptiveSDE().planned_nfe(sde) is None
+
+
+def test_inpainting_plans_each_step_once_per_jump():
+    from solvers.inpaint import Inpainter
+    from solvers.observe import Observation
+
+    sde, mix = ALL_SDES["vp"](), mixture_2d()
+    x = mix.sample(6, torch.Generator().manual_seed(0))
+    for method, jumps in (("replace", 1), ("resample", 3)):
+        inpainter = Inpainter(PredictorCorrector(steps=5, denoise=True), method, jumps)
+        _, nfe = inpainter(sde, MixtureScore(sde, mix), sde.prior_sample((6, 2), torch.Generator().manual_seed(1)),
+                           Observation(x, torch.tensor([True, False])), torch.Generator().manual_seed(2))
+        assert inpainter.planned_nfe(sde) == nfe == 5 * 2 * jumps + 1
+
+
+def test_the_sampling_bar_shows_its_total(capsys):
+    """A progress bar of pipe.sample counts the evaluations out of the solver's plan for every batch."""
+    from scoresde.pipeline import Pipeline
+
+    sde, mix = ALL_SDES["vp"](), mixture_2d()
+    Pipeline(sde, MixtureScore(sde, mix), mix).sample(30, "ddim", steps=8, batch=10, progress=True)
+    assert "24/24" in capsys.readouterr().err
 
 
 def test_corrector_steps_and_denoise_add_evaluations():
