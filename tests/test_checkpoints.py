@@ -62,6 +62,32 @@ def test_sampling_without_sde_or_model_uses_the_checkpoints_own(trained, tmp_pat
     assert np.allclose(np.load(tmp_path / "samples.npz")["x"], first, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_run_from_a_checkpoint_samples_as_its_training_run_did_unless_told_otherwise(tmp_path):
+    """The solver and sample settings the checkpoint was trained with are a run's defaults (issue 25: a digits
+    model fell back to 200-step EM on 2000 samples); a key set on the command line goes on top of them, a solver
+    chosen by name replaces them, and fast's fitted grid recipe comes back whole."""
+    trained = tmp_path / "trained"
+    proc = run(trained, "train.steps=2", "solver=ddim", "solver.steps=7", "sample.num=33", "sample.max_range=0",
+               *SMALL_MLP)
+    assert proc.returncode == 0, proc.stderr
+    ckpt = f"ckpt={trained / 'checkpoint.pt'}"
+    for name, overrides, (solver, nfe, num) in [
+            ("own", [], ("DDIM", 7, 33)), ("keys", ["solver.steps=4", "sample.num=10"], ("DDIM", 4, 10)),
+            ("chosen", ["solver=em", "solver.steps=5"], ("EulerMaruyama", 5, 33))]:
+        proc = run(tmp_path / name, ckpt, "train.steps=0", *overrides)
+        assert proc.returncode == 0, proc.stderr
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["solver"].startswith(solver) and metrics["nfe_sample"] == nfe, (name, metrics)
+        assert len(np.load(tmp_path / name / "samples.npz")["x"]) == num
+    fast = run(tmp_path / "fast", "train.steps=2", "solver=fast", "solver.grid.iterations=2", "solver.grid.pilots=16",
+               "solver.grid.teacher_steps=10",
+               "sample.num=5", "sample.max_range=0", *SMALL_MLP)
+    assert fast.returncode == 0, fast.stderr
+    meta = torch.load(tmp_path / "fast" / "checkpoint.pt", weights_only=True)["meta"]
+    assert meta["solver"]["grid"]["iterations"] == 2 and "_target_" not in str(meta)
+
+
 @pytest.mark.parametrize("override, needle", [
     ("sde=vp", "was trained with sde._target_='sde.SubVPSDE' but this run has sde._target_='sde.VPSDE'"),
     pytest.param("model.parameterization=eps", "was trained with model.parameterization='x0' but this run has "

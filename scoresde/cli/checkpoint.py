@@ -10,16 +10,17 @@ from sde.errors import ConfigError, ConfigWarning, invalid
 from .args import flatten, override_keys
 
 CHECKPOINT_GROUPS = ("sde", "model", "data")
+SAMPLING_GROUPS = ("solver", "sample")  # how the run that trained it sampled: the default of a run from it
 
 
 def reconcile(cfg, meta, overrides, override=False):
     """Fit the composed config to a checkpoint's ``meta`` (the sde, model and data configs it was trained
-    with). A group the command line leaves alone takes the checkpoint's config; keys the command line sets
-    inside it are set on top of the checkpoint's; a group the command line replaces (``sde=ve``) is compared
-    whole. For sde and model, unless ``override``, a value that differs from the checkpoint's ends in a
-    ConfigError naming both."""
+    with, and its solver and sample settings). A group the command line leaves alone takes the checkpoint's
+    config; keys the command line sets inside it are set on top of the checkpoint's; a group the command line
+    replaces (``sde=ve``, ``solver=em``) is its own. For sde and model, unless ``override``, a value that
+    differs from the checkpoint's ends in a ConfigError naming both."""
     path = meta.get("path", "the checkpoint")
-    for group in CHECKPOINT_GROUPS:
+    for group in CHECKPOINT_GROUPS + SAMPLING_GROUPS:
         theirs = meta.get(group)
         if theirs is None:
             continue
@@ -36,7 +37,7 @@ def reconcile(cfg, meta, overrides, override=False):
                 else:
                     OmegaConf.update(merged, key, value, force_add=True)
             cfg[group] = merged
-        if override or group == "data":
+        if override or group not in ("sde", "model"):
             continue
         new, old = flatten(OmegaConf.to_container(cfg[group], resolve=True)), flatten(theirs)
         for k in sorted(set(new) | set(old)):
@@ -50,8 +51,9 @@ _ABSENT = object()
 
 
 def checkpoint_meta(cfg, overrides):
-    """What ckpt= says about its model (sde, model and data configs, data shape) and its ``step``, with ``cfg``
-    fitted to it by ``reconcile`` under the command line's ``overrides``; None without ckpt=."""
+    """What ckpt= says about its model (sde, model and data configs, data shape, how it sampled) and its
+    ``step``, with ``cfg`` fitted to it by ``reconcile`` under the command line's ``overrides``; None without
+    ckpt=."""
     if not cfg.ckpt:
         return None
     if cfg.ckpt_trusted not in (True, False):

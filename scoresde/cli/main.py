@@ -24,11 +24,12 @@ from scoresde.seeds import Seeds
 from scoresde.tasks import Context, Sampling, TrainingPictures
 from scoresde.training import distributed
 from scoresde.training.checkpoint import write_output
+from scoresde.training.names import all_named
 from scoresde.training.trainer import load_for_sampling
 
 from .args import help_text
 from .build import build, named_by_source, takes
-from .checkpoint import check_steps, checkpoint_meta
+from .checkpoint import CHECKPOINT_GROUPS, SAMPLING_GROUPS, check_steps, checkpoint_meta
 from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_about_scale
 from .errors import one_line_errors, show_warnings_in_one_line
 from .legacy import translate
@@ -141,9 +142,10 @@ def train_or_load(run):
             print(f"trained model of this sweep reused: {cached}", flush=True)
     elif run.trainer.steps > 0:
         loss = build("loss", cfg.loss)
-        spec = {"sde": OmegaConf.to_container(cfg.sde, resolve=True),
-                "model": OmegaConf.to_container(cfg.model, resolve=True),
-                "data": OmegaConf.to_container(cfg.data, resolve=True), "data_spec": run.data.spec()}
+        spec = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in CHECKPOINT_GROUPS + SAMPLING_GROUPS}
+        if not all_named(spec["solver"]):
+            del spec["solver"]  # a user's own solver: a run from the checkpoint names its solver itself
+        spec["data_spec"] = run.data.spec()
         callbacks = [TrainingPictures(run.trainer.sample_every, run.sde, run.data, context)]
         callbacks += [e.callback(run.sde, run.data, context) for e in run.evaluations if hasattr(e, "callback")]
         if cfg.threads == "auto" and not distributed.launched():

@@ -93,6 +93,16 @@ def name_of(target):
     return _BY_PATH.get(target)
 
 
+def all_named(node):
+    """Whether every ``_target_`` in ``node`` is a part the table holds (so that any reader builds it)."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        return (target is None or name_of(target) is not None) and all(all_named(v) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return all(all_named(v) for v in node)
+    return True
+
+
 def named(meta):
     """Metadata to write: each ``_target_`` the table holds replaced by its ``_name_``; one it does not hold (a
     user's own class) is kept as a path, which only a trusted reader builds."""
