@@ -380,6 +380,20 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(tiny_run, tmp_path, name):
     assert not (tmp_path / "out" / "checkpoint.pt").exists() and not (tmp_path / "out" / "samples.npz").exists()
 
 
+@pytest.mark.parametrize("group, key, value", [("solver", "denoise", "maybe"), ("sample", "plot", "maybe"),
+                                               ("data", "seed", "abc")])
+def test_a_checkpoints_own_values_are_checked_as_the_command_lines_are(tiny_run, tmp_path, group, key, value):
+    """A value the checkpoint supplies (its sampling settings, its data config) is held to the command line's
+    rules: one line naming it and the checkpoint, no samples."""
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    state["meta"][group][key] = value
+    torch.save(state, tmp_path / "edited.pt")
+    proc = run(tmp_path / "out", f"ckpt={tmp_path / 'edited.pt'}", "train.steps=0")
+    assert proc.returncode == 2, proc.stderr
+    assert one_line(proc).startswith(f"error: {group}.{key}={value!r} is invalid") and "edited.pt' holds" in proc.stderr
+    assert not (tmp_path / "out" / "samples.npz").exists()
+
+
 @pytest.mark.parametrize("step", ["abc", -5, 10**12, 2.5, True])
 def test_scoresde_load_refuses_a_step_that_is_not_a_count(tiny_run, tmp_path, step):
     state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)

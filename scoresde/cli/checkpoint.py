@@ -8,6 +8,7 @@ from scoresde.training.state import checkpoint_step
 from sde.errors import ConfigError, ConfigWarning, invalid
 
 from .args import flatten, override_keys
+from .values import check_config
 
 CHECKPOINT_GROUPS = ("sde", "model", "data")
 SAMPLING_GROUPS = ("solver", "sample")  # how the run that trained it sampled: the default of a run from it
@@ -60,7 +61,12 @@ def checkpoint_meta(cfg, overrides):
         raise invalid("ckpt_trusted", cfg.ckpt_trusted, "true or false")
     state = read_checkpoint(cfg.ckpt, trusted=cfg.ckpt_trusted)
     meta = dict(state.get("meta") or {}, path=state["path"], step=checkpoint_step(state))
+    reference = cfg.copy()
     reconcile(cfg, meta, overrides, override=cfg.ckpt_override)
+    try:
+        check_config(cfg, reference)
+    except ConfigError as e:
+        raise type(e)(f"{e} (a value ckpt={meta['path']!r} holds)", e.keys) from None
     return meta
 
 
