@@ -380,8 +380,9 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(tiny_run, tmp_path, name):
     assert not (tmp_path / "out" / "checkpoint.pt").exists() and not (tmp_path / "out" / "samples.npz").exists()
 
 
-@pytest.mark.parametrize("group, key, value", [("solver", "denoise", "maybe"), ("sample", "plot", "maybe"),
-                                               ("data", "seed", "abc")])
+@pytest.mark.parametrize("group, key, value", [("solver", "denoise", "maybe"),
+                                               pytest.param("sample", "plot", "maybe", marks=pytest.mark.slow),
+                                               pytest.param("data", "seed", "abc", marks=pytest.mark.slow)])
 def test_a_checkpoints_own_values_are_checked_as_the_command_lines_are(tiny_run, tmp_path, group, key, value):
     """A value the checkpoint supplies (its sampling settings, its data config) is held to the command line's
     rules: one line naming it and the checkpoint, no samples."""
