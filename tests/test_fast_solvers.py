@@ -256,6 +256,7 @@ def test_adaptive_fresh_noise_after_rejection_is_biased():
     assert mixture_report(reference(sde, solver, mix), x)["std_ratio_error"] > 0.1
 
 
+@pytest.mark.slow
 def test_adaptive_is_reproducible_and_counts_two_evaluations_per_iteration():
     sde, mix = ALL_SDES["vp"](), mixture_2d()
     a, nfe_a = sample(sde, AdaptiveSDE(), mix, 50, seed=7)
