@@ -49,12 +49,17 @@ class Heun(SteppingSolver):
     def __init__(self, steps=80, grid="karras", eps=None, denoise=False):
         super().__init__(steps, grid, eps, denoise)
 
+    @staticmethod
+    def corrected(sde, times):
+        """Which steps take the trapezoid's second evaluation: those that end at a σ above zero."""
+        return sde.s(times[1:]) > 0
+
     def planned_nfe(self, sde):
-        last_is_zero = sde.s(torch.tensor(check_eps(sde, self.eps), dtype=torch.float64)).item() == 0
-        return 2 * self.steps - int(last_is_zero) + int(self.denoise)
+        corrections = int(self.corrected(sde, self.times(sde, check_eps(sde, self.eps))).sum())
+        return self.steps + corrections + int(self.denoise)
 
     def start(self, state, x):
-        state.correct = (state.sde.s(state.times[1:]) > 0).tolist()
+        state.correct = self.corrected(state.sde, state.times).tolist()
 
     def step(self, state, x, t, t_next):
         sde, score = state.sde, state.score

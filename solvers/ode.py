@@ -7,8 +7,8 @@ from .base import Solver, time_dtype
 from .grids import GRIDS, make_grid
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
 STAGES = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}  # network evaluations per step
+FIXED = tuple(STAGES)
 
 
 TOLERANCE_MAX = 0.1

@@ -103,14 +103,19 @@ class PredictorCorrector(SteppingSolver):
         self.step_rule = check_choice("step_rule", step_rule, STEP_RULES)
 
     @property
+    def corrections(self):
+        """Corrector steps per grid time (none without a corrector)."""
+        return self.corrector_steps if CORRECTORS[self.corrector] is not None else 0
+
+    @property
     def evaluations_per_step(self):
         """The corrector's steps and the predictor's one."""
-        return (self.corrector_steps if CORRECTORS[self.corrector] is not None else 0) + 1
+        return self.corrections + 1
 
     def step(self, state, x, t, t_next):
         sde, score, generator = state.sde, state.score, state.generator
         correct = CORRECTORS[self.corrector]
-        for _ in range(self.corrector_steps if correct is not None else 0):
+        for _ in range(self.corrections):
             x = correct(sde, score, x, t, generator, self.snr, self.step_rule)
         return PREDICTORS[self.predictor](sde, score, x, t, t_next, generator, last=state.last)
 

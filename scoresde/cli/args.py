@@ -30,17 +30,11 @@ def help_text(conf_dir):
                 "eval": "(a list: eval=[quality,ode], or one more with +eval=ode)"}.get(group,
                                                                          f"(or {group}._target_=your_module.YourClass)")
         lines.append(f"{group}=   {note}")
-        paths = sorted((conf_dir / group).glob("*.yaml"))
-        width = max(len(p.stem) for p in paths) + 2
-        for path in paths:
-            lines += _described(path.stem, first_sentence(path.read_text()), width)
+        lines += _column({p.stem: first_sentence(p.read_text()) for p in sorted((conf_dir / group).glob("*.yaml"))})
         lines.append("")
     lines.append("solver options (each solver's defaults and comments: conf/solver/NAME.yaml; e.g. solver.steps=20):")
-    paths = sorted((conf_dir / "solver").glob("*.yaml"))
-    width = max(len(p.stem) for p in paths) + 2
-    for path in paths:
-        keys = [key for key in OmegaConf.load(path) if key != "_target_"]
-        lines += _described(path.stem, ", ".join(f"solver.{key}" for key in keys), width)
+    lines += _column({p.stem: ", ".join(f"solver.{key}" for key in OmegaConf.load(p) if key != "_target_")
+                      for p in sorted((conf_dir / "solver").glob("*.yaml"))})
     lines.append("")
     lines.append("run options (conf/config.yaml; set any with KEY=VALUE, e.g. train.steps=500):")
     text = (conf_dir / "config.yaml").read_text().split("\nhydra:")[0]
@@ -61,10 +55,13 @@ def first_sentence(text):
     return words[:end.start()] if end else words
 
 
-def _described(name, description, width):
-    """``  name  description`` with the description wrapped under itself."""
-    return textwrap.wrap(description, HELP_WIDTH, initial_indent="  " + name.ljust(width),
-                         subsequent_indent=" " * (2 + width), break_on_hyphens=False) or [f"  {name}"]
+def _column(described):
+    """``  name  description`` for each name, the names in a column as wide as the longest, each description
+    wrapped under itself."""
+    width = max(map(len, described)) + 2
+    return [line for name, text in described.items()
+            for line in textwrap.wrap(text, HELP_WIDTH, initial_indent="  " + name.ljust(width),
+                                      subsequent_indent=" " * (2 + width), break_on_hyphens=False) or [f"  {name}"]]
 
 
 def composed(conf_dir, overrides=()):
