@@ -383,6 +383,43 @@ RUNDIR_CASES = [
 ]
 CASES += RUNDIR_CASES
 
+VICTIM, GOOD = "victim.pt", b"a good checkpoint"
+"""Every case's directory may hold VICTIM (another run's checkpoint, GOOD bytes) and a ``marker`` that code run by
+a crafted file would create: a case that changes the one or makes the other is 'lost' or 'code-exec'."""
+
+
+def _crafted(**meta):
+    """A setup: the 3-step checkpoint with ``meta`` keys replaced (a callable naming VICTIM, marker or payload.pkl
+    under {d}), as edited.pt; VICTIM written beside it."""
+    def setup(d, runner):
+        (d / VICTIM).write_bytes(GOOD)
+        _checkpoint(d, runner, lambda s: s["meta"].update(_in(d, meta)))
+    return setup
+
+
+def _in(d, value):
+    """``value`` with "{d}" in its strings replaced by the folder d, through dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _in(d, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in(d, v) for v in value]
+    return value.replace("{d}", str(d)) if isinstance(value, str) else value
+
+
+def _solver_value(key, value):
+    """A setup: the 3-step checkpoint whose recorded solver config holds ``key``: ``value``."""
+    return _edit(lambda s: s["meta"]["solver"].update({key: value}))
+
+
+def _finished_sweep(d, runner):
+    runner(d / "out", ["-m", f"hydra.sweep.dir={d}/sweep", "seed=1,2", "train.steps=3", *SMALL], cwd=d)
+
+
+OPEN = {"_target_": "builtins.open", "file": "{d}/victim.pt", "mode": "w"}
+PRINTER = {"_target_": "builtins.print", "_args_": ["payload"],
+           "file": {"_target_": "builtins.open", "file": "{d}/payload.pkl", "mode": "w"}}
+LOADER = {"_target_": "torch.load", "f": "{d}/payload.pkl", "weights_only": False}
+
 # --- the Python front door ------------------------------------------------------------------------------------------
 
 FRONTDOOR = """
@@ -442,6 +479,9 @@ FRONTDOOR_CASES = [("frontdoor", name, None, [statement], "error") for name, sta
     ("pipe.nll with an unknown likelihood option", "oracle.nll(x, bogus=1)"),
     ("pipe.sample(num=0)", "oracle.sample(0, solver='ddim')"),
 ]]
+FRONTDOOR_CASES.append(("frontdoor", "x02 scoresde.load of a checkpoint whose meta writes and torch.loads a pickle",
+                        lambda d: _crafted(sde=PRINTER, data=LOADER)(d, run_py), ["scoresde.load('edited.pt')"],
+                        "error"))
 CASES += FRONTDOOR_CASES
 RUNNERS["frontdoor"] = frontdoor_py
 
@@ -556,6 +596,30 @@ CLI_CASES = [
 CASES += CLI_CASES
 
 
+# ---- crafted checkpoints and run directories from any source (issue 25, items 3 and 4) ------------------------------
+
+CRAFTED_CASES = [
+    ("checkpoint", "x03 meta.sde = builtins.open(another run's checkpoint, 'w')", _crafted(sde=OPEN), E, "error"),
+    ("checkpoint", "x04 meta.sde = shutil.copyfile(/dev/null, another run's checkpoint)",
+     _crafted(sde={"_target_": "shutil.copyfile", "src": "/dev/null", "dst": "{d}/victim.pt"}), E, "error"),
+    ("checkpoint", "x01 meta.sde writes a pickle, meta.data torch.loads it", _crafted(sde=PRINTER, data=LOADER), E,
+     "error"),
+    ("checkpoint", "meta.sde = os.system('touch marker')",
+     _crafted(sde={"_target_": "os.system", "command": "touch {d}/marker"}), E, "error"),
+    ("checkpoint", "meta.model.net = builtins.open(...) (nested)",
+     _crafted(model={"_target_": "models.ScoreModel", "parameterization": "x0", "net": OPEN}), E, "error"),
+    ("checkpoint", "a recorded solver value that is not a boolean (solver.denoise='maybe')",
+     _solver_value("denoise", "maybe"), E, "error"),
+    ("checkpoint", "a recorded solver value out of range (solver.steps=-3)", _solver_value("steps", -3), E, "error"),
+    ("checkpoint", "a recorded sample count of 0", _edit(lambda s: s["meta"]["sample"].update(num=0)), E, "error"),
+    ("paths", "hydra.run.dir by an interpolation onto a finished run", _finished_run,
+     ["hydra.run.dir=${{hydra:runtime.cwd}}/out", "train.steps=5"], "error"),
+    ("paths", "a sweep into a directory that holds a finished sweep", _finished_sweep,
+     ["-m", "hydra.sweep.dir={d}/sweep", "seed=3"], "error"),
+]
+CASES += CRAFTED_CASES
+
+
 def run_py(out, overrides, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -580,19 +644,48 @@ def probe(case, workdir, runner=None):
     """How ``case`` ended: (outcome, its error or warning line, the finished run), through ``runner(out,
     overrides, cwd=...)`` (default: the one RUNNERS names for the case's category, else run_py, a process of its
     own) returning a subprocess.CompletedProcess; a setup taking two arguments (a checkpoint to make) gets the
-    runner too."""
+    runner too. A case that is refused (expected 'error') must leave every file it found as it was, else it is
+    'lost'; code that a crafted file ran (a marker or payload.pkl made, VICTIM changed) makes it 'code-exec' or
+    'lost' whatever the process printed."""
     category, name, setup, overrides, expected = case
     d, runner = Path(workdir), runner or RUNNERS.get(category, run_py)
     if setup is not None:
         setup(*[d, runner][:len(inspect.signature(setup).parameters)])
+    before = files(d)
+    got, message, proc = _run_case(category, overrides, d, runner)
+    after = files(d)
+    if (d / "marker").exists() or (d / "payload.pkl").exists():
+        return "code-exec", message, proc
+    if before.get(VICTIM, GOOD) != after.get(VICTIM) and VICTIM in before:
+        return "lost", message, proc
+    if expected == "error" and any(after.get(k) != v for k, v in before.items()):
+        return "lost", message, proc
+    return got, message, proc
+
+
+def files(d):
+    """{path relative to d: bytes} of the regular files under d (links and run locks left out)."""
+    found = {}
+    for root, dirs, names in os.walk(d):
+        dirs[:] = [n for n in dirs if not os.path.islink(os.path.join(root, n))]
+        for n in names:
+            path = Path(root) / n
+            if n != ".lock" and path.is_file() and not path.is_symlink():
+                found[str(path.relative_to(d))] = path.read_bytes()
+    return found
+
+
+def _run_case(category, overrides, d, runner):
     if category == "frontdoor":
         proc = runner(d / "out", overrides, cwd=d)
         message = next((line for line in proc.stderr.splitlines() if line.startswith(("error: ", "warning: "))), "")
         return outcome(proc), message, proc
     args = [o.format(d=d) for o in overrides]
     other = {part for part in ("model", "solver") if any(a.startswith(f"{part}=") for a in args)}
+    if "train.steps=0" in args and any(a.startswith("ckpt=") for a in args):
+        other |= {"solver", "sample"}  # sampled as its training run sampled (SMALL's settings, or the case's own)
     args += [a for a in SMALL if a.split("=")[0] not in {o.split("=")[0] for o in args}
-             and a.split(".")[0] not in other]
+             and a.split("=")[0].split(".")[0] not in other]
     if "train.steps" not in " ".join(args):
         args.append("train.steps=3")
     proc = runner(d / "out", args, cwd=d)

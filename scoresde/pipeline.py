@@ -2,6 +2,7 @@
 
     import scoresde
     pipe = scoresde.load("outputs/2026-11-25/12-00-00")      # a run directory or its checkpoint.pt
+    x = pipe.sample(1000)                                      # with the solver the run sampled with
     x = pipe.sample(1000, solver="dpm", steps=20)             # any solver of SOLVERS, with its options
     nll = pipe.nll(x_test)                                     # nats per point; pipe.bits_per_dim(nll)
     bound, stderr = pipe.elbo(x_test)                          # the variational bound on it, and its MC error
@@ -168,10 +169,25 @@ class Pipeline:
     def __repr__(self):
         return f"Pipeline({self.sde!r}, {type(self.model).__name__}, {self.data!r}, device={self.device})"
 
-    def sample(self, num, solver="dpm", seed=0, batch=10000, progress=False, info=False, generator=None,
+    def solver(self, solver=None, **options):
+        """The Solver ``solver`` names (see as_solver); None: the one the loaded run sampled with (its
+        checkpoint's solver config, ``options`` over it), or DPMSolver's defaults (dpm) without one."""
+        recorded = self.config.get("solver")
+        if solver is not None or not recorded:
+            return as_solver("dpm" if solver is None else solver, options)
+        node = OmegaConf.create(recorded)
+        unknown = sorted(set(options) - set(node.keys()) - {"_target_"})
+        if unknown:
+            keys = ", ".join(k for k in node.keys() if k != "_target_")
+            raise ConfigError(f"{unknown[0]}={options[unknown[0]]!r} is not an option of the solver this model was "
+                              f"trained to sample with ({node._target_}): its options are {keys}", unknown[0])
+        return instantiate_config("solver", node, **options)
+
+    def sample(self, num, solver=None, seed=0, batch=10000, progress=False, info=False, generator=None,
                classes=None, guidance=0.0, **options):
-        """``num`` samples in data space, drawn from the prior and carried to t = eps by ``solver`` (a Solver, or
-        a name from conf/solver/ with ``options`` over its defaults), ``batch`` at a time, with randomness from
+        """``num`` samples in data space, drawn from the prior and carried to t = eps by ``solver`` (a Solver, a
+        name from conf/solver/ with ``options`` over its defaults, or None: the loaded run's own, see
+        Pipeline.solver), ``batch`` at a time, with randomness from
         ``generator`` (default: one seeded with ``seed``). A conditional model samples ``classes`` (a class, a
         list, or 'all' in balance; None: unconditional) with classifier-free guidance of scale ``guidance``
         (models.GuidedScore). A solver whose grid is fitted to the model (solvers.fitting.FitGrid, TuneGrid) is
@@ -181,7 +197,7 @@ class Pipeline:
         of each sample or None}, and "grid_fit": the fit's record when this call fitted the grid."""
         num, batch, seed = check_count("num", num), check_count("batch", batch), check_seed("seed", seed)
         progress, info = check_flag("progress", progress, ("auto",)), check_flag("info", info)
-        solver = as_solver(solver, options)
+        solver = self.solver(solver, **options)
         check_fits_in_memory(num, self.data.shape, self.device)
         labels = class_labels(classes, num, getattr(self.model, "num_classes", None))
         guided = GuidedScore(self.model, labels, guidance)

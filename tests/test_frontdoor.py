@@ -51,6 +51,7 @@ def test_readme_snippet_runs_and_matches_run_py(trained, monkeypatch):
     assert x.shape == (2000, 2) and torch.isfinite(x).all()
     # run.py sampled the same seed with the same solver: the same points
     assert np.allclose(x.cpu().numpy(), np.load(out / "samples.npz")["x"], atol=1e-5)
+    assert torch.equal(pipe.sample(2000), x) and pipe.solver().steps == 20  # the run's own solver by default
     assert nll.shape == (100,) and torch.isfinite(nll).all()
     assert np.isfinite(pipe.bits_per_dim(nll))
 
@@ -73,6 +74,26 @@ def test_the_nll_of_the_front_door_is_exact_on_the_oracle():
     x = mix.sample(200, torch.Generator().manual_seed(0), dtype=torch.float64)
     nll = pipe.nll(x)
     assert (nll.mean() - (-mix.log_prob(x).mean())).abs() / 2 < 0.01
+
+
+def test_a_loaded_run_samples_with_its_own_solver_by_default():
+    """A pipeline whose config records a solver (as a loaded checkpoint's does) samples with it, options on top;
+    without one the default is DPM-Solver's."""
+    sde = VPSDE()
+    mix = GaussianMixture([[-2.0, 0.0], [2.0, 0.0]], [0.3, 0.5], [1, 3])
+    recorded = {"solver": {"_target_": "solvers.DDIM", "steps": 7, "eps": None, "denoise": False,
+                           "grid": {"_target_": "solvers.grids.UniformTime"}}}
+    pipe = scoresde.Pipeline(sde, MixtureScore(sde, mix), mix, device="cpu", config=recorded)
+    assert type(pipe.solver()).__name__ == "DDIM" and pipe.solver().steps == 7
+    assert pipe.solver(steps=3).steps == 3 and type(pipe.solver(steps=3).grid).__name__ == "UniformTime"
+    x, stats = pipe.sample(50, info=True)
+    assert stats["nfe"] == 7
+    assert torch.equal(x, pipe.sample(50, solver=pipe.solver()))
+    with pytest.raises(ConfigError, match="^order=2 is not an option of the solver this model was trained to sample "
+                                          "with \\(solvers.DDIM\\): its options are steps, eps, denoise, grid"):
+        pipe.sample(5, order=2)
+    bare = scoresde.Pipeline(sde, MixtureScore(sde, mix), mix, device="cpu")
+    assert type(bare.solver()).__name__ == "DPMSolver" and bare.solver().steps == 60
 
 
 def test_bits_per_dim_reads_8_bit_data_on_their_scale():

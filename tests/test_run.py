@@ -361,6 +361,26 @@ def test_a_new_run_into_a_finished_runs_directory_is_refused_and_changes_nothing
     assert "holds a finished run" in one_line_error(other) and snapshot(out) == before
 
 
+def test_a_finished_run_is_kept_wherever_the_run_directory_comes_from(tmp_path, monkeypatch):
+    """hydra.run.dir given by an interpolation (as a config file or the environment gives it) is the composed
+    one that Hydra's run callback claims before anything is written; a sweep into a directory that holds finished
+    runs is refused as it starts."""
+    out = tmp_path / "run"
+    assert run_main(out, *TINY).returncode == 0
+    before = snapshot(out)
+    monkeypatch.setenv("PROBE_RUN_DIR", str(out))
+    line = one_line_error(run_main(tmp_path / "elsewhere", *TINY, "hydra.run.dir=${oc.env:PROBE_RUN_DIR}"))
+    assert line.startswith(f"error: hydra.run.dir={str(out)!r} holds a finished run")
+    assert snapshot(out) == before and not (tmp_path / "elsewhere").exists()
+    sweep = tmp_path / "sweep"
+    assert run_main(out, *TINY, "-m", f"hydra.sweep.dir={sweep}", "seed=1,2").returncode == 0
+    kept = snapshot(sweep)
+    line = one_line_error(run_main(out, *TINY, "-m", f"hydra.sweep.dir={sweep}", "seed=3"))
+    assert line == (f"error: hydra.sweep.dir={str(sweep)!r} holds finished runs (0, 1), which this sweep's runs "
+                    "would overwrite: give a new directory")
+    assert snapshot(sweep) == kept
+
+
 @pytest.mark.parametrize("ckpt", ["{out}", pytest.param("{out}/checkpoint.pt", marks=pytest.mark.slow)])
 def test_a_run_that_resumes_the_run_in_its_directory_goes_on(tmp_path, ckpt):
     out = tmp_path / "run"

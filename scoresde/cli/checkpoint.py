@@ -1,7 +1,8 @@
 """The composed config fitted to the checkpoint a run resumes or samples from (ckpt=)."""
-from omegaconf import OmegaConf
-
+import contextlib
 import warnings
+
+from omegaconf import OmegaConf
 
 from scoresde.training.checkpoint import read_checkpoint
 from scoresde.training.state import checkpoint_step
@@ -63,11 +64,33 @@ def checkpoint_meta(cfg, overrides):
     meta = dict(state.get("meta") or {}, path=state["path"], step=checkpoint_step(state))
     reference = cfg.copy()
     reconcile(cfg, meta, overrides, override=cfg.ckpt_override)
-    try:
+    with held_by(meta, overrides, every=True):
         check_config(cfg, reference)
-    except ConfigError as e:
-        raise type(e)(f"{e} (a value ckpt={meta['path']!r} holds)", e.keys) from None
     return meta
+
+
+@contextlib.contextmanager
+def held_by(meta, overrides, every=False):
+    """A ConfigError raised in the block about a value that the checkpoint ``meta`` supplied (in a group the
+    command line ``overrides`` neither chose nor set that key of; ``every``: about any value) says which
+    checkpoint holds it; without ``meta`` the block runs as it is."""
+    supplied = set() if meta is None else supplied_keys(meta, overrides)
+    try:
+        yield
+    except ConfigError as e:
+        if meta is None or not (every or supplied & set(e.keys)) or "ckpt=" in str(e):
+            raise
+        raise type(e)(f"{e} (a value ckpt={meta['path']!r} holds)", e.keys) from None
+
+
+def supplied_keys(meta, overrides):
+    """The dotted config keys (``solver.steps``) whose values reconcile took from the checkpoint ``meta``."""
+    keys = set()
+    for group in CHECKPOINT_GROUPS + SAMPLING_GROUPS:
+        choice, set_here = override_keys(overrides, group)
+        if meta.get(group) is not None and not choice:
+            keys |= {f"{group}.{k}" for k in flatten(meta[group]) if k not in set_here}
+    return keys
 
 
 def check_steps(meta, steps):

@@ -29,11 +29,11 @@ from scoresde.training.trainer import load_for_sampling
 
 from .args import help_text
 from .build import build, named_by_source, takes
-from .checkpoint import CHECKPOINT_GROUPS, SAMPLING_GROUPS, check_steps, checkpoint_meta
+from .checkpoint import CHECKPOINT_GROUPS, SAMPLING_GROUPS, check_steps, checkpoint_meta, held_by
 from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_about_scale
 from .errors import one_line_errors, show_warnings_in_one_line
 from .legacy import translate
-from .rundir import claimed, requested_checkpoint, requested_dir
+from .rundir import claimed
 from .sweep import NOTES, SUMMARY, cached_training, keep_for_sweep
 from .threads import AutoThreads, choose_threads
 from .values import check_command_line
@@ -89,6 +89,12 @@ def build_run(cfg, out, overrides):
     if not main_process:
         cfg.progress = False
     meta = checkpoint_meta(cfg, overrides)
+    with held_by(meta, overrides):
+        return build_parts(cfg, out, overrides, meta, main_process)
+
+
+def build_parts(cfg, out, overrides, meta, main_process):
+    """build_run's parts, from the config fitted to ``meta`` (None without ckpt=)."""
     choose_threads(cfg.threads)
     device = distributed.process_device(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
@@ -246,8 +252,8 @@ def hydra_job(cfg):
 
 def main(argv=None):
     """The command line ``argv`` (default sys.argv[1:]): --help, old spellings translated, group choices and
-    keys checked (each refused in one line), the run directory claimed (rundir.claimed: before Hydra writes its
-    .hydra/ there), then the run under Hydra."""
+    keys checked (each refused in one line), then the run under Hydra, whose callback rundir.ClaimRunDir claims
+    the run directory before Hydra writes its .hydra/ there."""
     argv = sys.argv[1:] if argv is None else list(argv)
     sys.path.append(os.getcwd())
     report_fatal_signals()
@@ -256,16 +262,12 @@ def main(argv=None):
     if {"--help", "-h"} & set(argv):
         print(help_text(conf))
         sys.exit(0)
-    with contextlib.ExitStack() as held:
-        with one_line_errors():
-            argv = translate(argv, evaluation_names(conf))
-            argv = check_command_line(argv, conf)
-            argv = quiet_other_ranks(argv)
-            out = requested_dir(argv)
-            if out is not None and os.environ.get("RANK", "0") == "0" and not multirun(argv):
-                held.enter_context(claimed(out, requested_checkpoint(argv)))
-        sys.argv = sys.argv[:1] + argv
-        hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()
+    with one_line_errors():
+        argv = translate(argv, evaluation_names(conf))
+        argv = check_command_line(argv, conf)
+        argv = quiet_other_ranks(argv)
+    sys.argv = sys.argv[:1] + argv
+    hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()
 
 
 def report_fatal_signals():

@@ -5,45 +5,17 @@ import os
 import stat
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from sde.errors import ConfigError
+
+from .errors import one_line_errors
 
 FINISHED = ("checkpoint.pt", "metrics.json")
 """The files that make a directory a finished (or resumable) run's: a fresh run into it would replace them."""
 
 _held = set()
 """The run directories this process holds (resolved paths)."""
-
-NOT_A_RUN = {"--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc", "--resolve"}
-"""Hydra's flags that print something instead of running the job."""
-
-
-def overrides(argv):
-    """The command line's ``key=value`` overrides as Hydra parses them ({key: value}, the last one of a key
-    winning), or None when Hydra would refuse one (its own error then ends the run) or would not run the job."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    if NOT_A_RUN & set(argv):
-        return None
-    try:
-        parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
-    except HydraException:
-        return None
-    return {o.key_or_group: o.value() for o in parsed}
-
-
-def requested_dir(argv):
-    """The run directory the command line names with ``hydra.run.dir=`` (None when it names none, leaves it to
-    an interpolation, which Hydra resolves to a fresh directory, or is not a run Hydra would start)."""
-    value = (overrides(argv) or {}).get("hydra.run.dir")
-    return None if value is None or "${" in str(value) else Path(str(value))
-
-
-def requested_checkpoint(argv):
-    """What the command line gives ``ckpt=`` (None when nothing)."""
-    value = (overrides(argv) or {}).get("ckpt")
-    return None if value is None else str(value)
-
 
 def resumes(ckpt, out):
     """Whether ``ckpt`` (the command line's ckpt=) names the run in ``out``: the directory or its checkpoint.pt."""
@@ -123,3 +95,47 @@ def claimed(out, ckpt=None):
             _held.discard(key)
     finally:
         os.close(fd)
+
+
+def _refuse_finished_sweep(root):
+    finished = sorted({str(p.parent.relative_to(root)) for name in FINISHED for p in root.glob(f"*/{name}")
+                       if not p.parent.name.startswith(".")})
+    if finished:
+        raise ConfigError(f"hydra.sweep.dir={str(root)!r} holds finished runs ({', '.join(finished)}), "
+                          "which this sweep's runs would overwrite: give a new directory", "hydra.sweep.dir")
+
+
+class ClaimRunDir(Callback):
+    """Hydra's callback that claims the run directory (``claimed``) as the run starts, before Hydra writes its
+    .hydra/ or its log there, wherever hydra.run.dir comes from (the command line, a config file, an
+    interpolation), and holds it to the end of the run; a sweep into a directory that holds finished runs is
+    refused as it starts. Under torchrun only global rank 0 claims (the others write nothing)."""
+
+    def __init__(self):
+        self._held = contextlib.ExitStack()
+
+    def on_run_start(self, config, **kwargs):
+        if os.environ.get("RANK", "0") == "0":
+            with one_line_errors():
+                self._held.enter_context(claimed(_resolved_dir(config, "run"), config.get("ckpt")))
+
+    def on_run_end(self, config, **kwargs):
+        self._held.close()
+
+    def on_multirun_start(self, config, **kwargs):
+        with one_line_errors():
+            _refuse_finished_sweep(_resolved_dir(config, "sweep"))
+
+
+def _resolved_dir(config, mode):
+    """hydra.{mode}.dir of the composed ``config``, its interpolations resolved as Hydra resolves them for the
+    job (HydraConfig set first, as run_job sets it; ${now:...} is cached, so the job gets the same folder)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    HydraConfig.instance().set_config(config)
+    try:
+        return Path(str(config.hydra[mode].dir))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"hydra.{mode}.dir cannot be resolved ({str(e).splitlines()[0]})",
+                          f"hydra.{mode}.dir") from None
