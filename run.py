@@ -2,7 +2,7 @@
 evaluations, write the outputs into the Hydra run directory (scoresde.cli.main.job does each step; the
 installed command ``score-sde`` does the same).
 
-    python run.py                                   # train an MLP on a 2-D toy set, sample with EM
+    python run.py                                   # train an MLP on a 2-D toy set, sample with SDE-DPM-Solver++
     python run.py sde=vp solver=pc
     python run.py solver=ode likelihood=true        # likelihood=true: shorthand for +eval=ode
     python run.py model=oracle data=gmm solver=ode +eval=ode

@@ -429,7 +429,10 @@ import torch
 import scoresde
 from models import MLP, MixtureScore, ScoreModel
 from scoresde import Pipeline
-from scoresde.data import DataSpec, GaussianMixture
+try:
+    from scoresde.data import DataSpec, GaussianMixture
+except ImportError:  # the layout before the package rebuild, for the table of the code before issue 25
+    from scoredata import DataSpec, GaussianMixture
 from sde import ConfigError, VPSDE
 sde = VPSDE()
 mix = GaussianMixture([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], [0.4, 0.4, 0.4], classes=[0, 1, 1])

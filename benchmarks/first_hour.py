@@ -5,7 +5,9 @@ one competing job.
     python -m benchmarks.first_hour --out benchmarks/results/first_hour.md
 
 Each job is a fresh ``python run.py ...`` process; its wall time includes start-up, training, sampling and
-evaluation. 'loaded' = one other process running 1000 × 1000 matrix products on torch's default threads, started
+evaluation; 'first picture' is when its first training picture (samples_step{N}.png) appeared, from the start.
+Rows are kept in <out>.json: a run of some ``--jobs`` replaces their rows and keeps the others', each row with
+the command that measured it. 'loaded' = one other process running 1000 × 1000 matrix products on torch's default threads, started
 ``--warmup`` seconds before the jobs. Before each job the busy cores are measured as threads=auto measures them
 (and idle jobs wait until fewer than 0.2 cores are busy). A job that does not end within ``--timeout`` seconds is
 stopped and reported as such.
@@ -31,20 +33,29 @@ SHOWN = {"default": ("swd", "swd_floor", "support"),
 
 
 def run_job(args, threads, timeout):
-    """Wall seconds and metrics.json of ``python run.py ARGS threads=THREADS`` (None when it timed out)."""
+    """Wall seconds, metrics.json and the seconds to the first training picture of ``python run.py ARGS
+    threads=THREADS`` (None for what did not happen within ``timeout``)."""
     env = {**os.environ}
     env.pop("OMP_NUM_THREADS", None)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "run.py", *args, f"threads={threads}", "progress=false", f"hydra.run.dir={tmp}/run"]
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None, {}
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-        return seconds, json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "run.py", *args, f"threads={threads}", "progress=false", f"hydra.run.dir={out}"]
+        start, picture = time.perf_counter(), None
+        with open(Path(tmp) / "stderr", "w+") as err:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+            while proc.poll() is None and time.perf_counter() - start < timeout:
+                if picture is None and any(out.glob("samples_step*.png")):
+                    picture = time.perf_counter() - start
+                time.sleep(0.2)
+            seconds = time.perf_counter() - start
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                return None, {}, picture
+            if proc.returncode != 0:
+                err.seek(0)
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-2000:]}")
+        return seconds, json.loads((out / "metrics.json").read_text()), picture
 
 
 def main():
@@ -55,6 +66,10 @@ def main():
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
+    command = (f"python -m benchmarks.first_hour --jobs {' '.join(args.jobs)} --warmup {args.warmup:g} "
+               f"--timeout {args.timeout:g}" + (f" --out {args.out}" if args.out else ""))
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    measured = f"{head.stdout.strip() or '?'}, {time.strftime('%Y-%m-%d')}"
     rows = []
     for load in ("idle", "loaded"):
         with competing_load(load == "loaded", args.warmup):
@@ -63,14 +78,20 @@ def main():
                     if load == "idle":
                         wait_until_idle()
                     load_avg = busy_cores(1.0)
-                    seconds, metrics = run_job(JOBS[job], threads, args.timeout)
-                    rows.append((load, job, threads, load_avg, seconds, metrics))
+                    seconds, metrics, picture = run_job(JOBS[job], threads, args.timeout)
+                    rows.append(dict(load=load, job=job, threads=threads, busy=load_avg, seconds=seconds,
+                                     picture=picture, metrics=metrics, command=command, timeout=args.timeout,
+                                     measured=measured))
                     shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in SHOWN[job] if k in metrics)
                     print(f"{load:7s} {job:8s} threads={threads}: "
                           f"{'timed out' if seconds is None else f'{seconds:.0f} s'} "
                           f"(train {metrics.get('train_seconds', float('nan')):.0f} s) {shown}", flush=True)
     if args.out:
-        write_table(args, rows, cores)
+        kept = args.out.with_suffix(".json")
+        old = json.loads(kept.read_text()) if kept.exists() else []
+        rows = [r for r in old if r["job"] not in args.jobs] + rows
+        kept.write_text(json.dumps(rows, indent=1) + "\n")
+        write_table(args, sorted(rows, key=lambda r: (r["load"] != "idle", list(JOBS).index(r["job"]))), cores)
 
 
 def wait_until_idle(limit=120.0):
@@ -82,20 +103,24 @@ def wait_until_idle(limit=120.0):
 def write_table(args, rows, cores):
     import torch
 
-    lines = [f"Command: `python -m benchmarks.first_hour --jobs {' '.join(args.jobs)} --warmup {args.warmup:g} "
-             f"--timeout {args.timeout:g} --out {args.out}`", "",
+    commands = list(dict.fromkeys((r["command"], r.get("measured", "?")) for r in rows))
+    lines = ["Commands (each row names its own; rows of jobs a later command did not run are kept): " +
+             ", ".join(f"({i + 1}) `{c}` (commit {at})" for i, (c, at) in enumerate(commands)), "",
              f"Machine: {cores} cores, no GPU, torch {torch.__version__}. Jobs: `default` = `python run.py`, "
              "`digits` = `python run.py experiment=digits`. 'loaded' = one other process running 1000 × 1000 "
              f"matrix products on torch's default threads, started {args.warmup:g} s before. 'busy' = the cores other "
              f"work kept busy just before the job, as threads=auto measures them; threads={cores} is torch's old "
              "default.",
-             "", "| load | job | threads | busy | wall s | train s | sample s | likelihood s | metrics |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for load, job, threads, load_avg, seconds, m in rows:
-        wall = f"> {args.timeout:g} (stopped)" if seconds is None else f"{seconds:.0f}"
-        shown = ", ".join(f"{k} {m[k]:.3g}" for k in SHOWN[job] if k in m)
-        lines.append(f"| {load} | {job} | {threads} | {load_avg:.2f} | {wall} | {_f(m, 'train_seconds')} | "
-                     f"{_f(m, 'sample_seconds')} | {_f(m, 'likelihood_seconds')} | {shown} |")
+             "", "| load | job | threads | busy | wall s | first picture s | train s | sample s | likelihood s | "
+             "metrics | command |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        m = r["metrics"]
+        wall = f"> {r.get('timeout', args.timeout):g} (stopped)" if r["seconds"] is None else f"{r['seconds']:.0f}"
+        picture = "–" if r.get("picture") is None else f"{r['picture']:.0f}"
+        shown = ", ".join(f"{k} {m[k]:.3g}" for k in SHOWN[r["job"]] if k in m)
+        lines.append(f"| {r['load']} | {r['job']} | {r['threads']} | {r['busy']:.2f} | {wall} | {picture} | "
+                     f"{_f(m, 'train_seconds')} | {_f(m, 'sample_seconds')} | {_f(m, 'likelihood_seconds')} | "
+                     f"{shown} | ({commands.index((r['command'], r.get('measured', '?'))) + 1}) |")
     args.out.write_text("\n".join(lines) + "\n")
 
 

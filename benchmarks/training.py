@@ -50,7 +50,7 @@ DATA = {  # name: overrides
             "data.stds=[0.25,0.6,0.15,0.35,0.45,0.2]", "data.weights=[3,5,2,6,4,1]"],
     "checkerboard": ["data=checkerboard"],
 }
-PRESETS = (["experiment=flow_matching"], ["experiment=precise"])
+PRESETS = {"flow_matching": ["experiment=flow_matching"], "precise": ["experiment=precise"]}
 FRESH_SEED = 2027  # the --fresh mixtures' seed: no recipe was chosen on them
 
 
@@ -71,7 +71,8 @@ def fresh(k, seed=FRESH_SEED):
                              f"data.weights={weights.tolist()}".replace(" ", "")]
     return sets
 
-FORMER = ["model.parameterization=eps", "loss.weighting=eps", "model.net.hidden=128"]  # the former default job
+FORMER = ["model.parameterization=eps", "loss.weighting=eps", "model.net.hidden=128", "model.net.embed_dim=128",
+          "solver=em"]  # the former default job
 OBJECTIVES = {  # name: overrides over the former default job (whose loss is eps)
     "eps (the default)": [],
     "likelihood, importance t": ["loss.weighting=likelihood", "loss.time=importance"],
@@ -182,12 +183,12 @@ def job(name, overrides, out, test=10000, samples=20000):
     return row
 
 
-def part_rows(part, budget, choice_budget, out, sets=DATA):
+def part_rows(part, budget, choice_budget, out, sets=DATA, presets=tuple(PRESETS)):
     if part == "default":
         return [{**job(f"`python run.py {' '.join(o)}`", o, out), "data": d} for d, o in sets.items()]
     if part == "preset":
-        return [{**job(f"`python run.py {' '.join(p + o)}`", p + o, out), "data": d}
-                for p in PRESETS for d, o in sets.items()]
+        return [{**job(f"`python run.py {' '.join(PRESETS[p] + o)}`", PRESETS[p] + o, out), "data": d}
+                for p in presets for d, o in sets.items()]
     if part == "objectives":
         return [{**measure(n, DATA["eight_gaussians"] + FORMER + o, budget, out, test=4000), "data": "eight_gaussians"}
                 for n, o in OBJECTIVES.items() if o]
@@ -219,8 +220,14 @@ TITLES = {
 
 
 def write(rows, out, args, command):
+    """<out>.md and <out>.json of ``rows``; a row without its ``run`` (the command that measured it) gets
+    ``command``, and the table lists every command its rows came from."""
+    for r in rows:
+        r.setdefault("run", command)
+    runs = list(dict.fromkeys(r["run"] for r in rows))
     lines = ["# Training to a wall-clock budget on 2-D data of known density", "",
-             f"`{command}`", "",
+             "Rows measured by " + "; ".join(f"`{c}`" for c in runs) + " (a later command replaces only the "
+             "rows of its own parts, presets and data sets).", "",
              f"Device: CPU, {args.threads} torch threads, torch {torch.__version__}. KL is per dimension, paired on the "
              "same test points (model NLL by the probability-flow ODE, dopri5 at 1e-5, minus the exact NLL). "
              "Weights TV at 20,000 samples of the configured solver; 'exact TV' is what as many exact samples "
@@ -242,17 +249,24 @@ def main(argv=None):
     p.add_argument("--fresh", type=int, default=0, metavar="K",
                    help="also K mixtures drawn from FRESH_SEED (fresh0, ...) in the default and preset parts")
     p.add_argument("--only-fresh", action="store_true", help="the default and preset parts on the fresh mixtures only")
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS),
+                   help="the presets of the preset part (their rows replace only those presets' rows)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count())
+    p.add_argument("--render", action="store_true", help="only write <out>.md again from <out>.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
+    if args.render:
+        write(old, out, args, "an earlier command")
+        return old
     parts = ("default", "preset", "objectives", "choices") if args.part == "all" else (args.part,)
-    rows = [r for r in old if r["part"] not in parts or (args.only_fresh and not r["data"].startswith("fresh"))]
+    rows = [r for r in old if r["part"] not in parts or (args.only_fresh and not r["data"].startswith("fresh"))
+            or (r["part"] == "preset" and not any(PRESETS[p][0] in r["overrides"] for p in args.presets))]
     for part in parts:
         sets = {**({} if args.only_fresh else DATA), **fresh(args.fresh)}
-        rows += [{**r, "part": part} for r in part_rows(part, args.budget, args.choice_budget, out, sets)]
+        rows += [{**r, "part": part} for r in part_rows(part, args.budget, args.choice_budget, out, sets, args.presets)]
         write(rows, out, args, "python -m benchmarks.training " + " ".join(sys.argv[1:] if argv is None else argv))
     return rows
 

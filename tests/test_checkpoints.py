@@ -423,3 +423,16 @@ def test_resuming_at_the_checkpoints_own_step_says_nothing_is_trained(tiny_run, 
     warned = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
     assert warned == [f"warning: ckpt={str(tiny_run / 'checkpoint.pt')!r} has reached train.steps=3 already: nothing "
                       "is trained, it is sampled as it is"]
+
+
+def test_a_checkpoints_solver_serves_only_the_task_it_sampled_for(tiny_run, tmp_path):
+    """The 3-step run sampled with DDIM (5 steps): a run from it that samples does too; one that inpaints takes
+    the inpainting task's own solver (Euler–Maruyama), as it would without ckpt=."""
+    sampled = run(tmp_path / "sample", f"ckpt={tiny_run}", "train.steps=0")
+    assert sampled.returncode == 0, sampled.stderr
+    assert json.loads((tmp_path / "sample" / "metrics.json").read_text())["nfe_sample"] == 5
+    inpainted = run(tmp_path / "inpaint", f"ckpt={tiny_run}", "train.steps=0", "task=inpaint", "mask=coordinates",
+                    "mask.coordinates=[0]", "solver.steps=7", "task.num=4", "task.completions=1")
+    assert inpainted.returncode == 0, inpainted.stderr
+    metrics = json.loads((tmp_path / "inpaint" / "metrics.json").read_text())
+    assert metrics["solver"].startswith("EulerMaruyama(") and metrics["nfe_inpaint"] == 7

@@ -17,17 +17,20 @@ SAMPLING_GROUPS = ("solver", "sample")  # how the run that trained it sampled: t
 
 def reconcile(cfg, meta, overrides, override=False):
     """Fit the composed config to a checkpoint's ``meta`` (the sde, model and data configs it was trained
-    with, and its solver and sample settings). A group the command line leaves alone takes the checkpoint's
-    config; keys the command line sets inside it are set on top of the checkpoint's; a group the command line
-    replaces (``sde=ve``, ``solver=em``) is its own. For sde and model, unless ``override``, a value that
-    differs from the checkpoint's ends in a ConfigError naming both."""
-    path = meta.get("path", "the checkpoint")
+    with, and its solver and sample settings, which serve only a run of the task they served). A group the
+    command line leaves alone takes the checkpoint's config; keys the command line sets inside it are set on top
+    of the checkpoint's; a group the command line replaces (``sde=ve``, ``solver=em``) is its own. For sde and
+    model, unless ``override``, a value that differs from the checkpoint's ends in a ConfigError naming both.
+    Returns the dotted keys (``solver.steps``) whose values came from the checkpoint."""
+    path, supplied = meta.get("path", "the checkpoint"), set()
     for group in CHECKPOINT_GROUPS + SAMPLING_GROUPS:
         theirs = meta.get(group)
-        if theirs is None:
+        if theirs is None or (group in SAMPLING_GROUPS and meta.get("task", cfg.task.get("_target_")) !=
+                              cfg.task.get("_target_")):
             continue
         choice, keys = override_keys(overrides, group)
         if not choice:
+            supplied |= {f"{group}.{k}" for k in flatten(theirs) if k not in keys}
             merged = OmegaConf.create(theirs)
             for key in keys:
                 value = OmegaConf.select(cfg[group], key, default=_ABSENT)
@@ -47,6 +50,7 @@ def reconcile(cfg, meta, overrides, override=False):
                 raise ConfigError(f"ckpt={path!r} was trained with {group}.{k}={old.get(k)!r} but this run has "
                                   f"{group}.{k}={new.get(k)!r}: leave {group} out to use the checkpoint's own, or "
                                   f"add ckpt_override=true", "ckpt")
+    return supplied
 
 
 _ABSENT = object()
@@ -63,34 +67,23 @@ def checkpoint_meta(cfg, overrides):
     state = read_checkpoint(cfg.ckpt, trusted=cfg.ckpt_trusted)
     meta = dict(state.get("meta") or {}, path=state["path"], step=checkpoint_step(state))
     reference = cfg.copy()
-    reconcile(cfg, meta, overrides, override=cfg.ckpt_override)
-    with held_by(meta, overrides, every=True):
+    meta["supplied"] = reconcile(cfg, meta, overrides, override=cfg.ckpt_override)
+    with held_by(meta, every=True):
         check_config(cfg, reference)
     return meta
 
 
 @contextlib.contextmanager
-def held_by(meta, overrides, every=False):
-    """A ConfigError raised in the block about a value that the checkpoint ``meta`` supplied (in a group the
-    command line ``overrides`` neither chose nor set that key of; ``every``: about any value) says which
+def held_by(meta, every=False):
+    """A ConfigError raised in the block about a value that the checkpoint ``meta`` supplied (one of
+    ``meta["supplied"]``, as reconcile fitted the config to it; ``every``: about any value) says which
     checkpoint holds it; without ``meta`` the block runs as it is."""
-    supplied = set() if meta is None else supplied_keys(meta, overrides)
     try:
         yield
     except ConfigError as e:
-        if meta is None or not (every or supplied & set(e.keys)) or "ckpt=" in str(e):
+        if meta is None or not (every or set(meta.get("supplied", ())) & set(e.keys)) or "ckpt=" in str(e):
             raise
         raise type(e)(f"{e} (a value ckpt={meta['path']!r} holds)", e.keys) from None
-
-
-def supplied_keys(meta, overrides):
-    """The dotted config keys (``solver.steps``) whose values reconcile took from the checkpoint ``meta``."""
-    keys = set()
-    for group in CHECKPOINT_GROUPS + SAMPLING_GROUPS:
-        choice, set_here = override_keys(overrides, group)
-        if meta.get(group) is not None and not choice:
-            keys |= {f"{group}.{k}" for k in flatten(meta[group]) if k not in set_here}
-    return keys
 
 
 def check_steps(meta, steps):

@@ -89,7 +89,7 @@ def build_run(cfg, out, overrides):
     if not main_process:
         cfg.progress = False
     meta = checkpoint_meta(cfg, overrides)
-    with held_by(meta, overrides):
+    with held_by(meta):
         return build_parts(cfg, out, overrides, meta, main_process)
 
 
@@ -152,6 +152,7 @@ def train_or_load(run):
         if not all_named(spec["solver"]):
             del spec["solver"]  # a user's own solver: a run from the checkpoint names its solver itself
         spec["data_spec"] = run.data.spec()
+        spec["task"] = cfg.task.get("_target_")  # the task the solver and sample settings served
         callbacks = [TrainingPictures(run.trainer.sample_every, run.sde, run.data, context)]
         callbacks += [e.callback(run.sde, run.data, context) for e in run.evaluations if hasattr(e, "callback")]
         if cfg.threads == "auto" and not distributed.launched():
