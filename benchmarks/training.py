@@ -40,7 +40,6 @@ from hydra.utils import instantiate
 
 from scoresde.evaluation import mixture_report
 from scoresde.data import GaussianMixture
-from scoresde.training import Trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 DATA = {  # name: overrides
