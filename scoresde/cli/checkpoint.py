@@ -23,10 +23,10 @@ def reconcile(cfg, meta, overrides, override=False):
     model, unless ``override``, a value that differs from the checkpoint's ends in a ConfigError naming both.
     Returns the dotted keys (``solver.steps``) whose values came from the checkpoint."""
     path, supplied = meta.get("path", "the checkpoint"), set()
+    same_task = meta.get("task") in (None, cfg.task.get("_target_"))  # None: a checkpoint from before it was kept
     for group in CHECKPOINT_GROUPS + SAMPLING_GROUPS:
         theirs = meta.get(group)
-        if theirs is None or (group in SAMPLING_GROUPS and meta.get("task", cfg.task.get("_target_")) !=
-                              cfg.task.get("_target_")):
+        if theirs is None or (group in SAMPLING_GROUPS and not same_task):
             continue
         choice, keys = override_keys(overrides, group)
         if not choice:

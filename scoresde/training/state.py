@@ -22,9 +22,9 @@ class TrainState:
 
     ``optimizer``: 'adam' (L2 weight decay added to the gradient) or 'adamw' (decoupled weight decay);
     ``ema_warmup``: the EMA's decay warm-up (EMA). ``train_model`` is the module the loss calls: the model itself,
-    or a wrapper of it (compiled, distributed) that shares its parameters; the state saves the model. On CUDA the
-    optimizer runs fused (one kernel for all parameters; on the CPU a quarter of the unfused one's time for the default MLP),
-    where this torch has a fused kernel for the device.
+    or a wrapper of it (compiled, distributed) that shares its parameters; the state saves the model. The
+    optimizer runs fused (one kernel for all parameters; on the CPU a quarter of the unfused step's time for the
+    default MLP) where this torch has a fused kernel for the device and dtype, unfused elsewhere.
 
     In a distributed run every process holds a TrainState: the data generator is shared (every rank draws the
     global batch from the same stream), while process ``rank`` draws its noise, times and the global random
