@@ -525,6 +525,7 @@ DIGITS = ["data=digits", "model=unet", "model.net.channels=8", "model.net.multip
 INPAINT = ["model=oracle", "data=gmm", "task=inpaint", "solver=em", "solver.steps=5"]
 CLI_CASES = [
     ("config", "[a06] sample.plot=maybe", None, ["sample.plot=maybe"], "error"),
+    ("config", "[h13] ~KEY of a key the config lacks", None, ["~sample.nonexistent"], "error"),
     ("config", "[s13] progress=maybe", None, ["progress=maybe"], "error"),
     ("config", "[s15] ckpt_override=maybe", None, ["ckpt_override=maybe"], "error"),
     ("checkpoint", "[k51] ckpt_override=maybe with another sde", _checkpoint,

@@ -13,6 +13,8 @@ STREAMS = {
     "inpaint_points": 7,    # the held-out points that task=inpaint or colorize completes
     "inpaint_report": 8,    # the draws of the exact conditional in the inpainting report
     "fid": 9,               # the prior draws and solver noise of the FID samples
+    "prdc": 10,             # the data points that the samples' precision, recall, density and coverage compare with
+    "protocol": 11,         # the seeds of task=fid_protocol's sample sets (its seed i draws from this stream + i)
     "pictures": 0,          # the prior draws of the training pictures (the same points at every step)
     "fid_reference": 0,     # the training images drawn for FID's reference statistics
 }

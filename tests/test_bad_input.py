@@ -142,6 +142,7 @@ def test_an_error_names_the_key_the_user_sets(tmp_path, overrides, line):
 # ---- command-line values (issue 25 item 2): CLI_CASES of benchmarks/bad_inputs.py, probe ids in brackets
 
 CLI_LINES = {  # the start of each case's one line (after "error: " or "warning: ")
+    "[h13]": "Could not delete from config. 'sample.nonexistent' does not exist. (~KEY deletes",
     "[a06]": "sample.plot='maybe' is invalid: expected true or false",
     "[s13]": "progress='maybe' is invalid: expected auto, true or false",
     "[s15]": "ckpt_override='maybe' is invalid: expected true or false",
@@ -203,9 +204,10 @@ CLI_IN = {"[a14]": "under guidance.scale=1e+30", "[k45]": "nonexistent-scoresde.
           "[d08]": "beyond 1e+18", "[f08]": "(mode I;16): read at 8 bits, 0..65535 scaled to 0..255",
           "[f21]": "(mode F): read at 8 bits, 0..1 scaled to 0..255", "[i18]": "expected"}
 BEFORE_HYDRA = {"[a06]", "[s13]", "[s15]", "[t25]", "[t31]", "[v09]", "[v23]", "[s02]", "[s03]", "[s04]", "[t29]",
-                "[d43]", "[i24]", "[s11]", "[l11]", "[h11]", "[h12]", "[h07]"}
+                "[d43]", "[i24]", "[s11]", "[l11]", "[h11]", "[h12]", "[h13]", "[h07]"}
 """Refused from the command line alone: the run directory is never created."""
-CLI_FAST = {"[a06] sample.plot=maybe", "[s02] seed=2**70", "[s11] device=meta", "[h11] broken override syntax",
+CLI_FAST = {"[a06] sample.plot=maybe", "[h13] ~KEY of a key the config lacks", "[s02] seed=2**70",
+            "[s11] device=meta", "[h11] broken override syntax",
             "[h07] sweep whose second run is bad", "[f08] 16-bit PNGs", "[v02] solver.eps=-1"}
 
 

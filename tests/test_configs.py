@@ -59,7 +59,7 @@ def test_every_group_choice_builds(group, choice, tmp_path):
     if group == "mask" and choice in ("file", "coordinates"):
         pytest.skip(f"mask={choice} needs its own arguments (a path, a list of coordinates)")
     arg = f"+eval={choice}" if group == "eval" else f"{group}={choice}"
-    if group == "eval" and choice == "fid":
+    if group == "eval" and choice in ("fid", "fd_dinov2"):
         extra = ["data=digits", "model=unet"]
     parts = build_parts([arg, *extra], tmp_path)
     if group == "eval":
@@ -153,5 +153,5 @@ def test_the_command_line_checks_take_a_list_group_whole():
     check_group_choices(["eval=[quality,ode]", "+eval=elbo"], CONF)
     check_override_keys(translate(["eval=[quality,ode]", "eval.ode.method=rk4", "+eval=elbo", "eval.elbo.draws=8"],
                                   evaluation_names(), notice=False), CONF)
-    with pytest.raises(ConfigError, match="eval='odee' is unknown: choose one of classifier, elbo, fid"):
+    with pytest.raises(ConfigError, match="eval='odee' is unknown: choose one of classifier, elbo, fd_dinov2, fid"):
         check_group_choices(["eval=[quality,odee]"], CONF)

@@ -374,7 +374,7 @@ TINY_UNET = ["data=digits", "model=unet", "model.net.channels=16", "model.net.mu
 def test_run_with_fid_during_and_after_training(tmp_path):
     """run.py +eval=fid with the stand-in: fid, kid, kid_std, fid_num in metrics.json, fid_log.csv at
     eval.fid.every steps and the end (the end's FID is the last logged one), the reference computed once across
-    two runs."""
+    two runs; precision, recall, density and coverage in the same features."""
     log = tmp_path / "seen.txt"
     args = [*TINY_UNET, "+eval=fid", "eval.fid.num=40", f"eval.fid.cache={tmp_path / 'cache'}",
             "eval.fid.features._target_=test_fid.StandIn", f"+eval.fid.features.log={log}"]
@@ -382,8 +382,11 @@ def test_run_with_fid_during_and_after_training(tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["fid_num"] == 40 and metrics["fid"] > 0 and metrics["kid_std"] > 0 and "kid" in metrics
+    assert metrics["prdc_num"] == 40 and all(0 <= metrics[k] <= 1 for k in ("precision", "recall", "coverage"))
     rows = (tmp_path / "a" / "fid_log.csv").read_text().splitlines()
-    assert rows[0] == "step,fid,kid" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert rows[0] == "step,fid,kid,precision,recall,density,coverage"
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert float(rows[-1].split(",")[4]) == pytest.approx(metrics["recall"], rel=1e-5)
     assert float(rows[-1].split(",")[1]) == pytest.approx(metrics["fid"], rel=1e-5)
     assert sum(int(n) for n in log.read_text().split()) == 1617 + 2 * 40
     proc = run(tmp_path / "b", *args, "train.steps=2")
@@ -421,3 +424,45 @@ def test_run_names_missing_inception_weights(tmp_path):
     assert len(lines) == 1 and "eval.fid.features.weights='/nowhere/inception.pth' is not a file" in lines[0]
     assert URL in lines[0]
     assert not (tmp_path / "out" / "train_log.csv").exists()
+
+
+@pytest.mark.slow
+def test_the_fid_protocol_scores_independent_sample_sets_against_the_whole_training_split(tmp_path):
+    """task=fid_protocol on a tiny trained U-Net with the stand-in: each set's FID is the FID of that many
+    samples drawn with its own seed, the mean and the minimum are theirs, the reference is the whole training
+    split, and the table names the solver, its NFE and the counts."""
+    from scoresde import load
+    from scoresde.seeds import Seeds
+
+    proc = run(tmp_path / "a", *TINY_UNET, "train.steps=2")
+    assert proc.returncode == 0, proc.stderr
+    args = [*TINY_UNET, f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0", "task=fid_protocol",
+            "task.num=24", "task.seeds=2", f"task.cache={tmp_path / 'cache'}", "task.k=2", "task.k_density=2",
+            "task.features.fid._target_=test_fid.StandIn", "sample.batch=10",
+            "eval=[]"]
+    proc = run(tmp_path / "b", *args)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    summary = json.loads((tmp_path / "b" / "fid_protocol.json").read_text())
+    fids = [row["fid"] for row in summary["sets"]]
+    assert metrics["fid_seeds"] == fids and metrics["fid_min"] == min(fids) and len(set(fids)) == 2
+    assert metrics["fid_mean"] == pytest.approx(sum(fids) / 2) and metrics["nfe_sample"] == 3
+    assert summary["reference"] == {"fid": len(Digits().train_index)} and summary["num"] == 24
+    pipe = load(tmp_path / "a")
+    base = Seeds(0)["protocol"]
+    assert [row["seed"] for row in summary["sets"]] == [base, base + 1]
+    fid = FID(Digits(), StandIn(), cache=tmp_path / "cache", prdc=True, k=2, k_density=2)
+    solver = solvers_ddim(3)
+    gen = torch.Generator().manual_seed(base + 1)
+    x = torch.cat([pipe.sample(n, solver, batch=10, generator=gen) for n in (10, 10, 4)])
+    assert fid(x)["fid"] == pytest.approx(fids[1], rel=1e-6)
+    table = (tmp_path / "b" / "fid_protocol.md").read_text()
+    assert "DDIM" in table and "3 network evaluations per sample; 24 samples per set, 2 sets" in table
+    assert table.count("\n| ") == 5 and "| min |" in table and "| mean |" in table
+
+
+def solvers_ddim(steps):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "solver" / "ddim.yaml"), {"steps": steps}))

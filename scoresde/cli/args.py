@@ -73,9 +73,15 @@ def composed(conf_dir, overrides=()):
 @functools.lru_cache(maxsize=128)
 def _composed(conf_dir, overrides):
     from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
 
     with initialize_config_dir(conf_dir, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        try:
+            return compose("config", overrides=list(overrides))
+        except ConfigCompositionException as e:
+            if "Could not delete from config" not in str(e):
+                raise
+            raise ConfigError(f"{str(e).splitlines()[0]} (~KEY deletes a key that the config has)") from None
 
 
 def check_override_keys(argv, conf_dir):

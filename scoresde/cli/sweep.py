@@ -17,12 +17,16 @@ SUMMARY = ("train_steps", "train_seconds", "nfe_sample", "sample_seconds", "swd"
            "nfe_inpaint", "inpaint_seconds", "inpaint_rmse", "inpaint_known_error", "inpaint_weights_tv",
            "inpaint_logp_gap_per_dim",
            "nll", "exact_nll", "bpd", "nfe_likelihood", "likelihood_seconds", "elbo", "elbo_bpd", "elbo_stderr", "fid",
-           "kid", "kid_std", "fid_num", "fid_seconds")
+           "kid", "kid_std", "fid_num", "fid_seconds", "precision", "recall", "density", "coverage",
+           "precision_floor", "recall_floor", "density_floor", "coverage_floor", "fd_dinov2", "fd_dinov2_kid",
+           "fd_dinov2_precision", "fd_dinov2_recall", "fd_dinov2_density", "fd_dinov2_coverage")
 
 NOTES = {"nll": "nats per point, of the density of the data as the network sees it (pixels scaled to [-1, 1])",
          "bpd": "bits per dimension of the data in its own units (8-bit pixels: of the dequantized levels)",
          "elbo": "a bound on nll, in the same units",
-         "swd_floor": "the SWD between two sets of exact draws of this size: swd at or below it is sampling noise"}
+         "swd_floor": "the SWD between two sets of exact draws of this size: swd at or below it is sampling noise",
+         "precision_floor": "of exact draws of the same count: precision, recall, density and coverage are read "
+                            "against their _floor values"}
 """What the summary prints beside a metric whose units or meaning are not obvious from its name."""
 
 

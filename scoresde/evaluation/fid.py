@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from sde.errors import ConfigError, check_int
 
+from .prdc import DENSITY_COVERAGE_K, PRECISION_RECALL_K, prdc
+
 DEFAULT_CACHE = Path("~/.cache/score-sde/fid")
 CACHE_VERSION = 1
 
@@ -167,7 +169,7 @@ class InceptionFeatures:
 
 class Reference:
     """Statistics of the reference images' features: mean (F,), covariance (F, F), ``kid_features`` (a random
-    subset of the rows, for KID), ``num`` images; ``path`` of the cache file they came from or went to."""
+    subset of the rows, for KID and PRDC), ``num`` images; ``path`` of the cache file they came from or went to."""
 
     def __init__(self, mean, cov, kid_features, num, path=None):
         self.mean, self.cov, self.kid_features, self.num, self.path = mean, cov, kid_features, int(num), path
@@ -175,9 +177,13 @@ class Reference:
 
 class FID:
     """FID and KID of samples against the training images of ``data`` (8-bit images: samples are rounded to
-    its levels first, as data.quantize defines) through the feature network ``features``.
+    its levels first, as data.quantize defines) through the feature network ``features``; with ``prdc`` also
+    precision and recall (neighbourhoods of ``k`` rows) and density and coverage (``k_density`` rows) between
+    as many of the stored reference rows (a seeded choice) as there are samples and as many samples
+    (scoresde.evaluation.prdc).
 
-    The reference statistics (mean, covariance and ``kid_reference`` stored feature rows) of ``reference_num``
+    The reference statistics (mean, covariance and ``kid_reference`` stored feature rows, for KID and PRDC) of
+    ``reference_num``
     training images (None: the whole training split of a finite set, else 10000 draws) are computed once and
     kept in ``cache`` (None: ~/.cache/score-sde/fid), keyed by the data set (its class and spec, and a digest of the images, so a moved folder
     still hits and a changed file misses), their number and shape, and the feature network's name; the file is
@@ -185,7 +191,8 @@ class FID:
     """
 
     def __init__(self, data, features, cache=DEFAULT_CACHE, batch=500, reference_num=None, kid_subsets=100,
-                 kid_subset_size=1000, kid_reference=10000, seed=0, progress=False):
+                 kid_subset_size=1000, kid_reference=10000, seed=0, progress=False, prdc=False,
+                 k=PRECISION_RECALL_K, k_density=DENSITY_COVERAGE_K):
         if data.levels is None or len(data.shape) != 3 or data.levels > 256:
             raise ConfigError(f"FID needs 8-bit images (levels up to 256, shape (C, H, W)); {data!r} has "
                               f"{'no levels' if data.levels is None else f'{data.levels} levels'}")
@@ -196,6 +203,9 @@ class FID:
             "kid_subset_size", kid_subset_size, 2)
         self.kid_reference = check_int("kid_reference", kid_reference, 2)
         self.seed, self.progress = int(seed), progress
+        if prdc not in (True, False):
+            raise ConfigError(f"prdc={prdc!r} is invalid: expected true or false", "prdc")
+        self.prdc, self.k, self.k_density = prdc, check_int("k", k), check_int("k_density", k_density)
         self._reference = None
 
     def reference_images(self):
@@ -258,23 +268,49 @@ class FID:
 
     def __call__(self, samples):
         """{"fid", "kid", "kid_std", "fid_num"} of ``samples``: a tensor (N, C, H, W) in the data's range, or an
-        iterable of such batches."""
-        ref = self.reference()
-        batches = samples.split(self.batch) if torch.is_tensor(samples) else samples
-        moments, kept = Moments(), []
-        for x in batches:
-            if tuple(x.shape[1:]) != tuple(self.data.shape):
-                raise ConfigError(f"samples of shape {tuple(x.shape[1:])} do not fit the data's shape "
-                                  f"{tuple(self.data.shape)}")
-            f = torch.as_tensor(self.features(to_uint8(x.detach(), self.data)))
-            moments.add(f)
-            kept.append(f.float())
-        mean, cov = moments.result()
-        features = torch.cat(kept)
-        value, std = kid(torch.from_numpy(ref.kid_features).to(features.device), features, self.kid_subsets,
-                         self.kid_subset_size, torch.Generator().manual_seed(self.seed + 1))
-        return {"fid": frechet_distance(ref.mean, ref.cov, mean, cov), "kid": value, "kid_std": std,
-                "fid_num": moments.n}
+        iterable of such batches; with ``prdc`` also "precision", "recall", "density", "coverage" and
+        "prdc_num", the rows of each side they compared."""
+        scoring = self.scoring()
+        for x in samples.split(self.batch) if torch.is_tensor(samples) else samples:
+            scoring.add(x)
+        return scoring.result()
+
+    def scoring(self):
+        """An accumulator of sample batches (``add``) whose ``result()`` is what __call__ returns, so that one
+        stream of samples can be scored by several feature networks."""
+        return Scoring(self, self.reference())
+
+
+class Scoring:
+    """The features of the samples given so far to a FID (``add``), and their scores (``result``)."""
+
+    def __init__(self, fid, ref):
+        self.fid, self.ref, self.moments, self.kept = fid, ref, Moments(), []
+
+    def add(self, x):
+        fid = self.fid
+        if tuple(x.shape[1:]) != tuple(fid.data.shape):
+            raise ConfigError(f"samples of shape {tuple(x.shape[1:])} do not fit the data's shape "
+                              f"{tuple(fid.data.shape)}")
+        for part in x.split(fid.batch):
+            f = torch.as_tensor(fid.features(to_uint8(part.detach(), fid.data)))
+            self.moments.add(f)
+            self.kept.append(f.float())
+
+    def result(self):
+        fid, ref = self.fid, self.ref
+        mean, cov = self.moments.result()
+        features = torch.cat(self.kept)
+        value, std = kid(torch.from_numpy(ref.kid_features).to(features.device), features, fid.kid_subsets,
+                         fid.kid_subset_size, torch.Generator().manual_seed(fid.seed + 1))
+        scores = {"fid": frechet_distance(ref.mean, ref.cov, mean, cov), "kid": value, "kid_std": std,
+                  "fid_num": self.moments.n}
+        if fid.prdc:
+            num = min(len(features), len(ref.kid_features))
+            rows = torch.randperm(len(ref.kid_features), generator=torch.Generator().manual_seed(fid.seed + 2))[:num]
+            real = torch.from_numpy(ref.kid_features[rows.numpy()]).to(features.device)
+            scores.update(prdc(real, features[:num], fid.k, fid.k_density), prdc_num=num)
+        return scores
 
 
 def read_reference(path, key):

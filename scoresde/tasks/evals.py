@@ -7,7 +7,7 @@ import numpy as np
 
 from sde.errors import ConfigError, check_int, config_scope
 from scoresde.data import GaussianMixture
-from scoresde.evaluation import classifier_report, mixture_report, sample_quality
+from scoresde.evaluation import classifier_report, mixture_report, prdc, sample_quality
 from scoresde.evaluation.classify import applies as classifier_applies
 from solvers import ELBO, ODELikelihood
 
@@ -40,6 +40,36 @@ class Mixture:
         if context.samples is None or not isinstance(pipe.data, GaussianMixture):
             return {}
         return mixture_report(pipe.data, context.samples, context.labels)
+
+
+class PRDC:
+    """Precision, recall, density and coverage of the samples in the data space (scoresde.evaluation.prdc)
+    against as many fresh data points, at most ``num``, from the "prdc" stream, with ``k`` and ``k_density``
+    neighbours; beside them their exact-sample values (_floor: a second data draw against the first), so that a
+    model is read against what exact samples of the same count give. For continuous data; 8-bit images are
+    scored in their pixels by eval=fid with scoresde.evaluation.PixelFeatures."""
+
+    name = "prdc"
+
+    def __init__(self, num=10000, k=3, k_density=5):
+        self.num, self.k = check_int("num", num, 2), check_int("k", k)
+        self.k_density = check_int("k_density", k_density)
+
+    def setup(self, data, model, context):
+        if data.levels is not None:
+            raise ConfigError(f"eval=[prdc] scores continuous data in their own space; {data!r} holds 8-bit images: "
+                              "use eval=[fid] with eval.fid.features._target_=scoresde.evaluation.PixelFeatures")
+
+    def __call__(self, pipe, context):
+        if context.samples is None:
+            return {}
+        x = context.samples[: self.num].cpu()
+        gen = context.seeds.generator("prdc")
+        real, floor = pipe.data.sample(len(x), gen), pipe.data.sample(len(x), gen)
+        with config_scope(f"eval.{self.name}"):
+            scores = prdc(real, x, self.k, self.k_density)
+            exact = prdc(real, floor, self.k, self.k_density)
+        return {**scores, **{f"{name}_floor": value for name, value in exact.items()}, "prdc_num": len(x)}
 
 
 class Classifier:
