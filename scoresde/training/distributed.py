@@ -8,11 +8,19 @@ Leaving together: a process that stops on an error announces it in the run's sto
 process reaches) before it says anything; the first to announce prints its reason, any other leaves without a word
 once that reason is printed, and a watchdog thread ends a process whose peer announced an error (its main thread
 may be waiting in a collective for the peer that left), with the peer's exit status.
+
+Losing a process without a word (a node whose torchrun agent was killed, or whose machine went down): a worker
+whose agent is gone leaves at once and silently (its node is gone; lost_peer's line comes from the survivors); a
+survivor meets the loss as a failed collective (a connection reset or closed by its peer, lost_peer) or, when the
+agent that hosted the store is gone, as a store that no longer answers, and prints one line; with the store gone
+there is no first process to agree on, and local rank 0 of each surviving node prints it.
 """
 import contextlib
 import datetime
 import gc
 import os
+import re
+import socket
 import sys
 import threading
 import time
@@ -28,7 +36,9 @@ ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 FAILED = "scoresde/failed"
 REPORTED = "scoresde/reported"
-_failure = {"store": None, "announced": False, "first": False, "stop": None}
+_failure = {"store": None, "announced": False, "first": False, "stop": None, "lost": False}
+PEER_GONE = re.compile(r"Connection (reset|closed) by peer|Connection was likely closed|Broken pipe|"
+                       r"remote process exited|NCCL communicator was aborted")
 
 
 def launched():
@@ -85,7 +95,11 @@ def _own_rank():
 def _store():
     """A client of the store every process of this torchrun reaches (the agent's, which outlives any worker; or
     the group's, once it is joined), or None: outside torchrun, or before the group is joined where the agent
-    keeps no store."""
+    keeps no store; or one that no longer answers: store_alive)."""
+    if _failure.get("lost"):
+        return None
+    if _failure["store"] is not None and not store_alive():
+        return None
     if _failure["store"] is None and launched() and "MASTER_ADDR" in os.environ and (
             initialized() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"):
         try:
@@ -96,6 +110,20 @@ def _store():
         prefix = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
         _failure["store"] = dist.PrefixStore(prefix, store)
     return _failure["store"]
+
+
+def store_alive(timeout=2.0):
+    """Whether the run's store (MASTER_ADDR:MASTER_PORT) still accepts a connection, asked with a plain socket (a
+    request to a store that is gone fails only after TCPStore's own multi-line warning); once it does not, the
+    store counts as gone for good (its host left: the run cannot go on)."""
+    if _failure.get("lost"):
+        return False
+    try:
+        socket.create_connection((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])), timeout).close()
+        return True
+    except (KeyError, ValueError, OSError):
+        _failure["lost"] = True
+        return False
 
 
 def announce_failure(status):
@@ -110,7 +138,7 @@ def announce_failure(status):
         return True
     store = _store()
     if store is None:
-        _failure["first"] = _own_rank() == 0
+        _failure["first"] = int(os.environ.get("LOCAL_RANK", 0)) == 0 if _failure.get("lost") else _own_rank() == 0
         return _failure["first"]
     mine = f"{_own_rank()}:{int(status)}"
     try:
@@ -161,30 +189,66 @@ def _wait_for_report(store, seconds, poll=0.05):
         time.sleep(poll)
 
 
-def watch_peers(interval=0.2):
-    """Starts the watchdog of this process: a daemon thread that, every ``interval`` seconds, looks for an error
-    announced by another process and then ends this one with that process's exit status, without a word, once
-    its reason is printed (this process's main thread may be blocked in a collective waiting for the peer that
-    left). A process that announced an error itself is not stopped by it."""
+def watch_peers(interval=0.2, grace=3.0):
+    """Starts the watchdog of this process: a daemon thread that, every ``interval`` seconds, looks for
+    - an error announced by another process: it ends this one with that process's exit status, without a word,
+      once its reason is printed (this process's main thread may be blocked in a collective waiting for the peer
+      that left);
+    - the torchrun agent that started this process gone (killed; this process's parent changed): it ends this
+      one at once and without a word, as the node's death would have (its peers then meet lost_peer);
+    - the run's store gone (the node whose agent hosted it left): unless the main thread reports an error of its
+      own within ``grace`` seconds (a failed collective, with what it knows of the checkpoint), it prints
+      lost_peer's line and ends this one with exit status 2.
+    A process that announced an error itself is not stopped by it."""
     if _failure["stop"] is not None or _store() is None:
         return
     stop = _failure["stop"] = threading.Event()
+    parent = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+
+    def leave(status):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
     def watch():
+        lost_at = None
         while not stop.wait(interval):
             if _failure["announced"]:
                 return
+            if parent is not None and os.getppid() != parent:
+                leave(1)
+            if _store() is None:
+                lost_at = time.monotonic() if lost_at is None else lost_at
+                if time.monotonic() - lost_at >= grace and not _failure["announced"]:
+                    if announce_failure(2):
+                        print(f"error: {lost_peer_reason()}", file=sys.stderr)
+                    leave(2)
+                continue
             status = peer_failure()
             if status is not None and not _failure["announced"]:
                 try:
                     _wait_for_report(_store(), 10.0)
-                except (RuntimeError, ValueError, OSError):
+                except (AttributeError, RuntimeError, ValueError, OSError):
                     pass
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
+                leave(status)
 
     threading.Thread(target=watch, name="scoresde-peer-watchdog", daemon=True).start()
+
+
+def lost_peer(error):
+    """Whether ``error`` is a collective's failure because a peer process is gone without a word (its connection
+    reset or closed: it was killed, or its node went down) in a distributed run, no process having announced an
+    error of its own (announce_failure)."""
+    return (initialized() and world_size() > 1 and isinstance(error, RuntimeError)
+            and bool(PEER_GONE.search(str(error))) and peer_failure() is None)
+
+
+def lost_peer_reason(error=None):
+    """The line a survivor prints when a peer is gone without a word (``error``: the failed collective's)."""
+    seen = PEER_GONE.search(str(error)) if error is not None else None
+    how = f"a collective failed ({seen.group(0)})" if seen else "the run's store stopped answering"
+    return (f"rank {_own_rank()} of {os.environ.get('WORLD_SIZE', world_size())}: {how}: a process of this run "
+            "left without a word (killed, or its node went down), so every process stops")
 
 
 def split_rows(fn):
