@@ -20,6 +20,7 @@ import datetime
 import gc
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -88,6 +89,42 @@ def init_from_env(device_type="cpu", timeout_minutes=30):
     return device
 
 
+_stderr_lock = threading.Lock()
+C10D_NOTE = re.compile(r"^(\[rank\d+\]:)?\[W\d+ .*(TCPStore|Utils)\.(cpp|hpp)|^Exception raised from |^frame #\d+: |"
+                       r"^<omitting python frames>$|^$")
+
+
+def quietly(fn, *args):
+    """fn(*args) with what C++ writes on file descriptor 2 meanwhile kept back and written after it, less
+    TCPStore's multi-line note on a failed request (a store whose host is gone: the caller says what that means
+    in one line)."""
+    with _stderr_lock:
+        sys.stderr.flush()
+        saved, (read, write) = os.dup(2), os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        try:
+            return fn(*args)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            with os.fdopen(read, "r", errors="replace") as pipe:
+                kept = [line for line in pipe.read().splitlines(True) if not C10D_NOTE.match(line.rstrip("\n"))]
+            if kept:
+                os.write(2, "".join(kept).encode())
+
+
+class QuietStore:
+    """A store whose requests go through ``quietly``."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __getattr__(self, name):
+        method = getattr(self.store, name)
+        return lambda *args: quietly(method, *args)
+
+
 def _own_rank():
     return int(os.environ.get("RANK", rank()))
 
@@ -103,12 +140,13 @@ def _store():
     if _failure["store"] is None and launched() and "MASTER_ADDR" in os.environ and (
             initialized() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"):
         try:
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                  timeout=datetime.timedelta(seconds=10), wait_for_workers=False)
+            store = quietly(lambda: dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                                  is_master=False, timeout=datetime.timedelta(seconds=10),
+                                                  wait_for_workers=False))
         except (RuntimeError, ValueError, OSError):
             return None
         prefix = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
-        _failure["store"] = dist.PrefixStore(prefix, store)
+        _failure["store"] = QuietStore(dist.PrefixStore(prefix, store))
     return _failure["store"]
 
 
@@ -126,12 +164,31 @@ def store_alive(timeout=2.0):
         return False
 
 
+def orphaned():
+    """Whether the torchrun agent that started this process is gone (its parent changed since watch_peers began):
+    its node counts as dead."""
+    parent = _failure.get("parent")
+    return parent is not None and os.getppid() != parent
+
+
+def leave_if_orphaned():
+    """Ends this process at once and without a word (exit status 1) when its torchrun agent is gone: the survivors
+    report the loss of its node (lost_peer)."""
+    if orphaned():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 def announce_failure(status):
     """Announces that this process leaves on an error with exit status ``status``; True when it is to print
     the reason: the first process of the run to announce one (outside torchrun, the only process), False when
     another process was first (this one leaves without a word, see leave_after_report). Without a store to
     announce in (a command-line error before the group is joined, where the agent keeps none) every process met
     the same command line: rank 0 prints."""
+    leave_if_orphaned()
+    if _failure["announced"] and _failure.get("lost"):
+        return False
     _failure["announced"] = True
     if not launched():
         _failure["first"] = True
@@ -203,7 +260,10 @@ def watch_peers(interval=0.2, grace=3.0):
     if _failure["stop"] is not None or _store() is None:
         return
     stop = _failure["stop"] = threading.Event()
-    parent = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        _failure["parent"] = os.getppid()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_terminate)
 
     def leave(status):
         sys.stdout.flush()
@@ -215,8 +275,7 @@ def watch_peers(interval=0.2, grace=3.0):
         while not stop.wait(interval):
             if _failure["announced"]:
                 return
-            if parent is not None and os.getppid() != parent:
-                leave(1)
+            leave_if_orphaned()
             if _store() is None:
                 lost_at = time.monotonic() if lost_at is None else lost_at
                 if time.monotonic() - lost_at >= grace and not _failure["announced"]:
@@ -232,13 +291,31 @@ def watch_peers(interval=0.2, grace=3.0):
                     pass
                 leave(status)
 
-    threading.Thread(target=watch, name="scoresde-peer-watchdog", daemon=True).start()
+    _failure["watcher"] = threading.Thread(target=watch, name="scoresde-peer-watchdog", daemon=True)
+    _failure["watcher"].start()
+
+
+def _on_terminate(signum, frame):
+    """SIGTERM from this node's torchrun agent: it stops its workers when one of them failed (that one says why),
+    and when it lost the run's store with the node that hosted it: then this process prints lost_peer's line
+    (unless it printed one already). Either way it ends at once, with exit status 2 for a lost store, else
+    128 + the signal's number."""
+    leave_if_orphaned()
+    status = 128 + signum
+    if not _failure["announced"] and _store() is None and _failure.get("lost"):
+        status = 2
+        if announce_failure(2):
+            print(f"error: {lost_peer_reason()}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def lost_peer(error):
     """Whether ``error`` is a collective's failure because a peer process is gone without a word (its connection
     reset or closed: it was killed, or its node went down) in a distributed run, no process having announced an
-    error of its own (announce_failure)."""
+    error of its own (announce_failure). A process whose own agent is gone leaves here, without a word."""
+    leave_if_orphaned()
     return (initialized() and world_size() > 1 and isinstance(error, RuntimeError)
             and bool(PEER_GONE.search(str(error))) and peer_failure() is None)
 
@@ -278,7 +355,8 @@ def shutdown(wait=True):
     """Leaves the process group, if this process joined one, once every process has reached this point (a process
     that tears its connections down while another still uses them can abort at exit). Unreachable objects that
     hold the group's work (a DDP wrapper kept alive by a reference cycle) are freed first: freed only while the
-    interpreter shuts down, gloo's threads abort the process (SIGABRT). ``wait=False`` (a process that stopped
+    interpreter shuts down, gloo's threads abort the process (SIGABRT); so does a watchdog left inside a request to
+    the store, so it is stopped and waited for. ``wait=False`` (a process that stopped
     on an error) leaves without waiting for the others, and without complaint if the group is already broken by
     a process that left."""
     if initialized():
@@ -288,6 +366,7 @@ def shutdown(wait=True):
             if _failure["stop"] is not None:
                 _failure["stop"].set()
                 _failure["stop"] = None
+                _failure.pop("watcher").join(5.0)
             dist.destroy_process_group()
             _failure["store"] = None
             return

@@ -1,0 +1,198 @@
+"""Two torchrun "nodes" on the loopback address (``--nnodes 2 --nproc-per-node 1``, the c10d rendezvous on
+127.0.0.1 at a free port, gloo on the CPU, each node a torchrun process of its own in a folder of its own): they
+take the steps one process takes at the same global batch, rank 0 alone writes, and a node whose torchrun is
+killed (SIGKILL) ends the run on every process with one line on the survivor's stderr, the last good checkpoint
+kept, from which the same command with ckpt= continues. Slow (two starts of torchrun each)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoresde.training.checkpoint import read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MATCH_LOSS = '''"""A loss without random draws (DSM draws its noise per rank), so that two nodes and one process take
+comparable steps: mean |model(x0, 1/2) + x0 / 2|^2."""
+import torch
+
+
+class MatchLoss:
+    def __init__(self, **options):
+        pass
+
+    def __call__(self, model, sde, x0, generator=None):
+        return (model(x0, torch.full((len(x0),), 0.5)) + 0.5 * x0).pow(2).mean()
+'''
+
+SMALL = ["device=cpu", "threads=1", "model.net.hidden=16", "model.net.depth=1", "train.batch_size=32",
+         "train.warmup=1", "train.sample_every=0", "sample.num=40", "solver.steps=5", "progress=false",
+         "eval=[quality]", "loss._target_=matchloss.MatchLoss"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machines(tmp_path):
+    """Two folders standing for two machines' working directories, each holding the loss module."""
+    folders = [tmp_path / f"node{n}" for n in range(2)]
+    for folder in folders:
+        folder.mkdir()
+        (folder / "matchloss.py").write_text(MATCH_LOSS)
+    return folders
+
+
+def start_nodes(tmp_path, folders, args, attempt):
+    """Both nodes' torchrun, the first (which hosts the rendezvous store) started first; each process's output in
+    logs/ATTEMPT/nodeN."""
+    port, nodes = free_port(), []
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    environment.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
+    for n, folder in enumerate(folders):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", attempt,
+                   "--redirects", "3", "--log-dir", str(tmp_path / "logs" / attempt / f"node{n}"),
+                   str(ROOT / "run.py"), *args]
+        nodes.append(subprocess.Popen(command, cwd=folder, env=environment, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+        if n == 0:
+            time.sleep(0.3)
+    return nodes
+
+
+def finish(nodes, timeout):
+    """Each node's (exit status, its torchrun's stderr); a node still running after ``timeout`` seconds fails the
+    test (a hang): its workers are sent SIGABRT first (faulthandler writes their stacks into their logs)."""
+    deadline, done = time.monotonic() + timeout, []
+    for node in nodes:
+        try:
+            _, err = node.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            for other in nodes:
+                for w in (children(other.pid) if alive(other.pid) else []):
+                    os.kill(w, signal.SIGABRT)
+            time.sleep(1)
+            for other in nodes:
+                other.kill()
+            pytest.fail(f"a node was still running {timeout} s on")
+        done.append((node.returncode, err))
+    return done
+
+
+def worker_output(tmp_path, attempt, n):
+    """Node n's worker: (its stdout, its stderr)."""
+    folders = list((tmp_path / "logs" / attempt / f"node{n}").glob("*/attempt_0/0"))
+    assert len(folders) == 1, folders
+    return (folders[0] / "stdout.log").read_text(), (folders[0] / "stderr.log").read_text()
+
+
+def children(pid):
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid):
+    """Whether process ``pid`` runs (a zombie that nobody reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def weights(path):
+    state = read_checkpoint(path)
+    return state["step"], state["model"], state["ema"]["shadow"]
+
+
+@pytest.mark.slow
+def test_two_nodes_take_the_steps_of_one_process_and_rank_zero_alone_writes(tmp_path, monkeypatch):
+    """8 steps at the global batch 32 (16 rows on each node): the weights and the EMA equal one process's to float
+    tolerance; of the two machines' folders exactly one (rank 0's) holds the run directory, the other nothing."""
+    from scoresde.cli.main import run
+
+    folders = machines(tmp_path)
+    args = [*SMALL, "train.steps=8", "train.log_every=4", "train.ckpt_every=4"]
+    start = time.perf_counter()
+    done = finish(start_nodes(tmp_path, folders, args, "same"), 60)
+    seconds = time.perf_counter() - start
+    assert [status for status, _ in done] == [0, 0], done
+    written = [sorted(p.name for p in folder.iterdir() if p.name != "matchloss.py") for folder in folders]
+    assert sorted(written) == [[], ["outputs"]], written
+    main = folders[written.index(["outputs"])]
+    runs = list(main.glob("outputs/*/*"))
+    assert len(runs) == 1 and {"checkpoint.pt", "train_log.csv", "metrics.json"} <= {p.name for p in runs[0].iterdir()}
+
+    monkeypatch.syspath_prepend(str(folders[0]))
+    threads = torch.get_num_threads()
+    try:
+        metrics = run([a for a in args if a != "threads=1"] + ["threads=1"], tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["train_steps"] == 8 and "processes" not in metrics
+    (step, model, ema), (one_step, one_model, one_ema) = weights(runs[0] / "checkpoint.pt"), weights(
+        tmp_path / "one" / "checkpoint.pt")
+    assert step == one_step == 8
+    for mine, theirs in ((model, one_model), (ema, one_ema)):
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            torch.testing.assert_close(mine[k], theirs[k], rtol=1e-5, atol=1e-6, msg=k)
+    rows = [[r.split(",")[:2] for r in (folder / "train_log.csv").read_text().splitlines()[1:]]
+            for folder in (runs[0], tmp_path / "one")]
+    assert [r[0] for r in rows[0]] == [r[0] for r in rows[1]] == ["4", "8"]
+    torch.testing.assert_close(torch.tensor([float(r[1]) for r in rows[0]]),
+                               torch.tensor([float(r[1]) for r in rows[1]]), rtol=1e-4, atol=0)
+    print(f"two nodes, 8 steps + sampling: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_a_killed_node_ends_every_process_with_one_line_and_the_run_resumes(tmp_path):
+    """The torchrun of the first node (it hosts the rendezvous store) is killed with SIGKILL once a checkpoint
+    exists: its worker, orphaned, leaves at once and silently; the other node's worker meets the lost peer and
+    prints one line, nothing else, naming the checkpoint; every process is gone within seconds; the checkpoint
+    reads whole, and the same command with ckpt= trains on to its new train.steps on two nodes."""
+    folders = machines(tmp_path)
+    out = tmp_path / "out"
+    args = [*SMALL, "train.steps=100000", "train.log_every=10", "train.ckpt_every=10", f"hydra.run.dir={out}"]
+    nodes = start_nodes(tmp_path, folders, args, "kill")
+    deadline = time.monotonic() + 40
+    while not (out / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline and all(node.poll() is None for node in nodes), "no checkpoint"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    workers = children(nodes[0].pid)
+    assert len(workers) == 1
+    start = time.perf_counter()
+    nodes[0].send_signal(signal.SIGKILL)
+    (killed, _), (survivor, launcher) = finish(nodes, 30)
+    while alive(workers[0]) and time.perf_counter() - start < 10:
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    assert killed == -signal.SIGKILL and survivor != 0
+    assert not alive(workers[0]), "the killed node's worker went on"
+    orphan, other = worker_output(tmp_path, "kill", 0), worker_output(tmp_path, "kill", 1)
+    assert orphan[1] == "" and "Traceback" not in orphan[0]
+    line = other[1].splitlines()
+    assert len(line) == 1 and line[0].startswith("error: rank ") and "left without a word" in line[0], other[1]
+    assert str(out / "checkpoint.pt") in line[0] and "Traceback" not in other[0]
+    assert seconds < 10
+
+    step = read_checkpoint(out / "checkpoint.pt")["step"]
+    assert step >= 10 and step % 10 == 0
+    resumed = tmp_path / "resumed"
+    again = [a for a in args if not a.startswith(("train.steps=", "hydra.run.dir="))]
+    done = finish(start_nodes(tmp_path, folders, [*again, f"ckpt={out / 'checkpoint.pt'}",
+                                                  f"train.steps={step + 10}", f"hydra.run.dir={resumed}"],
+                              "resume"), 60)
+    assert [status for status, _ in done] == [0, 0], done
+    assert read_checkpoint(resumed / "checkpoint.pt")["step"] == step + 10
+    rows = (resumed / "train_log.csv").read_text().splitlines()
+    assert rows[-1].split(",")[0] == str(step + 10)
+    print(f"a killed node: every process gone in {seconds:.1f} s")
