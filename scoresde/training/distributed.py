@@ -67,10 +67,12 @@ def is_main_process():
 
 def process_device(device):
     """This process's device: under torchrun a CUDA device is cuda:LOCAL_RANK (one GPU per process), whatever
-    index it was given; anything else as it is."""
+    index it was given (LOCAL_RANK mod the GPUs it sees, where a launcher bound fewer to each process: SLURM's
+    gpus_per_task=1 shows each task its own as cuda:0); anything else as it is."""
     device = torch.device(device)
     if device.type == "cuda" and launched():
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+        return torch.device("cuda", local if local < count or count == 0 else local % count)
     return device
 
 
