@@ -322,12 +322,25 @@ def lost_peer(error):
             and bool(PEER_GONE.search(str(error))) and peer_failure() is None)
 
 
+def keep_checkpoint_in(path):
+    """Names the file where rank 0 keeps the run's last good checkpoint, for lost_peer_reason (None: none)."""
+    _failure["checkpoint"] = None if path is None else str(path)
+
+
 def lost_peer_reason(error=None):
-    """The line a survivor prints when a peer is gone without a word (``error``: the failed collective's)."""
+    """The line a survivor prints when a peer is gone without a word (``error``: the failed collective's), with
+    where the last good checkpoint is (keep_checkpoint_in)."""
     seen = PEER_GONE.search(str(error)) if error is not None else None
     how = f"a collective failed ({seen.group(0)})" if seen else "the run's store stopped answering"
+    path = _failure.get("checkpoint")
+    kept = ""
+    if path is not None and is_main_process():
+        kept = f"; the last good checkpoint is {path} (ckpt= resumes it)" if os.path.exists(path) else (
+            "; no checkpoint was written yet")
+    elif path is not None:
+        kept = f"; rank 0 keeps the last good checkpoint in {path} (ckpt= resumes it)"
     return (f"rank {_own_rank()} of {os.environ.get('WORLD_SIZE', world_size())}: {how}: a process of this run "
-            "left without a word (killed, or its node went down), so every process stops")
+            f"left without a word (killed, or its node went down), so every process stops{kept}")
 
 
 def split_rows(fn):

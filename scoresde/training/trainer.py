@@ -228,6 +228,7 @@ class Trainer:
         out_dir, device = Path(out_dir), torch.device(device)
         ckpt_path = out_dir / "checkpoint.pt"
         main, rank, world = is_main_process(), distributed.rank(), distributed.world_size()
+        distributed.keep_checkpoint_in(ckpt_path if world > 1 else None)
         local_batch = self.local_batch(world)
         part = (rank, world) if world > 1 else None
         if main:
@@ -282,59 +283,50 @@ class Trainer:
         batches = data.batches(self.batch_size, state.data_generator, labels=num_classes is not None, device=device,
                                seed=self.seed, start=state.step, **({"part": part} if part else {}))
         model.train()
-        try:
-            with contextlib.closing(batches), RunLog(out_dir, state.step, self.tensorboard, main) as log, \
-                    tqdm(total=self.steps, initial=state.step, disable=hide_progress(self.progress) if main else True,
-                         desc="train", dynamic_ncols=True) as bar:
-                start, pending, window, row = time.perf_counter(), None, [], []
-                while state.step < self.steps:
-                    lr = self.learning_rate(state.step)
-                    x0, labels = next(batches)
-                    x0, labels = prepare_batch(data, x0, labels, state.generator_on(x0.device), num_classes,
-                                               self.cond_drop, part)
-                    x0 = x0.to(device, non_blocking=True)
-                    if channels_last:
-                        x0 = x0.contiguous(memory_format=torch.channels_last)
-                    window.append(train_step(state, loss, sde, x0, lr, self.grad_clip, autocast, labels,
-                                             self.accumulate))
-                    bar.update(1)
-                    step, last = state.step, state.step == self.steps
-                    for call in light:
-                        call(step)
-                    due_row = step % self.log_every == 0 or last
-                    due_ckpt = step % self.ckpt_every == 0 or last
-                    due = [call for every, call in calls if step % every == 0]
-                    if not (due_row or due_ckpt or due or pending is not None):
-                        continue
-                    values = read_back(window)
-                    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
-                    if bad:
-                        raise stop(f"the loss became {values[bad[0]]} at step {step - len(values) + 1 + bad[0]}")
-                    window, row = [], row + values
-                    if pending is not None:
-                        write(pending)
-                        pending = None
-                    if due_row:
-                        mean = sum(row) / len(row)
-                        log.row(step, mean, lr, time.perf_counter() - start)
-                        bar.set_postfix(loss=f"{mean:.4f}")
-                        row = []
-                    if due_ckpt:
-                        log.flush()
-                        ranks = distributed.gather_objects(state.rank_states())
-                        pending = copy.deepcopy(state.state_dict(ranks))
-                    for call in due:
-                        collective_callback(call, step, state.ema_model(), device)
+        with contextlib.closing(batches), RunLog(out_dir, state.step, self.tensorboard, main) as log, \
+                tqdm(total=self.steps, initial=state.step, disable=hide_progress(self.progress) if main else True,
+                     desc="train", dynamic_ncols=True) as bar:
+            start, pending, window, row = time.perf_counter(), None, [], []
+            while state.step < self.steps:
+                lr = self.learning_rate(state.step)
+                x0, labels = next(batches)
+                x0, labels = prepare_batch(data, x0, labels, state.generator_on(x0.device), num_classes,
+                                           self.cond_drop, part)
+                x0 = x0.to(device, non_blocking=True)
+                if channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                window.append(train_step(state, loss, sde, x0, lr, self.grad_clip, autocast, labels, self.accumulate))
+                bar.update(1)
+                step, last = state.step, state.step == self.steps
+                for call in light:
+                    call(step)
+                due_row = step % self.log_every == 0 or last
+                due_ckpt = step % self.ckpt_every == 0 or last
+                due = [call for every, call in calls if step % every == 0]
+                if not (due_row or due_ckpt or due or pending is not None):
+                    continue
+                values = read_back(window)
+                bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+                if bad:
+                    raise stop(f"the loss became {values[bad[0]]} at step {step - len(values) + 1 + bad[0]}")
+                window, row = [], row + values
                 if pending is not None:
-                    self.check_final_loss(state, loss, sde, data, device, autocast, stop, local_batch)
                     write(pending)
-        except RuntimeError as e:
-            if not distributed.lost_peer(e):
-                raise
-            kept = f"rank 0 keeps the last good checkpoint in {ckpt_path}"
-            if main:
-                kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
-            raise TrainingError(f"{distributed.lost_peer_reason(e)}; {kept} (ckpt= resumes it)") from None
+                    pending = None
+                if due_row:
+                    mean = sum(row) / len(row)
+                    log.row(step, mean, lr, time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{mean:.4f}")
+                    row = []
+                if due_ckpt:
+                    log.flush()
+                    ranks = distributed.gather_objects(state.rank_states())
+                    pending = copy.deepcopy(state.state_dict(ranks))
+                for call in due:
+                    collective_callback(call, step, state.ema_model(), device)
+            if pending is not None:
+                self.check_final_loss(state, loss, sde, data, device, autocast, stop, local_batch)
+                write(pending)
         state.train_model = model
         model.eval()
         return state.ema_model(), state.step
