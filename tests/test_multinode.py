@@ -33,7 +33,7 @@ class MatchLoss:
 
 SMALL = ["device=cpu", "threads=1", "model.net.hidden=16", "model.net.depth=1", "train.batch_size=32",
          "train.warmup=1", "train.sample_every=0", "sample.num=40", "solver.steps=5", "progress=false",
-         "eval=[quality]", "loss._target_=matchloss.MatchLoss"]
+         "sample.max_range=0", "eval=[quality]", "loss._target_=matchloss.MatchLoss"]
 
 
 def free_port():
@@ -201,3 +201,81 @@ def test_a_killed_node_ends_every_process_with_one_line_and_the_run_resumes(tmp_
     rows = (resumed / "train_log.csv").read_text().splitlines()
     assert rows[-1].split(",")[0] == str(step + 10)
     print(f"a killed node: every process gone in {seconds:.1f} s")
+
+
+# --- the parts, in this process ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def worker_env(monkeypatch):
+    """This process seen as a torchrun worker (rank 1 of 2, local rank 1) whose store is at a port nobody
+    listens on, its failure state fresh."""
+    from scoresde.training import distributed
+
+    for key, value in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(free_port()), TORCHELASTIC_USE_AGENT_STORE="True").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(distributed, "_failure", {"store": None, "announced": False, "first": False, "stop": None,
+                                                  "lost": False})
+    return distributed
+
+
+def test_a_store_that_is_gone_counts_as_lost_and_local_rank_zero_prints(worker_env, monkeypatch):
+    """No store at MASTER_ADDR:MASTER_PORT: it is lost for good; with no first process to agree on, local rank
+    0 of each node is to print (rank 1 here is not, until it is local rank 0), and only once."""
+    distributed = worker_env
+    assert not distributed.store_alive() and distributed._failure["lost"] and distributed._store() is None
+    assert distributed.peer_failure() is None
+    assert distributed.announce_failure(2) is False
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setitem(distributed._failure, "announced", False)
+    assert distributed.announce_failure(2) is True
+    assert distributed.announce_failure(2) is False
+
+
+def test_the_lost_peer_line_names_the_checkpoint(worker_env, tmp_path):
+    distributed = worker_env
+    distributed.keep_checkpoint_in(tmp_path / "checkpoint.pt")
+    line = distributed.lost_peer_reason(RuntimeError("[pair.cc:537] Read error [127.0.0.1]:1: Connection reset by "
+                                                     "peer. This is typically caused by a remote worker hanging"))
+    assert line == (f"rank 1 of 2: a collective failed (Connection reset by peer): a process of this run left "
+                    f"without a word (killed, or its node went down), so every process stops; rank 0 keeps the "
+                    f"last good checkpoint in {tmp_path / 'checkpoint.pt'} (the run resumes from it)")
+    distributed.keep_checkpoint_in(None)
+    assert distributed.lost_peer_reason().endswith("the run's store stopped answering: a process of this run left "
+                                                   "without a word (killed, or its node went down), so every "
+                                                   "process stops")
+    assert not distributed.lost_peer(RuntimeError("Connection reset by peer"))  # no process group: not a peer's
+
+
+def test_tcpstores_note_on_a_dead_store_is_kept_off_stderr(capfd):
+    """What C++ writes on descriptor 2 during a store request reaches stderr after it, less TCPStore's
+    multi-line note on a failed request; the request's result or exception passes through."""
+    from scoresde.training.distributed import quietly
+
+    note = ("[rank1]:[W1207 17:46:35.472360233 TCPStore.cpp:125] [c10d] recvValue failed on SocketImpl(fd=9): "
+            "Connection reset by peer\nException raised from recvBytes at /pytorch/c10d/Utils.hpp:784 (most recent "
+            "call first):\nframe #0: c10::Error::Error(c10::SourceLocation) + 0x9d\n<omitting python frames>\n\n")
+
+    def request():
+        os.write(2, (note + "something else\n").encode())
+        return 7
+
+    assert quietly(request) == 7
+    assert capfd.readouterr().err == "something else\n"
+    with pytest.raises(ZeroDivisionError):
+        quietly(lambda: os.write(2, note.encode()) / 0)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_task_that_sees_fewer_gpus_takes_its_local_rank_among_them(monkeypatch):
+    """cuda:LOCAL_RANK where the process sees that many GPUs; LOCAL_RANK mod their number where it sees fewer
+    (SLURM's gpus_per_task=1 shows each task its own as cuda:0)."""
+    from scoresde.training import distributed
+
+    for key, value in dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="3").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert distributed.process_device("cuda") == torch.device("cuda", 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert distributed.process_device("cuda:2") == torch.device("cuda", 0)
+    assert distributed.process_device("cpu") == torch.device("cpu")

@@ -8,7 +8,8 @@ TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR
 
 
 def first_host(nodelist):
-    """The first host of a SLURM node list: 'gpu[07-09,12],cpu1' → 'gpu07', 'a1,b2' → 'a1', 'n[3]-ib' → 'n3-ib'."""
+    """The first host of a SLURM node list: 'gpu[07-09,12],cpu1' → 'gpu07', 'a1,b2' → 'a1',
+    'n[3]-ib' → 'n3-ib'."""
     match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?([^,]*)", nodelist.strip())
     if not match:
         raise ValueError(f"not a SLURM node list: {nodelist!r}")

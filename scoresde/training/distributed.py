@@ -334,11 +334,11 @@ def lost_peer_reason(error=None):
     how = f"a collective failed ({seen.group(0)})" if seen else "the run's store stopped answering"
     path = _failure.get("checkpoint")
     kept = ""
-    if path is not None and is_main_process():
-        kept = f"; the last good checkpoint is {path} (ckpt= resumes it)" if os.path.exists(path) else (
+    if path is not None and _own_rank() == 0:
+        kept = f"; the last good checkpoint is {path} (the run resumes from it)" if os.path.exists(path) else (
             "; no checkpoint was written yet")
     elif path is not None:
-        kept = f"; rank 0 keeps the last good checkpoint in {path} (ckpt= resumes it)"
+        kept = f"; rank 0 keeps the last good checkpoint in {path} (the run resumes from it)"
     return (f"rank {_own_rank()} of {os.environ.get('WORLD_SIZE', world_size())}: {how}: a process of this run "
             f"left without a word (killed, or its node went down), so every process stops{kept}")
 
