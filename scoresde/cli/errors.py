@@ -18,7 +18,8 @@ def one_line_errors():
     Under torchrun the processes leave together and the reason is printed once: by the first process to meet an
     error (distributed.announce_failure); the others leave with its exit status and without a word, whether they
     met the same error, an error caused by its leaving (a collective whose peer is gone), or none (the watchdog
-    ends them)."""
+    ends them). A collective that failed because a peer left without a word (killed: distributed.lost_peer) is
+    not a bug here either: one line, exit status 2."""
     try:
         yield
     except (ConfigError, TrainingError, NonFiniteError) as e:
@@ -27,13 +28,17 @@ def one_line_errors():
         if distributed.announce_failure(2):
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         distributed.leave_after_report(2)
-    except Exception:  # noqa: BLE001 - a bug: shown whole, never reduced to a line
+    except Exception as e:  # noqa: BLE001 - a bug: shown whole, never reduced to a line
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         status = distributed.peer_failure()
         if status is not None:
             distributed.announce_failure(status)
             distributed.leave_after_report(status)
+        if distributed.lost_peer(e):
+            if distributed.announce_failure(2):
+                print(f"error: {distributed.lost_peer_reason(e)}", file=sys.stderr)
+            distributed.leave_after_report(2)
         if distributed.announce_failure(1):
             traceback.print_exc()
         distributed.leave_after_report(1)

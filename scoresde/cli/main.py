@@ -32,6 +32,7 @@ from .build import build, named_by_source, takes
 from .checkpoint import CHECKPOINT_GROUPS, SAMPLING_GROUPS, check_steps, checkpoint_meta, held_by
 from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_about_scale
 from .errors import one_line_errors, show_warnings_in_one_line
+from .launch import as_torchrun
 from .legacy import translate
 from .rundir import claimed
 from .sweep import NOTES, SUMMARY, cached_training, keep_for_sweep
@@ -161,7 +162,7 @@ def train_or_load(run):
             model, step = run.trainer.fit(model, loss, run.sde, run.data, context.out, context.device, cfg.ckpt,
                                           meta=spec, callbacks=[c for c in callbacks if c is not None])
         metrics.update(train_steps=step, train_seconds=clock.seconds)
-        if cached is not None:
+        if cached is not None and context.main:
             keep_for_sweep(context.out / "checkpoint.pt", cached)
     elif cfg.ckpt:
         metrics["train_steps"] = load_for_sampling(model, cfg.ckpt)
@@ -234,9 +235,11 @@ def quiet_other_ranks(argv):
 
 
 def hydra_job(cfg):
-    """What Hydra calls with the composed config: the process group under torchrun, the run lock, the job."""
+    """What Hydra calls with the composed config: the process group under torchrun (or of the tasks SLURM or
+    submitit started: launch.as_torchrun), the run lock, the job."""
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
+    as_torchrun()
     with one_line_errors():
         if distributed.launched():
             distributed.init_from_env(resolve_device(cfg.device).type)
@@ -266,6 +269,7 @@ def main(argv=None):
     with one_line_errors():
         argv = translate(argv, evaluation_names(conf))
         argv = check_command_line(argv, conf)
+        as_torchrun()
         argv = quiet_other_ranks(argv)
     sys.argv = sys.argv[:1] + argv
     hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(hydra_job)()

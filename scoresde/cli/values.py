@@ -34,6 +34,7 @@ def check_command_line(argv, conf_dir):
     sweep = [a for a in argv if a in SWEEP_FLAGS]
     argv = sweep + [a for a in argv if a not in SWEEP_FLAGS]
     check_syntax(argv)
+    check_hydra_choices(argv, conf_dir)
     check_group_choices(argv, conf_dir)
     check_override_keys(argv, conf_dir)
     check_values(argv, conf_dir, sweep=bool(sweep))
@@ -62,6 +63,29 @@ def check_syntax(argv):
             raise ConfigError(f"{arg!r} is not a valid override ({reason}): write KEY=VALUE, a list as [a,b], and "
                               "quote a value holding spaces or special characters: 'KEY=\"a value\"'",
                               arg.split("=")[0]) from None
+
+
+LAUNCHERS = {"submitit_slurm", "submitit_local"}
+"""Hydra's launchers that the optional extra ``slurm`` (hydra-submitit-launcher) adds."""
+
+
+def check_hydra_choices(argv, conf_dir):
+    """Each choice of one of Hydra's own groups (``hydra/launcher=submitit_slurm``) must exist: the first that
+    does not is named in one line with the choices there are (and, for the submitit launchers, the package that
+    brings them)."""
+    from hydra.errors import MissingConfigException
+
+    for arg in overrides_of(argv):
+        m = re.fullmatch(r"\+?hydra/([\w/]+)=(.*)", arg)
+        if not m:
+            continue
+        try:
+            composed(conf_dir, [arg])
+        except MissingConfigException as e:
+            offered = ", ".join(e.options or []) or "none"
+            hint = (": pip install hydra-submitit-launcher (the extra score-sde[slurm]) adds "
+                    f"{' and '.join(sorted(LAUNCHERS))}" if m[1] == "launcher" and m[2] in LAUNCHERS else "")
+            raise ConfigError(f"{arg} is not available: hydra/{m[1]} offers {offered}{hint}", f"hydra/{m[1]}") from None
 
 
 def sweep_runs(overrides):

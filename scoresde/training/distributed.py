@@ -8,11 +8,20 @@ Leaving together: a process that stops on an error announces it in the run's sto
 process reaches) before it says anything; the first to announce prints its reason, any other leaves without a word
 once that reason is printed, and a watchdog thread ends a process whose peer announced an error (its main thread
 may be waiting in a collective for the peer that left), with the peer's exit status.
+
+Losing a process without a word (a node whose torchrun agent was killed, or whose machine went down): a worker
+whose agent is gone leaves at once and silently (its node is gone; lost_peer's line comes from the survivors); a
+survivor meets the loss as a failed collective (a connection reset or closed by its peer, lost_peer) or, when the
+agent that hosted the store is gone, as a store that no longer answers, and prints one line; with the store gone
+there is no first process to agree on, and local rank 0 of each surviving node prints it.
 """
 import contextlib
 import datetime
 import gc
 import os
+import re
+import signal
+import socket
 import sys
 import threading
 import time
@@ -28,7 +37,9 @@ ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 FAILED = "scoresde/failed"
 REPORTED = "scoresde/reported"
-_failure = {"store": None, "announced": False, "first": False, "stop": None}
+_failure = {"store": None, "announced": False, "first": False, "stop": None, "lost": False}
+PEER_GONE = re.compile(r"Connection (reset|closed) by peer|Connection was likely closed|Broken pipe|"
+                       r"remote process exited|NCCL communicator was aborted")
 
 
 def launched():
@@ -56,10 +67,12 @@ def is_main_process():
 
 def process_device(device):
     """This process's device: under torchrun a CUDA device is cuda:LOCAL_RANK (one GPU per process), whatever
-    index it was given; anything else as it is."""
+    index it was given (LOCAL_RANK mod the GPUs it sees, where a launcher bound fewer to each process: SLURM's
+    gpus_per_task=1 shows each task its own as cuda:0); anything else as it is."""
     device = torch.device(device)
     if device.type == "cuda" and launched():
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+        return torch.device("cuda", local if local < count or count == 0 else local % count)
     return device
 
 
@@ -78,6 +91,42 @@ def init_from_env(device_type="cpu", timeout_minutes=30):
     return device
 
 
+_stderr_lock = threading.Lock()
+C10D_NOTE = re.compile(r"^(\[rank\d+\]:)?\[W\d+ .*(TCPStore|Utils)\.(cpp|hpp)|^Exception raised from |^frame #\d+: |"
+                       r"^<omitting python frames>$|^$")
+
+
+def quietly(fn, *args):
+    """fn(*args) with what C++ writes on file descriptor 2 meanwhile kept back and written after it, less
+    TCPStore's multi-line note on a failed request (a store whose host is gone: the caller says what that means
+    in one line)."""
+    with _stderr_lock:
+        sys.stderr.flush()
+        saved, (read, write) = os.dup(2), os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        try:
+            return fn(*args)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            with os.fdopen(read, "r", errors="replace") as pipe:
+                kept = [line for line in pipe.read().splitlines(True) if not C10D_NOTE.match(line.rstrip("\n"))]
+            if kept:
+                os.write(2, "".join(kept).encode())
+
+
+class QuietStore:
+    """A store whose requests go through ``quietly``."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __getattr__(self, name):
+        method = getattr(self.store, name)
+        return lambda *args: quietly(method, *args)
+
+
 def _own_rank():
     return int(os.environ.get("RANK", rank()))
 
@@ -85,17 +134,52 @@ def _own_rank():
 def _store():
     """A client of the store every process of this torchrun reaches (the agent's, which outlives any worker; or
     the group's, once it is joined), or None: outside torchrun, or before the group is joined where the agent
-    keeps no store."""
+    keeps no store; or one that no longer answers: store_alive)."""
+    if _failure.get("lost"):
+        return None
+    if _failure["store"] is not None and not store_alive():
+        return None
     if _failure["store"] is None and launched() and "MASTER_ADDR" in os.environ and (
             initialized() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"):
         try:
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                  timeout=datetime.timedelta(seconds=10), wait_for_workers=False)
+            store = quietly(lambda: dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                                  is_master=False, timeout=datetime.timedelta(seconds=10),
+                                                  wait_for_workers=False))
         except (RuntimeError, ValueError, OSError):
             return None
         prefix = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
-        _failure["store"] = dist.PrefixStore(prefix, store)
+        _failure["store"] = QuietStore(dist.PrefixStore(prefix, store))
     return _failure["store"]
+
+
+def store_alive(timeout=2.0):
+    """Whether the run's store (MASTER_ADDR:MASTER_PORT) still accepts a connection, asked with a plain socket (a
+    request to a store that is gone fails only after TCPStore's own multi-line warning); once it does not, the
+    store counts as gone for good (its host left: the run cannot go on)."""
+    if _failure.get("lost"):
+        return False
+    try:
+        socket.create_connection((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])), timeout).close()
+        return True
+    except (KeyError, ValueError, OSError):
+        _failure["lost"] = True
+        return False
+
+
+def orphaned():
+    """Whether the torchrun agent that started this process is gone (its parent changed since watch_peers began):
+    its node counts as dead."""
+    parent = _failure.get("parent")
+    return parent is not None and os.getppid() != parent
+
+
+def leave_if_orphaned():
+    """Ends this process at once and without a word (exit status 1) when its torchrun agent is gone: the survivors
+    report the loss of its node (lost_peer)."""
+    if orphaned():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def announce_failure(status):
@@ -104,13 +188,16 @@ def announce_failure(status):
     another process was first (this one leaves without a word, see leave_after_report). Without a store to
     announce in (a command-line error before the group is joined, where the agent keeps none) every process met
     the same command line: rank 0 prints."""
+    leave_if_orphaned()
+    if _failure["announced"] and _failure.get("lost"):
+        return False
     _failure["announced"] = True
     if not launched():
         _failure["first"] = True
         return True
     store = _store()
     if store is None:
-        _failure["first"] = _own_rank() == 0
+        _failure["first"] = int(os.environ.get("LOCAL_RANK", 0)) == 0 if _failure.get("lost") else _own_rank() == 0
         return _failure["first"]
     mine = f"{_own_rank()}:{int(status)}"
     try:
@@ -161,30 +248,99 @@ def _wait_for_report(store, seconds, poll=0.05):
         time.sleep(poll)
 
 
-def watch_peers(interval=0.2):
-    """Starts the watchdog of this process: a daemon thread that, every ``interval`` seconds, looks for an error
-    announced by another process and then ends this one with that process's exit status, without a word, once
-    its reason is printed (this process's main thread may be blocked in a collective waiting for the peer that
-    left). A process that announced an error itself is not stopped by it."""
+def watch_peers(interval=0.2, grace=3.0):
+    """Starts the watchdog of this process: a daemon thread that, every ``interval`` seconds, looks for
+    - an error announced by another process: it ends this one with that process's exit status, without a word,
+      once its reason is printed (this process's main thread may be blocked in a collective waiting for the peer
+      that left);
+    - the torchrun agent that started this process gone (killed; this process's parent changed): it ends this
+      one at once and without a word, as the node's death would have (its peers then meet lost_peer);
+    - the run's store gone (the node whose agent hosted it left): unless the main thread reports an error of its
+      own within ``grace`` seconds (a failed collective, with what it knows of the checkpoint), it prints
+      lost_peer's line and ends this one with exit status 2.
+    A process that announced an error itself is not stopped by it."""
     if _failure["stop"] is not None or _store() is None:
         return
     stop = _failure["stop"] = threading.Event()
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        _failure["parent"] = os.getppid()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_terminate)
+
+    def leave(status):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
     def watch():
+        lost_at = None
         while not stop.wait(interval):
             if _failure["announced"]:
                 return
+            leave_if_orphaned()
+            if _store() is None:
+                lost_at = time.monotonic() if lost_at is None else lost_at
+                if time.monotonic() - lost_at >= grace and not _failure["announced"]:
+                    if announce_failure(2):
+                        print(f"error: {lost_peer_reason()}", file=sys.stderr)
+                    leave(2)
+                continue
             status = peer_failure()
             if status is not None and not _failure["announced"]:
                 try:
                     _wait_for_report(_store(), 10.0)
-                except (RuntimeError, ValueError, OSError):
+                except (AttributeError, RuntimeError, ValueError, OSError):
                     pass
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
+                leave(status)
 
-    threading.Thread(target=watch, name="scoresde-peer-watchdog", daemon=True).start()
+    _failure["watcher"] = threading.Thread(target=watch, name="scoresde-peer-watchdog", daemon=True)
+    _failure["watcher"].start()
+
+
+def _on_terminate(signum, frame):
+    """SIGTERM from this node's torchrun agent: it stops its workers when one of them failed (that one says why),
+    and when it lost the run's store with the node that hosted it: then this process prints lost_peer's line
+    (unless it printed one already). Either way it ends at once, with exit status 2 for a lost store, else
+    128 + the signal's number."""
+    leave_if_orphaned()
+    status = 128 + signum
+    if not _failure["announced"] and _store() is None and _failure.get("lost"):
+        status = 2
+        if announce_failure(2):
+            print(f"error: {lost_peer_reason()}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def lost_peer(error):
+    """Whether ``error`` is a collective's failure because a peer process is gone without a word (its connection
+    reset or closed: it was killed, or its node went down) in a distributed run, no process having announced an
+    error of its own (announce_failure). A process whose own agent is gone leaves here, without a word."""
+    leave_if_orphaned()
+    return (initialized() and world_size() > 1 and isinstance(error, RuntimeError)
+            and bool(PEER_GONE.search(str(error))) and peer_failure() is None)
+
+
+def keep_checkpoint_in(path):
+    """Names the file where rank 0 keeps the run's last good checkpoint, for lost_peer_reason (None: none)."""
+    _failure["checkpoint"] = None if path is None else str(path)
+
+
+def lost_peer_reason(error=None):
+    """The line a survivor prints when a peer is gone without a word (``error``: the failed collective's), with
+    where the last good checkpoint is (keep_checkpoint_in)."""
+    seen = PEER_GONE.search(str(error)) if error is not None else None
+    how = f"a collective failed ({seen.group(0)})" if seen else "the run's store stopped answering"
+    path = _failure.get("checkpoint")
+    kept = ""
+    if path is not None and _own_rank() == 0:
+        kept = f"; the last good checkpoint is {path} (the run resumes from it)" if os.path.exists(path) else (
+            "; no checkpoint was written yet")
+    elif path is not None:
+        kept = f"; rank 0 keeps the last good checkpoint in {path} (the run resumes from it)"
+    return (f"rank {_own_rank()} of {os.environ.get('WORLD_SIZE', world_size())}: {how}: a process of this run "
+            f"left without a word (killed, or its node went down), so every process stops{kept}")
 
 
 def split_rows(fn):
@@ -214,7 +370,8 @@ def shutdown(wait=True):
     """Leaves the process group, if this process joined one, once every process has reached this point (a process
     that tears its connections down while another still uses them can abort at exit). Unreachable objects that
     hold the group's work (a DDP wrapper kept alive by a reference cycle) are freed first: freed only while the
-    interpreter shuts down, gloo's threads abort the process (SIGABRT). ``wait=False`` (a process that stopped
+    interpreter shuts down, gloo's threads abort the process (SIGABRT); so does a watchdog left inside a request to
+    the store, so it is stopped and waited for. ``wait=False`` (a process that stopped
     on an error) leaves without waiting for the others, and without complaint if the group is already broken by
     a process that left."""
     if initialized():
@@ -224,6 +381,7 @@ def shutdown(wait=True):
             if _failure["stop"] is not None:
                 _failure["stop"].set()
                 _failure["stop"] = None
+                _failure.pop("watcher").join(5.0)
             dist.destroy_process_group()
             _failure["store"] = None
             return

@@ -228,6 +228,7 @@ class Trainer:
         out_dir, device = Path(out_dir), torch.device(device)
         ckpt_path = out_dir / "checkpoint.pt"
         main, rank, world = is_main_process(), distributed.rank(), distributed.world_size()
+        distributed.keep_checkpoint_in(ckpt_path if world > 1 else None)
         local_batch = self.local_batch(world)
         part = (rank, world) if world > 1 else None
         if main:
