@@ -77,7 +77,7 @@ SOLVERS = {
                                      denoise=False)),
     "adaptive": (AdaptiveSDE, dict(rtol=0.01, atol=0.002, h_init=0.01, safety=0.9, exponent=0.9, rejection="bridge",
                                    memory=8, max_iters=10000, eps=None, denoise=False)),
-    "ddim": (DDIM, dict(steps=400, grid=Karras(7.0), eps=None, denoise=False)),
+    "ddim": (DDIM, dict(steps=400, grid=Karras(7.0), eps=None, denoise=False, clip=None)),
     "heun": (Heun, dict(steps=80, grid=Karras(7.0), eps=None, denoise=False)),
     "dpm": (DPMSolver, dict(steps=60, order=3, grid=UniformLogSNR(), lower_order_final=True, eps=None,
                             denoise=False)),
