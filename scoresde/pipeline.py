@@ -24,6 +24,7 @@ from scoresde.inputs import as_labels, as_points, check_count, check_fits_in_mem
 from sde.errors import CheckpointError, ConfigError, NonFiniteError, config_scope
 from solvers import (DDIM, ELBO, AdaptiveSDE, DPMSolver, EulerMaruyama, FitGrid, Heun, Karras, ODELikelihood,
                      PredictorCorrector, ProbabilityFlowODE, SDEDPMSolver, UniformLogSNR, UniformTime)
+from solvers.grids import ModelLevels
 from solvers.base import Solver
 from solvers.fitting import fit_solver
 from solvers.inpaint import Inpainter
@@ -173,6 +174,8 @@ class Pipeline:
         """The Solver ``solver`` names (see as_solver); None: the one the loaded run sampled with (its
         checkpoint's solver config, ``options`` over it), or DPMSolver's defaults (dpm) without one."""
         recorded = self.config.get("solver")
+        if isinstance(options.get("grid"), str) and options["grid"] == "model":
+            options["grid"] = self.model_grid()
         if solver is not None or not recorded:
             return as_solver("dpm" if solver is None else solver, options)
         node = OmegaConf.create(recorded)
@@ -183,8 +186,17 @@ class Pipeline:
                               f"trained to sample with ({node._target_}): its options are {keys}", unknown[0])
         return instantiate_config("solver", node, **options)
 
+    def model_grid(self):
+        """grid=model: the steps at a pretrained discrete model's own training timesteps, placed as its scheduler
+        places them (solvers.grids.ModelLevels on the model's grid_options())."""
+        options = getattr(self.model, "grid_options", None)
+        if options is None:
+            raise ConfigError(f"grid=model needs a pretrained discrete model (scoresde.from_diffusers); "
+                              f"{type(self.model).__name__} has no training timesteps", "grid")
+        return ModelLevels(**options())
+
     def sample(self, num, solver=None, seed=0, batch=10000, progress=False, info=False, generator=None,
-               classes=None, guidance=0.0, **options):
+               classes=None, guidance=0.0, x_T=None, **options):
         """``num`` samples in data space, drawn from the prior and carried to t = eps by ``solver`` (a Solver, a
         name from conf/solver/ with ``options`` over its defaults, or None: the loaded run's own, see
         Pipeline.solver), ``batch`` at a time, with randomness from
@@ -194,7 +206,8 @@ class Pipeline:
         fitted first, once for this model (solvers.fitting.fit_solver keeps the fit), on the unconditional score
         model(x, t) (p_t: the same for every class list, guidance scale and batch size). With
         ``info`` also {"nfe": network passes per sample, "seconds": wall time of the sampling, "labels": the class
-        of each sample or None}, and "grid_fit": the fit's record when this call fitted the grid."""
+        of each sample or None}, and "grid_fit": the fit's record when this call fitted the grid. ``x_T`` (num, *shape):
+        the prior draws to start from instead of drawing them (k-diffusion's sample(model, x, sigmas) habit)."""
         num, batch, seed = check_count("num", num), check_count("batch", batch), check_seed("seed", seed)
         progress, info = check_flag("progress", progress, ("auto",)), check_flag("info", info)
         solver = self.solver(solver, **options)
@@ -203,8 +216,11 @@ class Pipeline:
         guided = GuidedScore(self.model, labels, guidance)
         solver, fit = fit_solver(solver, self.sde, self.model, self.data.shape, self.device)
 
+        given = None if x_T is None else self._prior_draws(x_T, num)
+
         def setup(lo, hi, gen):
-            x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)
+            x_T = (self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device) if given is None
+                   else given[lo:hi])
 
             def draw(idx):
                 score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()], guided.scale)
@@ -219,6 +235,16 @@ class Pipeline:
         if fit is not None and not fit["reused"]:
             stats["grid_fit"] = fit
         return x, stats
+
+    def _prior_draws(self, x_T, num):
+        """Given prior draws: a tensor or array (or a .npy path) of shape (num, *shape), on this device."""
+        if isinstance(x_T, str):
+            x_T = np.load(x_T, allow_pickle=False)
+        x_T = torch.as_tensor(np.asarray(x_T) if not torch.is_tensor(x_T) else x_T)
+        if tuple(x_T.shape) != (num, *self.data.shape) or not x_T.is_floating_point():
+            raise ConfigError(f"x_T has shape {tuple(x_T.shape)} ({x_T.dtype}): expected floats of shape "
+                              f"{(num, *self.data.shape)}, one prior draw per sample", "x_T")
+        return x_T.to(self.device, model_dtype(self.model) or torch.float32)
 
     def inpaint(self, x, mask, solver="em", completions=1, method="replace", jumps=1, transform=None, seed=0,
                 batch=10000, progress=False, info=False, generator=None, **options):
@@ -378,6 +404,21 @@ def load(path, device="auto", ema=True, trusted=False):
     weights, step = sampling_weights(state, ema)
     model.load_state_dict(weights)
     return Pipeline(sde, model.to(device).eval(), spec, device, step, meta)
+
+
+def from_diffusers(path, sde=None, device="auto", null_class=False):
+    """A Pipeline from a local diffusers pipeline folder (``unet/`` and ``scheduler/``, as save_pretrained writes it or
+    the hub client downloads it; nothing is downloaded): the U-Net as a score model of ``sde`` (default: the process
+    of its scheduler, models.pretrained.default_sde), images of its size in [−1, 1] with 256 levels. ``null_class``:
+    the U-Net's last class embedding is the null class of classifier-free guidance."""
+    from models.pretrained import DiffusersModel
+
+    device = resolve_device(device)
+    model = DiffusersModel(path, sde, null_class)
+    spec = DataSpec(model.shape, model.num_classes, levels=256, value_range=(-1.0, 1.0))
+    config = {"model": {"_target_": "models.pretrained.DiffusersModel", "path": model.source["path"],
+                        "null_class": bool(null_class)}, "source": model.source}
+    return Pipeline(model.sde, model.to(device), spec, device, config=config)
 
 
 def _share(num, generator):
