@@ -9,7 +9,9 @@
     sde, model = pipe                                          # the pieces, for a loop of your own
 """
 import inspect
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -179,6 +181,8 @@ class Pipeline:
         if solver is not None or not recorded:
             return as_solver("dpm" if solver is None else solver, options)
         node = OmegaConf.create(recorded)
+        if node.get("grid") == "model" and "grid" not in options:
+            options["grid"] = self.model_grid()
         unknown = sorted(set(options) - set(node.keys()) - {"_target_"})
         if unknown:
             keys = ", ".join(k for k in node.keys() if k != "_target_")
@@ -391,6 +395,9 @@ def load(path, device="auto", ema=True, trusted=False):
     builds only the framework's own parts (read_checkpoint); ``trusted=True``, or a collection of ``_target_``
     paths, lets it name other classes, such as a user's own SDE."""
     ema, device = check_flag("ema", ema), resolve_device(device)
+    pretrained = pretrained_run(path, device)
+    if pretrained is not None:
+        return pretrained
     state = read_checkpoint(path, trusted)
     meta = state.get("meta") or {}
     if "sde" not in meta or "model" not in meta or "data_spec" not in meta:
@@ -419,6 +426,27 @@ def from_diffusers(path, sde=None, device="auto", null_class=False):
     config = {"model": {"_target_": "models.pretrained.DiffusersModel", "path": model.source["path"],
                         "null_class": bool(null_class)}, "source": model.source}
     return Pipeline(model.sde, model.to(device), spec, device, config=config)
+
+
+def pretrained_run(path, device):
+    """The Pipeline of a run directory that sampled a pretrained model (no checkpoint.pt; its metrics.json records the
+    weights' path and digest, its .hydra/config.yaml the process): the weights read again from where they are, their
+    digest checked; None for any other path."""
+    run = Path(str(path)).expanduser()
+    metrics, config = run / "metrics.json", run / ".hydra" / "config.yaml"
+    if not run.is_dir() or (run / "checkpoint.pt").exists() or not metrics.is_file() or not config.is_file():
+        return None
+    weights = json.loads(metrics.read_text()).get("weights")
+    if not weights:
+        return None
+    cfg = OmegaConf.load(config)
+    sde = instantiate_config("sde", cfg.sde)
+    pipe = from_diffusers(weights["path"], sde, device, bool(cfg.model.get("null_class", False)))
+    if pipe.config["source"]["digest"] != weights["digest"]:
+        raise CheckpointError(f"the weights at {weights['path']!r} are not those run {str(run)!r} used (sha256 "
+                              f"{pipe.config['source']['digest'][:12]}… instead of {weights['digest'][:12]}…)", "path")
+    pipe.config["solver"] = OmegaConf.to_container(cfg.solver, resolve=True)
+    return pipe
 
 
 def _share(num, generator):

@@ -9,7 +9,7 @@ pytest.importorskip("diffusers")
 from models.pretrained import DiffusersModel, import_diffusers  # noqa: E402
 from scoresde.data import DataSpec  # noqa: E402
 from sde import VPSDE  # noqa: E402
-from sde.errors import ConfigError  # noqa: E402
+from sde.errors import CheckpointError, ConfigError  # noqa: E402
 from solvers import DDIM  # noqa: E402
 from solvers.grids import ModelLevels  # noqa: E402
 from solvers.stochastic import ancestral_step  # noqa: E402
@@ -206,3 +206,37 @@ def test_likelihood_of_a_wrapped_unet_agrees_between_solvers_and_the_elbo_is_fin
     bound, stderr = pipe.elbo(x, draws=64)
     assert torch.isfinite(bound).all() and torch.isfinite(stderr).all() and (stderr > 0).all()
     assert pipe.bits_per_dim(adaptive) > 0
+
+
+@pytest.mark.slow
+def test_a_run_of_a_diffusers_model_records_its_weights_and_loads_again(tmp_path):
+    """run.py model=diffusers (the process is the subject: training skipped, weights recorded, never copied), then
+    scoresde.load on its run directory rebuilds it with the run's solver on the model's own levels."""
+    import json
+    import subprocess
+    import sys
+
+    import scoresde
+
+    torch.manual_seed(0)
+    small = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                  down_block_types=("DownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    folder = save(tmp_path / "pipe", small, diffusers.DDIMScheduler(clip_sample=False))
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "run.py", "model=diffusers", f"model.path={folder}", "data=digits",
+                           "solver=ddim", "solver.steps=10", "solver.grid=model", "solver.eps=0", "train.steps=0",
+                           "sample.num=4", "sample.max_range=0", f"hydra.run.dir={run}"],
+                          capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    weights = json.loads((run / "metrics.json").read_text())["weights"]
+    assert weights["path"] == str(folder.resolve()) and not list(run.rglob("*.safetensors"))
+    pipe = scoresde.load(run, device="cpu")
+    assert pipe.config["source"]["digest"] == weights["digest"]
+    x, stats = pipe.sample(2, info=True)
+    assert x.shape == (2, 1, 8, 8) and stats["nfe"] == 10
+    with torch.no_grad():
+        small.conv_out.bias.add_(1.0)
+    small.save_pretrained(str(folder / "unet"))
+    with pytest.raises(CheckpointError, match="not those run"):
+        scoresde.load(run, device="cpu")
