@@ -52,7 +52,7 @@ def diffusers_ddim(unet, scheduler, x, steps):
 @pytest.mark.parametrize("prediction,schedule", [("epsilon", "linear"), ("v_prediction", "linear"),
                                                  ("epsilon", "squaredcos_cap_v2"),
                                                  ("v_prediction", "squaredcos_cap_v2")])
-@pytest.mark.parametrize("steps", [10, 50])
+@pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_ddim_on_the_model_levels_reproduces_diffusers(tmp_path, unet, prediction, schedule, steps):
     options = dict(beta_schedule=schedule, prediction_type=prediction, clip_sample=False)
     folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
@@ -240,3 +240,12 @@ def test_a_run_of_a_diffusers_model_records_its_weights_and_loads_again(tmp_path
     small.save_pretrained(str(folder / "unet"))
     with pytest.raises(CheckpointError, match="not those run"):
         scoresde.load(run, device="cpu")
+
+
+def test_missing_diffusers_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "diffusers" or m.startswith("diffusers.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ConfigError, match=r'pip install "\.\[diffusers\]"'):
+        import_diffusers()
