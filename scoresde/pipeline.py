@@ -262,6 +262,8 @@ class Pipeline:
         x = as_points(x, self.data.shape, self.device, model_dtype(self.model), value_range=self.data.value_range)
         num, batch = check_count("completions", completions) * len(x), check_count("batch", batch)
         seed, progress, info = check_seed("seed", seed), check_flag("progress", progress, ("auto",)), check_flag("info", info)
+        if isinstance(options.get("grid"), str) and options["grid"] == "model":
+            options["grid"] = self.model_grid()
         solver = as_solver(solver, options)
         inpainter = solver if isinstance(solver, Inpainter) else Inpainter(solver, method, jumps)
         fitted, _ = fit_solver(inpainter.solver, self.sde, self.model, self.data.shape, self.device)

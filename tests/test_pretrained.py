@@ -249,3 +249,21 @@ def test_missing_diffusers_is_one_line_naming_the_extra(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ConfigError, match=r'pip install "\.\[diffusers\]"'):
         import_diffusers()
+
+
+@pytest.mark.slow
+def test_fast_solver_fits_a_grid_and_inpainting_runs_on_a_wrapped_unet(tmp_path, unet):
+    import scoresde
+    from solvers import FitGrid
+
+    pipe = scoresde.from_diffusers(save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=False)), device="cpu")
+    x, stats = pipe.sample(2, solver="fast", steps=4, grid=FitGrid(pilots=8, teacher_steps=20, iterations=3),
+                           info=True)
+    assert torch.isfinite(x).all() and stats["nfe"] == 4
+    times = torch.as_tensor(stats["grid_fit"]["times"])
+    assert len(times) == 5 and (times[1:] < times[:-1]).all()
+    data = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    out = pipe.inpaint(data, mask, solver="ddim", steps=10, grid="model", eps=0.0)
+    assert torch.equal(out[:, :, :4], data[:, :, :4])
