@@ -6,7 +6,7 @@ The package also holds the data sets (``scoresde.data``), training (``scoresde.t
 An install ships the configs inside the package: ``scoresde.paths.config_dir()`` is that folder (the checkout's
 ``conf/`` when run from a checkout).
 """
-__all__ = ["Pipeline", "load"]
+__all__ = ["Pipeline", "from_diffusers", "load"]
 
 
 def __getattr__(name):

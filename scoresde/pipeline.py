@@ -9,7 +9,9 @@
     sde, model = pipe                                          # the pieces, for a loop of your own
 """
 import inspect
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from scoresde.inputs import as_labels, as_points, check_count, check_fits_in_mem
 from sde.errors import CheckpointError, ConfigError, NonFiniteError, config_scope
 from solvers import (DDIM, ELBO, AdaptiveSDE, DPMSolver, EulerMaruyama, FitGrid, Heun, Karras, ODELikelihood,
                      PredictorCorrector, ProbabilityFlowODE, SDEDPMSolver, UniformLogSNR, UniformTime)
+from solvers.grids import ModelLevels
 from solvers.base import Solver
 from solvers.fitting import fit_solver
 from solvers.inpaint import Inpainter
@@ -77,7 +80,7 @@ SOLVERS = {
                                      denoise=False)),
     "adaptive": (AdaptiveSDE, dict(rtol=0.01, atol=0.002, h_init=0.01, safety=0.9, exponent=0.9, rejection="bridge",
                                    memory=8, max_iters=10000, eps=None, denoise=False)),
-    "ddim": (DDIM, dict(steps=400, grid=Karras(7.0), eps=None, denoise=False)),
+    "ddim": (DDIM, dict(steps=400, grid=Karras(7.0), eps=None, denoise=False, clip=None)),
     "heun": (Heun, dict(steps=80, grid=Karras(7.0), eps=None, denoise=False)),
     "dpm": (DPMSolver, dict(steps=60, order=3, grid=UniformLogSNR(), lower_order_final=True, eps=None,
                             denoise=False)),
@@ -173,9 +176,13 @@ class Pipeline:
         """The Solver ``solver`` names (see as_solver); None: the one the loaded run sampled with (its
         checkpoint's solver config, ``options`` over it), or DPMSolver's defaults (dpm) without one."""
         recorded = self.config.get("solver")
+        if isinstance(options.get("grid"), str) and options["grid"] == "model":
+            options["grid"] = self.model_grid()
         if solver is not None or not recorded:
             return as_solver("dpm" if solver is None else solver, options)
         node = OmegaConf.create(recorded)
+        if node.get("grid") == "model" and "grid" not in options:
+            options["grid"] = self.model_grid()
         unknown = sorted(set(options) - set(node.keys()) - {"_target_"})
         if unknown:
             keys = ", ".join(k for k in node.keys() if k != "_target_")
@@ -183,8 +190,17 @@ class Pipeline:
                               f"trained to sample with ({node._target_}): its options are {keys}", unknown[0])
         return instantiate_config("solver", node, **options)
 
+    def model_grid(self):
+        """grid=model: the steps at a pretrained discrete model's own training timesteps, placed as its scheduler
+        places them (solvers.grids.ModelLevels on the model's grid_options())."""
+        options = getattr(self.model, "grid_options", None)
+        if options is None:
+            raise ConfigError(f"grid=model needs a pretrained discrete model (scoresde.from_diffusers); "
+                              f"{type(self.model).__name__} has no training timesteps", "grid")
+        return ModelLevels(**options())
+
     def sample(self, num, solver=None, seed=0, batch=10000, progress=False, info=False, generator=None,
-               classes=None, guidance=0.0, **options):
+               classes=None, guidance=0.0, x_T=None, **options):
         """``num`` samples in data space, drawn from the prior and carried to t = eps by ``solver`` (a Solver, a
         name from conf/solver/ with ``options`` over its defaults, or None: the loaded run's own, see
         Pipeline.solver), ``batch`` at a time, with randomness from
@@ -194,7 +210,8 @@ class Pipeline:
         fitted first, once for this model (solvers.fitting.fit_solver keeps the fit), on the unconditional score
         model(x, t) (p_t: the same for every class list, guidance scale and batch size). With
         ``info`` also {"nfe": network passes per sample, "seconds": wall time of the sampling, "labels": the class
-        of each sample or None}, and "grid_fit": the fit's record when this call fitted the grid."""
+        of each sample or None}, and "grid_fit": the fit's record when this call fitted the grid. ``x_T`` (num, *shape):
+        the prior draws to start from instead of drawing them (k-diffusion's sample(model, x, sigmas) habit)."""
         num, batch, seed = check_count("num", num), check_count("batch", batch), check_seed("seed", seed)
         progress, info = check_flag("progress", progress, ("auto",)), check_flag("info", info)
         solver = self.solver(solver, **options)
@@ -203,8 +220,11 @@ class Pipeline:
         guided = GuidedScore(self.model, labels, guidance)
         solver, fit = fit_solver(solver, self.sde, self.model, self.data.shape, self.device)
 
+        given = None if x_T is None else self._prior_draws(x_T, num)
+
         def setup(lo, hi, gen):
-            x_T = self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device)
+            x_T = (self.sde.prior_sample((hi - lo, *self.data.shape), gen, self.device) if given is None
+                   else given[lo:hi])
 
             def draw(idx):
                 score = self.model if labels is None else GuidedScore(self.model, labels[idx.cpu()], guided.scale)
@@ -220,6 +240,16 @@ class Pipeline:
             stats["grid_fit"] = fit
         return x, stats
 
+    def _prior_draws(self, x_T, num):
+        """Given prior draws: a tensor or array (or a .npy path) of shape (num, *shape), on this device."""
+        if isinstance(x_T, str):
+            x_T = np.load(x_T, allow_pickle=False)
+        x_T = torch.as_tensor(np.asarray(x_T) if not torch.is_tensor(x_T) else x_T)
+        if tuple(x_T.shape) != (num, *self.data.shape) or not x_T.is_floating_point():
+            raise ConfigError(f"x_T has shape {tuple(x_T.shape)} ({x_T.dtype}): expected floats of shape "
+                              f"{(num, *self.data.shape)}, one prior draw per sample", "x_T")
+        return x_T.to(self.device, model_dtype(self.model) or torch.float32)
+
     def inpaint(self, x, mask, solver="em", completions=1, method="replace", jumps=1, transform=None, seed=0,
                 batch=10000, progress=False, info=False, generator=None, **options):
         """``completions`` completions of each point of x (N, *shape) whose known part is given by ``mask`` (True =
@@ -232,6 +262,8 @@ class Pipeline:
         x = as_points(x, self.data.shape, self.device, model_dtype(self.model), value_range=self.data.value_range)
         num, batch = check_count("completions", completions) * len(x), check_count("batch", batch)
         seed, progress, info = check_seed("seed", seed), check_flag("progress", progress, ("auto",)), check_flag("info", info)
+        if isinstance(options.get("grid"), str) and options["grid"] == "model":
+            options["grid"] = self.model_grid()
         solver = as_solver(solver, options)
         inpainter = solver if isinstance(solver, Inpainter) else Inpainter(solver, method, jumps)
         fitted, _ = fit_solver(inpainter.solver, self.sde, self.model, self.data.shape, self.device)
@@ -365,6 +397,9 @@ def load(path, device="auto", ema=True, trusted=False):
     builds only the framework's own parts (read_checkpoint); ``trusted=True``, or a collection of ``_target_``
     paths, lets it name other classes, such as a user's own SDE."""
     ema, device = check_flag("ema", ema), resolve_device(device)
+    pretrained = pretrained_run(path, device)
+    if pretrained is not None:
+        return pretrained
     state = read_checkpoint(path, trusted)
     meta = state.get("meta") or {}
     if "sde" not in meta or "model" not in meta or "data_spec" not in meta:
@@ -378,6 +413,42 @@ def load(path, device="auto", ema=True, trusted=False):
     weights, step = sampling_weights(state, ema)
     model.load_state_dict(weights)
     return Pipeline(sde, model.to(device).eval(), spec, device, step, meta)
+
+
+def from_diffusers(path, sde=None, device="auto", null_class=False):
+    """A Pipeline from a local diffusers pipeline folder (``unet/`` and ``scheduler/``, as save_pretrained writes it or
+    the hub client downloads it; nothing is downloaded): the U-Net as a score model of ``sde`` (default: the process
+    of its scheduler, models.pretrained.default_sde), images of its size in [−1, 1] with 256 levels. ``null_class``:
+    the U-Net's last class embedding is the null class of classifier-free guidance."""
+    from models.pretrained import DiffusersModel
+
+    device = resolve_device(device)
+    model = DiffusersModel(path, sde, null_class)
+    spec = DataSpec(model.shape, model.num_classes, levels=256, value_range=(-1.0, 1.0))
+    config = {"model": {"_target_": "models.pretrained.DiffusersModel", "path": model.source["path"],
+                        "null_class": bool(null_class)}, "source": model.source}
+    return Pipeline(model.sde, model.to(device), spec, device, config=config)
+
+
+def pretrained_run(path, device):
+    """The Pipeline of a run directory that sampled a pretrained model (no checkpoint.pt; its metrics.json records the
+    weights' path and digest, its .hydra/config.yaml the process): the weights read again from where they are, their
+    digest checked; None for any other path."""
+    run = Path(str(path)).expanduser()
+    metrics, config = run / "metrics.json", run / ".hydra" / "config.yaml"
+    if not run.is_dir() or (run / "checkpoint.pt").exists() or not metrics.is_file() or not config.is_file():
+        return None
+    weights = json.loads(metrics.read_text()).get("weights")
+    if not weights:
+        return None
+    cfg = OmegaConf.load(config)
+    sde = instantiate_config("sde", cfg.sde)
+    pipe = from_diffusers(weights["path"], sde, device, bool(cfg.model.get("null_class", False)))
+    if pipe.config["source"]["digest"] != weights["digest"]:
+        raise CheckpointError(f"the weights at {weights['path']!r} are not those run {str(run)!r} used (sha256 "
+                              f"{pipe.config['source']['digest'][:12]}… instead of {weights['digest'][:12]}…)", "path")
+    pipe.config["solver"] = OmegaConf.to_container(cfg.solver, resolve=True)
+    return pipe
 
 
 def _share(num, generator):

@@ -6,7 +6,7 @@ any SDE, including one whose a and s come from a numeric table, and on any time 
 
 import torch
 
-from sde.errors import check_choice
+from sde.errors import check_choice, check_number
 
 from .base import SteppingSolver, check_eps
 from .exponential import dpm_weights
@@ -20,18 +20,23 @@ class DDIM(SteppingSolver):
         ε̂ = −s_i ∇log p_{t_i}(x_i),   x̂_0 = (x_i − s_i ε̂) / a_i,   x_{i+1} = a_{i+1} x̂_0 + s_{i+1} ε̂.
 
     ``grid``: a Grid (default Karras, ρ = 7), a name, a list of times, or solvers.fitting.TuneGrid (fitted to the
-    model before sampling). NFE = steps.
+    model before sampling). NFE = steps. ``clip`` = c clamps x̂_0 to [−c, c] and keeps ε̂ (diffusers' clip_sample with
+    clip_sample_range c); None: no clipping.
     """
 
     order = 1
 
-    def __init__(self, steps=400, grid="karras", eps=None, denoise=False):
+    def __init__(self, steps=400, grid="karras", eps=None, denoise=False, clip=None):
         super().__init__(steps, grid, eps, denoise)
+        self.clip = None if clip is None else check_number("clip", clip)
 
     def step(self, state, x, t, t_next):
         sde = state.sde
         e = sde.eps_from_score(state.score(x, t), t)
-        return sde.marginal_sample(sde.x0_from_eps(x, e, t), t_next, e)
+        x0 = sde.x0_from_eps(x, e, t)
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+        return sde.marginal_sample(x0, t_next, e)
 
 
 class Heun(SteppingSolver):

@@ -137,6 +137,62 @@ class FlooredLogSNR(Grid):
         return times_at_log_snr(sde, grid, eps)
 
 
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def scheduler_timesteps(num_train_timesteps, steps, spacing="leading", steps_offset=0):
+    """The integer training timesteps a diffusers scheduler visits in ``steps`` steps, first (noisiest) first:
+
+        leading   i_k = k ⌊N/K⌋ + offset,  k = K−1 … 0
+        trailing  i_k = round(N − k N/K) − 1,  k = 0 … K−1
+        linspace  i_k = round(k (N − 1)/(K − 1)),  k = K−1 … 0
+    """
+    n, k = check_int("num_train_timesteps", num_train_timesteps, 2), check_int("steps", steps)
+    check_choice("timestep_spacing", spacing, SPACINGS)
+    if k > n:
+        raise invalid("steps", k, f"at most the model's {n} training timesteps")
+    if spacing == "leading":
+        idx = (np.arange(k) * (n // k)).round()[::-1] + int(steps_offset)
+    elif spacing == "trailing":
+        idx = np.round(np.arange(n, 0, -n / k)) - 1
+    else:
+        idx = np.linspace(0, n - 1, k).round()[::-1]
+    return torch.as_tensor(idx.astype(np.int64).copy())
+
+
+class ModelLevels(Grid):
+    """The steps at a discrete model's own training levels, placed as its scheduler places them (scheduler_timesteps:
+    ``timestep_spacing``, ``steps_offset``), as times of our process: t_k with σ(t_k) = σ_{i_k}, the model's
+    σ_i = √((1 − ᾱ_i)/ᾱ_i) given as the value ``sigmas``. The first time is the first level's (below T where the
+    spacing starts below the top level: the sampler's x_T is taken to be there, as the scheduler takes it); the
+    last step goes to σ = 0, t = 0 with ``final_sigma`` = 0 (diffusers' set_alpha_to_one), else to the time of
+    ``final_sigma`` (or the solver's eps where that is the last level itself). A level above σ(T) is clamped to T.
+    A model exposes this grid as ``model.grid()`` (models.external, models.pretrained)."""
+
+    name = "model"
+
+    def __init__(self, sigmas, spacing="leading", steps_offset=0, final_sigma=0.0):
+        self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+        self.spacing = check_choice("timestep_spacing", spacing, SPACINGS)
+        self.steps_offset = int(steps_offset)
+        self.final_sigma = float(final_sigma)
+
+    def times(self, sde, steps, eps):
+        idx = scheduler_timesteps(len(self.sigmas), steps, self.spacing, self.steps_offset)
+        t = sde.time_at_sigma(self.sigmas[idx], 1e-9)
+        if self.final_sigma == 0:
+            end = torch.zeros(1, dtype=torch.float64)
+        elif self.final_sigma < float(self.sigmas[idx[-1]]):
+            end = sde.time_at_sigma(torch.tensor([self.final_sigma], dtype=torch.float64), 1e-9)
+        else:
+            end = torch.tensor([eps], dtype=torch.float64)
+        return torch.cat([t.cpu(), end])
+
+    def __repr__(self):
+        return (f"ModelLevels(levels={len(self.sigmas)}, spacing={self.spacing!r}, steps_offset={self.steps_offset}, "
+                f"final_sigma={self.final_sigma:g})")
+
+
 def read_times(path):
     """The times a file lists: .txt (numbers separated by white space or commas), .npy (an array), .json (a list,
     or an object whose "times" is one: the artifact solvers.fitting.save_grid writes)."""

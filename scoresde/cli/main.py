@@ -26,6 +26,7 @@ from scoresde.training import distributed
 from scoresde.training.checkpoint import write_output
 from scoresde.training.names import all_named
 from scoresde.training.trainer import load_for_sampling
+from solvers.grids import ModelLevels
 
 from .args import help_text
 from .build import build, named_by_source, takes
@@ -94,6 +95,18 @@ def build_run(cfg, out, overrides):
         return build_parts(cfg, out, overrides, meta, main_process)
 
 
+def model_grid(node, model):
+    """{"grid": the model's own levels} for solver.grid=model (solvers.grids.ModelLevels from a pretrained discrete
+    model's grid_options), else nothing."""
+    if node.get("grid") != "model":
+        return {}
+    options = getattr(model, "grid_options", None)
+    if options is None:
+        raise ConfigError(f"solver.grid=model needs a pretrained discrete model (model=diffusers); "
+                          f"{type(model).__name__} has no training timesteps", "solver.grid")
+    return {"grid": ModelLevels(**options())}
+
+
 def build_parts(cfg, out, overrides, meta, main_process):
     """build_run's parts, from the config fitted to ``meta`` (None without ckpt=)."""
     choose_threads(cfg.threads)
@@ -111,7 +124,7 @@ def build_parts(cfg, out, overrides, meta, main_process):
     sampling = Sampling(num=s.num, classes=to_plain(s.classes), batch=s.batch, plot=s.plot, max_range=s.max_range,
                         guidance=cfg.guidance.scale)
     sampling.check(model)
-    solver = build("solver", cfg.solver)
+    solver = build("solver", cfg.solver, **model_grid(cfg.solver, model))
     check_solver_fits(cfg, overrides, sde, solver)
     context = Context(out, seeds, device, solver, sampling, progress=cfg.progress, main=main_process)
     task = build("task", cfg.task, **({"mask": build("mask", cfg.mask)} if takes("task", cfg.task, "mask") else {}))
@@ -138,9 +151,12 @@ def build_parts(cfg, out, overrides, meta, main_process):
 
 def train_or_load(run):
     """The trained model (its EMA weights), and the metrics of its training: trained here (train.steps > 0),
-    taken from the sweep's cache, or loaded from ckpt=; a model without parameters is used as it is."""
+    taken from the sweep's cache, or loaded from ckpt=; a model without trainable parameters (the oracle, a
+    pretrained network) is used as it is."""
     cfg, model, context, metrics = run.cfg, run.model, run.context, {}
-    if next(model.parameters(), None) is None:
+    if not any(p.requires_grad for p in model.parameters()):
+        if getattr(model, "source", None):
+            metrics["weights"] = dict(model.source)
         return model, metrics
     cached = cached_training(cfg)
     if cached is not None and cached.exists():

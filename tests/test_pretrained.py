@@ -1,0 +1,269 @@
+"""diffusers checkpoints (random tiny U-Nets saved as a pipeline folder, nothing downloaded) under our solvers:
+DDIM on the model's own levels reproduces diffusers' DDIMScheduler, the ancestral step DDPMScheduler's, and an
+NCSN++ U-Net's score is its output at the scheduler's σ."""
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from models.pretrained import DiffusersModel, import_diffusers  # noqa: E402
+from scoresde.data import DataSpec  # noqa: E402
+from sde import VPSDE  # noqa: E402
+from sde.errors import CheckpointError, ConfigError  # noqa: E402
+from solvers import DDIM  # noqa: E402
+from solvers.grids import ModelLevels  # noqa: E402
+from solvers.stochastic import ancestral_step  # noqa: E402
+
+diffusers = import_diffusers()
+
+
+def tiny_unet(size=8, fourier=False, classes=None):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=size, in_channels=2, out_channels=2, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4,
+                                 time_embedding_type="fourier" if fourier else "positional",
+                                 num_class_embeds=classes)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return unet
+
+
+def save(folder, unet, scheduler):
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet()
+
+
+def diffusers_ddim(unet, scheduler, x, steps):
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            out = unet(x, t).sample
+        x = scheduler.step(out, t, x, eta=0.0).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("prediction,schedule", [("epsilon", "linear"), ("v_prediction", "linear"),
+                                                 ("epsilon", "squaredcos_cap_v2"),
+                                                 ("v_prediction", "squaredcos_cap_v2")])
+@pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
+def test_ddim_on_the_model_levels_reproduces_diffusers(tmp_path, unet, prediction, schedule, steps):
+    options = dict(beta_schedule=schedule, prediction_type=prediction, clip_sample=False)
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    solver = DDIM(steps, grid=ModelLevels(**model.grid_options()), eps=0.0)
+    ours, nfe = solver(model.sde, model, x_T.clone())
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
+    assert nfe == steps
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)  # a random ε-net's x̂0 reaches |x/a| ~ 400
+
+
+def test_ddim_with_clipping_reproduces_clip_sample(tmp_path, unet):
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=True, clip_sample_range=0.5))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    ours, _ = DDIM(10, grid=ModelLevels(**model.grid_options()), eps=0.0, clip=0.5)(model.sde, model, x_T.clone())
+    plain, _ = DDIM(10, grid=ModelLevels(**model.grid_options()), eps=0.0)(model.sde, model, x_T.clone())
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 10)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+    assert (plain - theirs).abs().max() > 1e-2
+
+
+def test_wrapped_eps_at_the_model_levels_is_the_unet_output(tmp_path, unet):
+    model = DiffusersModel(save(tmp_path, unet, diffusers.DDPMScheduler()))
+    x = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(3))
+    levels = torch.tensor([0, 17, 500, 900])
+    t = model.sde.time_at_sigma(model.inner.sigmas[levels], 1e-9).float()
+    with torch.no_grad():
+        assert torch.equal(model.eps(x, t), unet(x, levels).sample)
+
+
+def test_ancestral_step_is_ddpm_schedulers_step(tmp_path, unet):
+    """Same inputs, same noise draw (two seeds pin mean and variance): our posterior step between consecutive model
+    levels is DDPM's step with fixed_small variance, β_t = 1 − ᾱ_t/ᾱ_{t−1}, x̂0 = (x − √(1 − ᾱ_t) ε)/√ᾱ_t,
+
+        mean = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x̂0 + √(1 − β_t)(1 − ᾱ_{t−1})/(1 − ᾱ_t) x,   var = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t),
+
+    to float32 rounding against that formula in float64, and to 2e-4 against DDPMScheduler.step (which forms β_t in
+    float32: at level 1 that alone moves its step by ~1.5e-4)."""
+    scheduler = diffusers.DDPMScheduler(clip_sample=False)
+    model = DiffusersModel(save(tmp_path, unet, scheduler))
+    sde, sigmas, abar = model.sde, model.inner.sigmas, model.inner.alphas_cumprod
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    for level in (919, 500, 1):
+        t, t_next = sde.time_at_sigma(sigmas[[level, level - 1]], 1e-9)
+        with torch.no_grad():
+            out = unet(x, level).sample
+        a_t, a_p = abar[level], abar[level - 1]
+        beta = 1 - a_t / a_p
+        x0 = (x.double() - (1 - a_t).sqrt() * out.double()) / a_t.sqrt()
+        mean = a_p.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_p) / (1 - a_t) * x.double()
+        std = (beta * (1 - a_p) / (1 - a_t)).sqrt()
+        for seed in (0, 1):
+            ours = ancestral_step(sde, model, x, t, t_next, torch.Generator().manual_seed(seed))
+            z = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+            torch.testing.assert_close(ours.double(), mean + std * z, rtol=0, atol=2e-6)
+            theirs = scheduler.step(out, level, x, generator=torch.Generator().manual_seed(seed)).prev_sample
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-4)
+
+
+def test_ncsnpp_score_is_the_unet_output_at_the_schedulers_sigmas(tmp_path):
+    unet = tiny_unet(fourier=True)
+    scheduler = diffusers.ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=50.0)
+    model = DiffusersModel(save(tmp_path, unet, scheduler))
+    scheduler.set_timesteps(5)
+    scheduler.set_sigmas(5)
+    sigma = scheduler.sigmas.double()
+    t = model.sde.time_at_sigma(sigma, 1e-9)
+    torch.testing.assert_close(model.sde.sigma(t), sigma, rtol=1e-6, atol=0)
+    x = torch.randn(5, 2, 8, 8, generator=torch.Generator().manual_seed(5)) * sigma.float()[:, None, None, None]
+    with torch.no_grad():
+        theirs = unet(x, scheduler.sigmas).sample
+    torch.testing.assert_close(model(x, t.float()), theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_class_conditional_unet(tmp_path):
+    unet = tiny_unet(classes=3)
+    model = DiffusersModel(save(tmp_path, unet, diffusers.DDPMScheduler()))
+    assert model.num_classes == 3
+    x, y = torch.randn(2, 2, 8, 8), torch.tensor([0, 2])
+    t = model.sde.time_at_sigma(model.inner.sigmas[[100, 100]], 1e-9).float()
+    with torch.no_grad():
+        assert torch.equal(model.eps(x, t, y), unet(x, torch.tensor([100, 100]), class_labels=y).sample)
+    with pytest.raises(ConfigError, match="null class"):
+        model(x, t)
+    assert DiffusersModel(tmp_path, null_class=True).num_classes == 2
+
+
+def test_bad_folders_and_configs_are_one_line(tmp_path, unet):
+    with pytest.raises(ConfigError, match="is not a folder"):
+        DiffusersModel(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="no scheduler/scheduler_config.json"):
+        DiffusersModel(tmp_path)
+    folder = save(tmp_path / "p", unet, diffusers.DDPMScheduler())
+    with pytest.raises(ConfigError, match="does not fit"):
+        DiffusersModel(folder, data=DataSpec((3, 32, 32)))
+    cfg = folder / "scheduler" / "scheduler_config.json"
+    text = cfg.read_text()
+    cfg.write_text(text.replace('"epsilon"', '"flow"'))
+    with pytest.raises(ConfigError, match="prediction_type='flow'"):
+        DiffusersModel(folder)
+    cfg.write_text(text.replace('"linear"', '"quadratic"'))
+    with pytest.raises(ConfigError, match="beta_schedule='quadratic'"):
+        DiffusersModel(folder)
+    (folder / "unet" / "config.json").unlink()
+    with pytest.raises(ConfigError, match="no unet/config.json"):
+        DiffusersModel(folder)
+
+
+def test_default_process_is_the_ddpm_limit(tmp_path, unet):
+    model = DiffusersModel(save(tmp_path, unet, diffusers.DDPMScheduler()))
+    assert isinstance(model.sde, VPSDE) and model.sde.beta_max == pytest.approx(20.0)
+
+
+def test_front_door_samples_on_the_model_grid_from_given_prior_draws(tmp_path, unet):
+    import scoresde
+
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=False))
+    pipe = scoresde.from_diffusers(folder, device="cpu")
+    assert pipe.data.value_range == (-1.0, 1.0) and pipe.data.shape == (2, 8, 8)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(6))
+    x, stats = pipe.sample(3, solver="ddim", steps=10, grid="model", eps=0.0, x_T=x_T, info=True)
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 10)
+    torch.testing.assert_close(x, theirs, rtol=1e-5, atol=1e-4)
+    assert stats["nfe"] == 10
+    assert pipe.config["source"]["digest"] and len(pipe.config["source"]["digest"]) == 64
+    with pytest.raises(ConfigError, match="x_T has shape"):
+        pipe.sample(2, solver="ddim", steps=10, x_T=x_T)
+
+
+@pytest.mark.slow
+def test_likelihood_of_a_wrapped_unet_agrees_between_solvers_and_the_elbo_is_finite(tmp_path):
+    """A 1×4×4 U-Net (16 dimensions: the exact divergence), its output layer scaled by 0.1 (a random network at full
+    scale is not a score field smooth enough in λ for 50 fixed steps), under the VP process."""
+    import scoresde
+
+    torch.manual_seed(0)
+    small = diffusers.UNet2DModel(sample_size=4, in_channels=1, out_channels=1, block_out_channels=(4, 8),
+                                  down_block_types=("DownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    with torch.no_grad():
+        small.conv_out.weight.mul_(0.1)
+    pipe = scoresde.from_diffusers(save(tmp_path, small, diffusers.DDPMScheduler()), device="cpu")
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    adaptive = pipe.nll(x, dequantize=False, rtol=1e-5, atol=1e-5, eps=1e-3)
+    exponential = pipe.nll(x, dequantize=False, method="exponential", steps=50, eps=1e-3)
+    gap = (exponential - adaptive).abs() / 16
+    print(f"exponential(50) - dopri5: {gap.tolist()} nats/dim")
+    assert gap.mean() <= 0.03 and gap.max() <= 0.1, gap
+    bound, stderr = pipe.elbo(x, draws=64)
+    assert torch.isfinite(bound).all() and torch.isfinite(stderr).all() and (stderr > 0).all()
+    assert pipe.bits_per_dim(adaptive) > 0
+
+
+@pytest.mark.slow
+def test_a_run_of_a_diffusers_model_records_its_weights_and_loads_again(tmp_path):
+    """run.py model=diffusers (the process is the subject: training skipped, weights recorded, never copied), then
+    scoresde.load on its run directory rebuilds it with the run's solver on the model's own levels."""
+    import json
+    import subprocess
+    import sys
+
+    import scoresde
+
+    torch.manual_seed(0)
+    small = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                  down_block_types=("DownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    folder = save(tmp_path / "pipe", small, diffusers.DDIMScheduler(clip_sample=False))
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "run.py", "model=diffusers", f"model.path={folder}", "data=digits",
+                           "solver=ddim", "solver.steps=10", "solver.grid=model", "solver.eps=0", "train.steps=0",
+                           "sample.num=4", "sample.max_range=0", f"hydra.run.dir={run}"],
+                          capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    weights = json.loads((run / "metrics.json").read_text())["weights"]
+    assert weights["path"] == str(folder.resolve()) and not list(run.rglob("*.safetensors"))
+    pipe = scoresde.load(run, device="cpu")
+    assert pipe.config["source"]["digest"] == weights["digest"]
+    x, stats = pipe.sample(2, info=True)
+    assert x.shape == (2, 1, 8, 8) and stats["nfe"] == 10
+    with torch.no_grad():
+        small.conv_out.bias.add_(1.0)
+    small.save_pretrained(str(folder / "unet"))
+    with pytest.raises(CheckpointError, match="not those run"):
+        scoresde.load(run, device="cpu")
+
+
+def test_missing_diffusers_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "diffusers" or m.startswith("diffusers.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ConfigError, match=r'pip install "\.\[diffusers\]"'):
+        import_diffusers()
+
+
+@pytest.mark.slow
+def test_fast_solver_fits_a_grid_and_inpainting_runs_on_a_wrapped_unet(tmp_path, unet):
+    import scoresde
+    from solvers import FitGrid
+
+    pipe = scoresde.from_diffusers(save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=False)), device="cpu")
+    x, stats = pipe.sample(2, solver="fast", steps=4, grid=FitGrid(pilots=8, teacher_steps=20, iterations=3),
+                           info=True)
+    assert torch.isfinite(x).all() and stats["nfe"] == 4
+    times = torch.as_tensor(stats["grid_fit"]["times"])
+    assert len(times) == 5 and (times[1:] < times[:-1]).all()
+    data = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    out = pipe.inpaint(data, mask, solver="ddim", steps=10, grid="model", eps=0.0)
+    assert torch.equal(out[:, :, :4], data[:, :, :4])
