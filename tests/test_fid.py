@@ -438,6 +438,7 @@ def test_the_fid_protocol_scores_independent_sample_sets_against_the_whole_train
     assert proc.returncode == 0, proc.stderr
     args = [*TINY_UNET, f"ckpt={tmp_path / 'a' / 'checkpoint.pt'}", "train.steps=0", "task=fid_protocol",
             "task.num=24", "task.seeds=2", f"task.cache={tmp_path / 'cache'}", "task.k=2", "task.k_density=2",
+            "task.use=[fid]",
             "task.features.fid._target_=test_fid.StandIn", "sample.batch=10",
             "eval=[]"]
     proc = run(tmp_path / "b", *args)

@@ -279,3 +279,18 @@ def test_data_space_prdc_refuses_images(tmp_path):
     proc = run_main(tmp_path, "data=digits", "eval=[prdc]", "train.steps=0")
     assert proc.returncode == 2
     assert "use eval=[fid] with eval.fid.features._target_=scoresde.evaluation.PixelFeatures" in proc.stderr
+
+
+def test_the_protocol_scores_with_the_feature_networks_it_is_told_to_use():
+    from scoresde.tasks import FIDProtocol
+
+    features = {"fid": {"_target_": "x"}, "fd_pixels": {"_target_": "y"}}
+    assert list(FIDProtocol(features=features, use=["fd_pixels"]).features) == ["fd_pixels"]
+    assert list(FIDProtocol(features=features).features) == ["fid", "fd_pixels"]
+    for use in (["fd_dinov2"], []):
+        with pytest.raises(ConfigError, match=r"use=.* is invalid: expected a list of the feature networks fid, "
+                                              "fd_pixels") as e:
+            FIDProtocol(features=features, use=use)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="weights="):
+        PixelFeatures(weights="x.pth")

@@ -87,7 +87,9 @@ class PixelFeatures:
 
     name = "pixels"
 
-    def __init__(self, device="cpu"):
+    def __init__(self, weights=None, device="cpu"):
+        if weights is not None:
+            raise ConfigError(f"weights={weights!r}: the pixel features have no weights (give null)", "weights")
         self.device = torch.device(device)
 
     def __call__(self, images):

@@ -19,16 +19,25 @@ class FIDProtocol:
     split, for each of ``seeds`` independent sample sets, as papers report it (EDM: 50,000 samples, the minimum
     over three sets): each set's scores, their mean and their minimum, for every feature network of
     ``features`` (a mapping key → config node: fid for Inception, fd_dinov2, ...), all from one stream of
-    samples per set. Samples are drawn with the run's solver, classes and guidance, ``batch`` at a time (the
-    run's sample.batch), set i from the seed ``protocol`` stream + i. Writes fid_protocol.json and
+    samples per set; ``use`` names the keys of ``features`` to score with (None: all). Samples are drawn with
+    the run's solver, classes and guidance, ``batch`` at a time (the run's sample.batch), set i from the seed
+    ``protocol`` stream + i. Writes fid_protocol.json and
     fid_protocol.md (the table, with the solver, its NFE and the counts); metrics {key}_min, {key}_mean and
     {key}_seeds for each key, nfe_sample, protocol_num and protocol_seconds."""
 
     name = "fid_protocol"
 
-    def __init__(self, num=50000, seeds=3, cache="~/.cache/score-sde/fid", features=None, prdc=True, k=3,
+    def __init__(self, num=50000, seeds=3, cache="~/.cache/score-sde/fid", features=None, use=None, prdc=True, k=3,
                  k_density=5, reference_num=None):
         self.num, self.seeds = check_int("num", num, 2), check_int("seeds", seeds)
+        features = dict(features or {})
+        if use is not None:
+            use = [use] if isinstance(use, str) else list(use)
+            unknown = [key for key in use if key not in features]
+            if unknown or not use:
+                raise ConfigError(f"use={use} is invalid: expected a list of the feature networks "
+                                  f"{', '.join(features) or '(none given)'}", "use")
+            features = {key: features[key] for key in use}
         if not features:
             raise ConfigError("features must name at least one feature network: {fid: {_target_: "
                               "scoresde.evaluation.InceptionFeatures}}", "features")
@@ -37,7 +46,7 @@ class FIDProtocol:
                 raise ConfigError(f"features.{key} is not a name such as fid or fd_dinov2", "features")
         if prdc not in (True, False):
             raise ConfigError(f"prdc={prdc!r} is invalid: expected true or false", "prdc")
-        self.features, self.cache, self.prdc = dict(features), cache, prdc
+        self.features, self.cache, self.prdc = features, cache, prdc
         self.k, self.k_density = check_int("k", k), check_int("k_density", k_density)
         self.reference_num = None if reference_num is None else check_int("reference_num", reference_num, 2)
 
