@@ -181,7 +181,7 @@ def test_run_inpaints_and_colorizes_images(tmp_path):
 def test_an_unknown_task_is_one_line(tmp_path):
     proc = run_main(tmp_path, "task=paint", "train.steps=1")
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and lines == ["error: task='paint' is unknown: choose one of colorize, inpaint, sample "
+    assert proc.returncode == 2 and lines == ["error: task='paint' is unknown: choose one of colorize, fid_protocol, inpaint, sample "
                                               "(or set task._target_=your_module.YourClass)"]
 
 

@@ -14,6 +14,7 @@ NAMES = {
     "sde/rf": "sde.RectifiedFlow",
     "model/score": "models.ScoreModel",
     "model/oracle": "models.MixtureScore",
+    "model/diffusers": "models.pretrained.DiffusersModel",
     "net/mlp": "models.MLP",
     "net/unet": "models.UNet",
     "data/gmm": "scoresde.data.GaussianMixture",
