@@ -22,8 +22,8 @@ from models.guidance import GuidedScore, class_labels
 from scoresde.data import DataSpec
 from scoresde.inputs import as_labels, as_points, check_count, check_fits_in_memory, check_flag, check_seed
 from sde.errors import CheckpointError, ConfigError, NonFiniteError, config_scope
-from solvers import (DDIM, ELBO, AdaptiveSDE, ConsistencySampler, DPMSolver, EulerMaruyama, FitGrid, Heun, Karras,
-                     ODELikelihood, PredictorCorrector, ProbabilityFlowODE, SDEDPMSolver, UniformLogSNR, UniformTime)
+from solvers import (DDIM, ELBO, AdaptiveSDE, DPMSolver, EulerMaruyama, FitGrid, Heun, Karras, ODELikelihood,
+                     PredictorCorrector, ProbabilityFlowODE, SDEDPMSolver, UniformLogSNR, UniformTime)
 from solvers.base import Solver
 from solvers.fitting import fit_solver
 from solvers.inpaint import Inpainter
@@ -79,7 +79,6 @@ SOLVERS = {
                                    memory=8, max_iters=10000, eps=None, denoise=False)),
     "ddim": (DDIM, dict(steps=400, grid=Karras(7.0), eps=None, denoise=False)),
     "heun": (Heun, dict(steps=80, grid=Karras(7.0), eps=None, denoise=False)),
-    "consistency": (ConsistencySampler, dict(steps=4, grid=Karras(7.0), eps=None)),
     "dpm": (DPMSolver, dict(steps=60, order=3, grid=UniformLogSNR(), lower_order_final=True, eps=None,
                             denoise=False)),
     "sde_dpm": (SDEDPMSolver, dict(steps=100, multistep=3, eta=1.0, grid=UniformLogSNR(), eps=None, denoise=False)),

@@ -213,3 +213,82 @@ def test_distillation_refuses_what_it_cannot_give():
         distillation("consistency", oracle, 50, intervals=40)
     with pytest.raises(ConfigError, match="substeps=0"):
         distillation("progressive", oracle, 2, substeps=0)
+
+
+def build_distill(tmp_path, *overrides):
+    """run.py's build_run for ``experiment=distill OVERRIDES`` (every part built and checked, nothing trained)."""
+    from scoresde.cli.main import build_run, compose
+
+    cfg, overrides = compose(["experiment=distill", "progress=false", "threads=1", *overrides])
+    return build_run(cfg, tmp_path, overrides)
+
+
+@pytest.fixture(scope="module")
+def progressive_run(tmp_path_factory):
+    """A 4-step progressive student trained for 2 steps from the oracle: a teacher run directory."""
+    from scoresde.cli.main import run
+
+    out = tmp_path_factory.mktemp("teacher")
+    threads = torch.get_num_threads()
+    try:
+        metrics = run(["experiment=distill", "distill.method=progressive", "distill.steps=4", "train.steps=2",
+                       "distill.substeps=2", "model.net.hidden=8", "sample.num=64", "sample.plot=false",
+                       "eval=[mixture]", "progress=false", f"threads={threads}"], out)
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["nfe_sample"] == 4
+    return out
+
+
+def test_the_run_builds_the_students_sampler_and_parameterization(tmp_path):
+    for method, sampler, parameterization in (("consistency", "ConsistencySampler", "consistency"),
+                                              ("progressive", "DDIM", "x0")):
+        run = build_distill(tmp_path / method, f"distill.method={method}", "distill.steps=2")
+        assert type(run.context.solver).__name__ == sampler and run.context.solver.steps == 2
+        assert run.model.parameterization == parameterization and run.loss.method == method
+    run = build_distill(tmp_path / "reflow", "distill.method=reflow", "distill.steps=2", "sde=rf")
+    assert run.context.solver.method == "euler" and run.context.solver.steps == 2 and run.model.parameterization == "v"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data=checkerboard"], "teacher=oracle needs data with an exact score"),
+    (["teacher=/nowhere/run"], "teacher='/nowhere/run' does not exist"),
+    (["teacher=null"], "experiment=distill needs teacher=oracle"),
+    (["distill.method=consistency", "distill.steps=41"], "distill.steps=41 is invalid for consistency"),
+    (["distill.method=reflow"], "reflow trains a rectified flow"),
+    (["distill.method=nope"], "distill.method='nope' is unknown"),
+])
+def test_bad_distillation_input_is_one_config_error(tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as e:
+        build_distill(tmp_path, *overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_teacher_run_must_match_the_student(progressive_run, tmp_path):
+    """A trained run as teacher: another process, another data shape, or a step count that halving its 4 steps
+    cannot give are refused; its own 2-step successor is built."""
+    cases = [(["sde=ve"], "was trained under VPSDE"),
+             (["data=gmm_hd"], "was trained on data of shape (2,)"),
+             (["distill.steps=3"], "distill.steps=3 cannot come from the 4-step teacher")]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=None) as e:
+            build_distill(tmp_path, f"teacher={progressive_run}", "distill.method=progressive", *overrides)
+        assert message in str(e.value), str(e.value)
+    run = build_distill(tmp_path / "ok", f"teacher={progressive_run}", "distill.method=progressive",
+                        "distill.steps=2")
+    assert run.loss.steps == 2 and run.loss.substeps == 2
+
+
+def test_a_student_checkpoint_samples_with_its_own_sampler(progressive_run, tmp_path):
+    import scoresde
+    from scoresde.cli.main import run
+
+    pipe = scoresde.load(progressive_run)
+    assert isinstance(pipe.solver(), DDIM) and pipe.solver().steps == 4
+    threads = torch.get_num_threads()
+    try:
+        metrics = run([f"ckpt={progressive_run / 'checkpoint.pt'}", "train.steps=0", "sample.num=64",
+                       "sample.plot=false", "eval=[mixture]", "progress=false", f"threads={threads}"], tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["nfe_sample"] == 4
