@@ -109,7 +109,9 @@ def main(argv=None):
     p.add_argument("--substeps", type=int, default=32)
     p.add_argument("--out", default="benchmarks/results/distill")
     p.add_argument("--note", default="", help="what else ran on the machine")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: small ops on a shared machine)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     rows, floors = previous.get("rows", []), previous.get("floors", {})
