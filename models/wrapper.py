@@ -7,7 +7,7 @@ from sde.errors import ConfigError, check_choice, check_number, config_scope
 
 from .embedding import batch_times
 
-PARAMETERIZATIONS = ("eps", "score", "v", "x0")
+PARAMETERIZATIONS = ("eps", "score", "v", "x0", "consistency")
 
 
 class ScoreModel(nn.Module):
@@ -20,6 +20,9 @@ class ScoreModel(nn.Module):
         'x0'     x̂_0 = c_skip x/a + c_out raw, in σ = s/a:   c_skip = σ_d² / (σ² + σ_d²),
                  c_out = σ σ_d / √(σ² + σ_d²)   (Karras et al. 2022's denoiser; a bare x̂_0 = raw would
                  have to reproduce x to within s at low noise)    score = (a x̂_0 − x) / s²
+        'consistency'  x̂_0 as for 'x0' with c_skip = σ_d² / ((σ − σ_min)² + σ_d²), c_out = (σ − σ_min) σ_d /
+                 √(σ² + σ_d²), σ_min = σ(sde.sampling_eps): a consistency function (Song et al. 2023, appendix C)
+                 that meets its boundary condition x̂_0(x, t_min) = x / a exactly
         'v'      v̂ = raw, v = α ε − σ̄ x_0,  with α = a/r, σ̄ = s/r, r = √(a² + s²), x̃ = x/r:
                  x̂_0 = α x̃ − σ̄ v̂,  ε̂ = σ̄ x̃ + α v̂       score = −ε̂ / s
         'score'  score = raw / s  (the net predicts s · score = −ε, as score_sde's scale_by_sigma;
@@ -68,10 +71,13 @@ class ScoreModel(nn.Module):
             return raw, (x - s * raw) / a, s
         if self.parameterization == "score":
             return -raw, (x + s * raw) / a, s
-        if self.parameterization == "x0":
+        if self.parameterization in ("x0", "consistency"):
             sigma2 = (s / a) ** 2
-            c_skip = self.sigma_data**2 / (sigma2 + self.sigma_data**2)
-            c_out = torch.sqrt(sigma2) * self.sigma_data * torch.rsqrt(sigma2 + self.sigma_data**2)
+            shift = torch.sqrt(sigma2)
+            if self.parameterization == "consistency":
+                shift = shift - self.sde.sigma(torch.as_tensor(self.sde.sampling_eps, dtype=torch.float64)).item()
+            c_skip = self.sigma_data**2 / (shift**2 + self.sigma_data**2)
+            c_out = shift * self.sigma_data * torch.rsqrt(sigma2 + self.sigma_data**2)
             x0 = c_skip * x / a + c_out * raw
             return (x - a * x0) / s, x0, s
         r = torch.sqrt(a**2 + s**2)

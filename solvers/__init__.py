@@ -4,6 +4,7 @@ model is a step above the solvers (solvers.fitting)."""
 from .adaptive import AdaptiveSDE
 from .base import CountedScore, GridState, Solver, SteppingSolver
 from .deterministic import DDIM, DPMSolver, Heun
+from .distilled import ConsistencySampler
 from .elbo import ELBO
 from .fitting import FitGrid, TuneGrid, fallback, fit_solver, save_grid
 from .grids import FixedTimes, FlooredLogSNR, Grid, GridRecipe, Karras, UniformLogSNR, UniformTime, make_grid
@@ -11,7 +12,7 @@ from .likelihood import ODELikelihood
 from .ode import ProbabilityFlowODE
 from .stochastic import CORRECTORS, PREDICTORS, EulerMaruyama, PredictorCorrector, SDEDPMSolver
 
-__all__ = ["AdaptiveSDE", "CountedScore", "Solver", "DDIM", "DPMSolver", "Heun", "EulerMaruyama",
+__all__ = ["AdaptiveSDE", "ConsistencySampler", "CountedScore", "Solver", "DDIM", "DPMSolver", "Heun", "EulerMaruyama",
            "PredictorCorrector", "SDEDPMSolver", "ProbabilityFlowODE", "ODELikelihood", "ELBO", "PREDICTORS",
            "CORRECTORS", "make_grid", "SteppingSolver", "GridState", "Grid", "GridRecipe", "UniformTime",
            "UniformLogSNR", "Karras", "FlooredLogSNR", "FixedTimes", "FitGrid", "TuneGrid", "fit_solver",

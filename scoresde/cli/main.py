@@ -32,6 +32,7 @@ from .args import help_text
 from .build import build, named_by_source, takes
 from .checkpoint import CHECKPOINT_GROUPS, SAMPLING_GROUPS, check_steps, checkpoint_meta, held_by
 from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_about_scale
+from .distill import load_teacher, prepare as prepare_distillation
 from .errors import one_line_errors, show_warnings_in_one_line
 from .launch import as_torchrun
 from .legacy import translate
@@ -65,6 +66,7 @@ class Run:
     context: Context
     meta: Optional[dict]
     metrics: dict
+    loss: Any = None
 
 
 def build_evaluations(cfg, keyed=False):
@@ -113,12 +115,16 @@ def build_parts(cfg, out, overrides, meta, main_process):
     device = distributed.process_device(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     seeds = Seeds(cfg.seed)
+    distills = prepare_distillation(cfg, overrides)
     sde = build("sde", cfg.sde)
     data = build("data", cfg.data)
     if meta:
         check_data_fits(meta, data)
     else:
         fit_model_to_data(cfg, data, overrides)
+    loss = None
+    if distills:
+        loss = build("distill", cfg.distill, **load_teacher(cfg, sde, data, device))
     model = build("model", cfg.model, sde=sde, data=data).to(device)
     s = cfg.sample
     sampling = Sampling(num=s.num, classes=to_plain(s.classes), batch=s.batch, plot=s.plot, max_range=s.max_range,
@@ -146,7 +152,7 @@ def build_parts(cfg, out, overrides, meta, main_process):
     trainer = build("train", cfg.train)
     if meta and trainer.steps:
         check_steps(meta, trainer.steps)
-    return Run(cfg, sde, data, model, task, evaluations, trainer, context, meta, metrics)
+    return Run(cfg, sde, data, model, task, evaluations, trainer, context, meta, metrics, loss)
 
 
 def train_or_load(run):
@@ -164,8 +170,10 @@ def train_or_load(run):
         if context.main:
             print(f"trained model of this sweep reused: {cached}", flush=True)
     elif run.trainer.steps > 0:
-        loss = build("loss", cfg.loss)
+        loss = run.loss if run.loss is not None else build("loss", cfg.loss)
         spec = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in CHECKPOINT_GROUPS + SAMPLING_GROUPS}
+        if run.loss is not None:
+            spec["distill"] = {"method": cfg.distill.method, "steps": cfg.distill.steps}
         if not all_named(spec["solver"]):
             del spec["solver"]  # a user's own solver: a run from the checkpoint names its solver itself
         spec["data_spec"] = run.data.spec()

@@ -36,6 +36,7 @@ NAMES = {
     "solver/ddim": "solvers.deterministic.DDIM",
     "solver/dpm": "solvers.deterministic.DPMSolver",
     "solver/heun": "solvers.deterministic.Heun",
+    "solver/consistency": "solvers.distilled.ConsistencySampler",
     "solver/sde_dpm": "solvers.stochastic.SDEDPMSolver",
     "grid/fit": "solvers.fitting.FitGrid",
     "grid/tune": "solvers.fitting.TuneGrid",

@@ -1,0 +1,179 @@
+"""Few-step students distilled from the exact mixture score (teacher=oracle), against the exact answer.
+
+    python -m benchmarks.distill --mixtures 2d --sdes vp --methods progressive --steps 4 --out benchmarks/results/distill
+
+For each (mixture, process, method, student steps): a student (the default MLP, parameterized as the method asks)
+trained by the ordinary Trainer on the method's loss (scoresde.training.distill) with the oracle as teacher, then
+``--num`` samples with the student's own sampler at its step count from the prior draws of each seed: weights TV
+and the gap of the mean exact log-density per dimension against exact samples (benchmarks.oracle's measures),
+beside the exact-sample floor and beside the training-free DPM-Solver++(3M) (uniform-λ grid) on the oracle at the
+same NFE; and the student's cost: optimizer steps, teacher evaluations (network calls on batches), seconds on this
+CPU. Targets: at 4 NFE |gap| <= 0.01 and TV <= 0.015; at 2 NFE 0.03 and 0.02. Writes <out>.md and <out>.json.
+"""
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.oracle import MIXTURES, noise_floor
+from models import MLP, MixtureScore, ScoreModel
+from scoresde.cli.distill import PARAMETERIZATION
+from scoresde.evaluation import mixture_report
+from scoresde.training import Trainer
+from scoresde.training.distill import distillation
+from sde import VESDE, VPSDE
+from sde.processes import RectifiedFlow
+from solvers import DDIM, ConsistencySampler, DPMSolver, ProbabilityFlowODE
+from solvers.base import check_eps
+
+SDES = {"vp": VPSDE, "rf": RectifiedFlow, "ve": VESDE}
+TARGETS = {4: (0.01, 0.015), 2: (0.03, 0.02)}
+
+
+class Counted(torch.nn.Module):
+    """The teacher, its calls counted."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher, self.calls = teacher, 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        return self.teacher(x, t)
+
+
+def sampler(method, steps):
+    if method == "consistency":
+        return ConsistencySampler(steps)
+    if method == "progressive":
+        return DDIM(steps, grid="karras")
+    return ProbabilityFlowODE(method="euler", steps=steps, grid="time")
+
+
+def evaluate(sde, mixture, model, solver, num, seeds):
+    eps = torch.tensor(check_eps(sde, solver.eps), dtype=torch.float64)
+    truth = mixture.perturbed(sde.a(eps).item(), sde.s(eps).item())
+    out = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        x_T = sde.prior_sample((num, *mixture.shape), gen)
+        with torch.no_grad():
+            x, nfe = solver(sde, model, x_T, gen)
+        report = mixture_report(truth, x)
+        out.append({"seed": seed, "nfe": nfe, "weights_tv": report["weights_tv"],
+                    "logp_gap_per_dim": report["logp_gap_per_dim"]})
+    return out
+
+
+def distill_one(sde, mixture, method, steps, args):
+    teacher = Counted(MixtureScore(sde, mixture))
+    loss = distillation(method, teacher, steps, intervals=args.intervals, substeps=args.substeps, seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = ScoreModel(MLP(mixture.shape, hidden=args.hidden, depth=4, embed_dim=64), sde,
+                       parameterization=PARAMETERIZATION[method])
+    trainer = Trainer(steps=args.train_steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=args.ema,
+                      progress=False, ckpt_every=10**6, schedule="cosine", seed=args.seed)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        student, _ = trainer.fit(model, loss, sde, mixture, out, "cpu")
+        seconds = time.perf_counter() - start
+    return student, {"train_steps": args.train_steps, "teacher_calls": teacher.calls, "train_seconds": seconds}
+
+
+def summary(runs):
+    worst = max(runs, key=lambda r: abs(r["logp_gap_per_dim"]))
+    return {"weights_tv": runs[0]["weights_tv"], "logp_gap_per_dim": runs[0]["logp_gap_per_dim"],
+            "worst_tv": max(r["weights_tv"] for r in runs), "worst_gap": worst["logp_gap_per_dim"],
+            "nfe": runs[0]["nfe"], "seeds": runs}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mixtures", nargs="+", default=["2d"], choices=list(MIXTURES))
+    p.add_argument("--sdes", nargs="+", default=["vp"], choices=list(SDES))
+    p.add_argument("--methods", nargs="+", default=["progressive"], choices=["consistency", "progressive", "reflow"])
+    p.add_argument("--steps", nargs="+", type=int, default=[4])
+    p.add_argument("--num", type=int, default=20000)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seed", type=int, default=0, help="the student's training seed")
+    p.add_argument("--train-steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--intervals", type=int, default=40)
+    p.add_argument("--substeps", type=int, default=32)
+    p.add_argument("--out", default="benchmarks/results/distill")
+    p.add_argument("--note", default="", help="what else ran on the machine")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: small ops on a shared machine)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    rows, floors = previous.get("rows", []), previous.get("floors", {})
+    for mix_name in args.mixtures:
+        mixture = MIXTURES[mix_name]()
+        floors[mix_name] = noise_floor(mixture, args.num, args.seeds[0])
+        for sde_name in args.sdes:
+            sde = SDES[sde_name]()
+            oracle = MixtureScore(sde, mixture)
+            for steps in args.steps:
+                free = summary(evaluate(sde, mixture, oracle, DPMSolver(steps, order=3, grid="logsnr"), args.num,
+                                        args.seeds))
+                for method in args.methods:
+                    if method == "reflow" and sde_name != "rf":
+                        continue
+                    student, cost = distill_one(sde, mixture, method, steps, args)
+                    row = summary(evaluate(sde, mixture, student, sampler(method, steps), args.num, args.seeds))
+                    row.update(cost, mixture=mix_name, sde=sde_name, method=method, steps=steps,
+                               free_tv=free["weights_tv"], free_gap=free["logp_gap_per_dim"],
+                               settings={k: getattr(args, k) for k in ("train_steps", "batch", "lr", "ema", "hidden",
+                                                                       "intervals", "substeps", "seed")})
+                    rows = [r for r in rows if (r["mixture"], r["sde"], r["method"], r["steps"])
+                            != (mix_name, sde_name, method, steps)] + [row]
+                    print(f"{mix_name} {sde_name} {method} {steps}: TV {row['weights_tv']:.4f} gap "
+                          f"{row['logp_gap_per_dim']:+.4f} (worst {row['worst_tv']:.4f}, {row['worst_gap']:+.4f}); "
+                          f"DPM-Solver++ {free['weights_tv']:.4f} {free['logp_gap_per_dim']:+.4f}; "
+                          f"{cost['train_seconds']:.0f} s", flush=True)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "floors": floors}, indent=1))
+                    out.with_suffix(".md").write_text(table(rows, floors, args))
+
+
+def table(rows, floors, args):
+    lines = [f"Command: `python -m benchmarks.distill {' '.join(_argv(args))}` (rows of earlier commands kept, each "
+             "with its settings in distill.json)", "",
+             f"Teacher: the exact mixture score (teacher=oracle). {args.num} samples per seed, seeds "
+             f"{' '.join(map(str, args.seeds))}; TV and gap for seed 0, 'worst' over the seeds. Machine: "
+             f"{platform.machine()}, {torch.get_num_threads()} torch thread(s) on a 2-core machine"
+             f"{'; ' + args.note if args.note else ''}; torch {torch.__version__}. Exact samples: "
+             + "; ".join(f"{m} TV {f['weights_tv']:.4f}, gap {f['logp_gap_per_dim']:+.4f}" for m, f in floors.items())
+             + ". Training-free: DPM-Solver++(3M) on the uniform-λ grid with the oracle at the same NFE.", "",
+             "| mixture | process | method | NFE | TV | gap/dim | worst TV | worst gap | target met | DPM-Solver++ TV "
+             "| DPM-Solver++ gap | student steps | teacher calls | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gap_t, tv_t = TARGETS.get(r["steps"], (None, None))
+        met = "–" if gap_t is None else ("yes" if abs(r["worst_gap"]) <= gap_t and r["worst_tv"] <= tv_t else "no")
+        lines.append(f"| {r['mixture']} | {r['sde']} | {r['method']} | {r['nfe']} | {r['weights_tv']:.4f} | "
+                     f"{r['logp_gap_per_dim']:+.4f} | {r['worst_tv']:.4f} | {r['worst_gap']:+.4f} | {met} | "
+                     f"{r['free_tv']:.4f} | {r['free_gap']:+.4f} | {r['train_steps']} | {r['teacher_calls']} | "
+                     f"{r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _argv(args):
+    parts = []
+    for key in ("mixtures", "sdes", "methods", "steps", "seeds"):
+        parts.append(f"--{key} {' '.join(map(str, getattr(args, key)))}")
+    for key in ("num", "train_steps", "lr", "ema", "hidden", "intervals", "substeps"):
+        parts.append(f"--{key.replace('_', '-')} {getattr(args, key)}")
+    return parts
+
+
+if __name__ == "__main__":
+    main()

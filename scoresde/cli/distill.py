@@ -1,0 +1,98 @@
+"""experiment=distill: the teacher (teacher=oracle or a run), the student's sampler and parameterization by method,
+and the checks of a teacher against the student, each refused in one line before any training."""
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from models import MixtureScore
+from scoresde.data import GaussianMixture
+from scoresde.pipeline import load
+from scoresde.training.distill import METHODS, check_rectified_flow
+from sde.errors import ConfigError, check_choice, check_int, config_scope
+
+from .args import override_keys
+
+PARAMETERIZATION = {"consistency": "consistency", "progressive": "x0", "reflow": "v"}
+
+
+def student_sampler(method, steps, grid):
+    """The solver config a student of ``method`` samples with at ``steps`` evaluations: multistep consistency
+    sampling, DDIM on the distillation grid, or Euler in t (reflow)."""
+    grid = {"_target_": "solvers.grids.Karras", "rho": 7.0} if grid == "karras" else grid
+    if method == "consistency":
+        return {"_target_": "solvers.distilled.ConsistencySampler", "steps": steps, "grid": grid, "eps": None}
+    if method == "progressive":
+        return {"_target_": "solvers.deterministic.DDIM", "steps": steps, "grid": grid, "eps": None, "denoise": False}
+    return {"_target_": "solvers.ProbabilityFlowODE", "method": "euler", "steps": steps, "grid": "time", "eps": None,
+            "denoise": False}
+
+
+def prepare(cfg, overrides):
+    """For a run with a ``distill`` node: its method and steps checked, the solver set to the student's sampler and
+    the model's parameterization to the method's (each unless the command line sets it). Returns whether the run
+    distills."""
+    node = cfg.get("distill")
+    if node is None:
+        if cfg.get("teacher") is not None:
+            raise ConfigError(f"teacher={cfg.teacher!r} is read only by experiment=distill", "teacher")
+        return False
+    with config_scope("distill"):
+        method = check_choice("method", node.method, METHODS)
+        steps = check_int("steps", node.steps)
+    choice, keys = override_keys(overrides, "solver")
+    if not choice and not keys:
+        cfg.solver = OmegaConf.create(student_sampler(method, steps, OmegaConf.to_container(node.grid)
+                                                      if OmegaConf.is_config(node.grid) else node.grid))
+    _, keys = override_keys(overrides, "model")
+    if "parameterization" not in keys and "parameterization" in cfg.model:
+        cfg.model.parameterization = PARAMETERIZATION[method]
+    return True
+
+
+def checkpoint_of(spec):
+    """A run directory's checkpoint.pt, or the file itself."""
+    path = Path(str(spec)).expanduser()
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
+def load_teacher(cfg, sde, data, device):
+    """The teacher ``cfg.teacher`` names, as keyword arguments of the distillation loss: ``teacher`` (a score
+    function under the student's process, without gradients) and, for reflow, the teacher's ``teacher_sde`` and
+    ``teacher_solver`` (its own sampler) when it is a run; ``substeps`` where distill.substeps is null (32 teacher
+    steps per student step from the oracle, the paper's 2 from a trained run)."""
+    spec, method, steps = cfg.teacher, cfg.distill.method, cfg.distill.steps
+    if method == "reflow":
+        check_rectified_flow(sde)
+    if spec is None:
+        raise ConfigError("experiment=distill needs teacher=oracle (the data's exact score) or teacher=RUN_DIR",
+                          "teacher")
+    if spec == "oracle":
+        if not isinstance(data, GaussianMixture):
+            raise ConfigError(f"teacher=oracle needs data with an exact score (data=gmm or data=gmm_hd); {data!r} "
+                              "has none: give teacher=RUN_DIR, a model trained on it", "teacher")
+        return {"teacher": MixtureScore(sde, data).to(device),
+                **({"substeps": 32} if cfg.distill.substeps is None else {})}
+    path = checkpoint_of(spec)
+    if not path.is_file():
+        raise ConfigError(f"teacher={str(spec)!r} does not exist: give oracle, a run directory or its "
+                          "checkpoint.pt", "teacher")
+    pipe = load(path, device)
+    if tuple(pipe.data.shape) != tuple(data.shape):
+        raise ConfigError(f"teacher={str(spec)!r} was trained on data of shape {tuple(pipe.data.shape)}; the "
+                          f"student's data {data!r} has shape {tuple(data.shape)}", "teacher")
+    if method != "reflow" and repr(pipe.sde) != repr(sde):
+        raise ConfigError(f"teacher={str(spec)!r} was trained under {pipe.sde!r}; the student's process is {sde!r}: "
+                          "give the teacher's sde= (or distill.method=reflow, which trains a flow from any teacher)",
+                          "teacher")
+    previous = pipe.config.get("distill") or {}
+    substeps = 2 if cfg.distill.substeps is None else cfg.distill.substeps
+    if method == "progressive" and previous.get("method") == "progressive":
+        if steps * substeps != previous.get("steps"):
+            raise ConfigError(f"distill.steps={steps} cannot come from the {previous.get('steps')}-step teacher "
+                              f"{str(spec)!r} by progressive distillation with distill.substeps={substeps}: give "
+                              f"distill.steps={previous.get('steps') // substeps} (or distill.substeps so that "
+                              f"steps x substeps = {previous.get('steps')})", "distill.steps")
+    model = pipe.model.requires_grad_(False).eval()
+    if method == "reflow":
+        return {"teacher": model, "teacher_sde": pipe.sde, "teacher_solver": pipe.solver()}
+    return {"teacher": model, **({"substeps": 2} if cfg.distill.substeps is None else {})}
