@@ -164,7 +164,7 @@ def test_score_model_on_images_with_a_unet():
 
 @pytest.mark.parametrize("build, message", [
     (lambda: ScoreModel(MLP(shape=(2,)), VPSDE(), parameterization="noise"),
-     r"^model\.parameterization='noise' is unknown: choose one of eps, score, v, x0$"),
+     r"^model\.parameterization='noise' is unknown: choose one of consistency, eps, score, v, x0$"),
     (lambda: time_embedding("foo", 16), r"^model\.net\.embedding='foo' is unknown: choose one of fourier, sinusoidal$"),
     (lambda: MLP(shape=(2,), embedding="foo"), r"model\.net\.embedding='foo' is unknown"),
     (lambda: UNet(shape=(1, 8, 8), embedding="gauss"), r"model\.net\.embedding='gauss' is unknown"),
