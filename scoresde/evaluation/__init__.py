@@ -7,4 +7,5 @@ from .plots import plot_inpainting, plot_samples
 from .prdc import prdc
 
 __all__ = ["DINOv2Features", "FID", "InceptionFeatures", "PixelFeatures", "classifier_report", "frechet_distance",
-           "inpainting_report", "kid", "mixture_report", "plot_inpainting", "plot_samples", "prdc", "sample_quality", "sliced_wasserstein"]
+           "inpainting_report", "kid", "mixture_report", "plot_inpainting", "plot_samples", "prdc", "sample_quality",
+           "sliced_wasserstein"]

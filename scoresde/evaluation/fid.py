@@ -183,9 +183,8 @@ class FID:
     (scoresde.evaluation.prdc).
 
     The reference statistics (mean, covariance and ``kid_reference`` stored feature rows, for KID and PRDC) of
-    ``reference_num``
-    training images (None: the whole training split of a finite set, else 10000 draws) are computed once and
-    kept in ``cache`` (None: ~/.cache/score-sde/fid), keyed by the data set (its class and spec, and a digest of the images, so a moved folder
+    ``reference_num`` training images (None: the whole training split of a finite set, else 10000 draws) are
+    computed once and kept in ``cache`` (None: ~/.cache/score-sde/fid), keyed by the data set (its class and spec, and a digest of the images, so a moved folder
     still hits and a changed file misses), their number and shape, and the feature network's name; the file is
     replaced atomically.
     """

@@ -27,6 +27,24 @@ def log_fid(out, step, scores, key="fid"):
     path.write_text("\n".join([",".join(columns), *rows]) + "\n")
 
 
+def check_images(data, need):
+    """A ConfigError unless ``data`` are 8-bit images, the line starting with ``need``."""
+    if data.levels is None or len(data.shape) != 3:
+        raise ConfigError(f"{need}; {data!r} holds {'continuous ' if data.levels is None else ''}points of shape "
+                          f"{tuple(data.shape)}")
+
+
+def prepared_fid(data, features, context, **options):
+    """A FID of ``data`` through the built feature network ``features`` with its reference statistics read or
+    computed (the main process first, the others then read its cache) and its features split across the
+    processes; ``options`` as FID takes them."""
+    fid = FID(data, features, seed=context.seeds["fid_reference"], progress=context.progress is True, **options)
+    with distributed.main_first():
+        fid.reference()
+    fid.features = distributed.split_rows(fid.features)
+    return fid
+
+
 def renamed(scores, key):
     """The scores under the evaluation's key: as they are for "fid"; else "fid" named ``key`` and every other
     score prefixed by it (fd_dinov2, fd_dinov2_kid, fd_dinov2_precision, ...)."""
@@ -64,16 +82,10 @@ class FIDScore:
     def setup(self, data, model, context):
         """The feature network built and the reference statistics read from the cache or computed, before
         training (errors named by the option, under the evaluation's key where it is built)."""
-        if data.levels is None or len(data.shape) != 3:
-            raise ConfigError(f"eval=[fid] needs 8-bit images (FID compares them through an image network); {data!r} "
-                              f"holds {'continuous ' if data.levels is None else ''}points of shape "
-                              f"{tuple(data.shape)}")
+        check_images(data, "eval=[fid] needs 8-bit images (FID compares them through an image network)")
         features = instantiate_config("features", self.features, device=context.device)
-        self.fid = FID(data, features, cache=self.cache, seed=context.seeds["fid_reference"],
-                       progress=context.progress is True, prdc=self.prdc, k=self.k, k_density=self.k_density)
-        with distributed.main_first():
-            self.fid.reference()
-        self.fid.features = distributed.split_rows(self.fid.features)
+        self.fid = prepared_fid(data, features, context, cache=self.cache, prdc=self.prdc, k=self.k,
+                                k_density=self.k_density)
 
     def score(self, sde, model, data, context, progress=False):
         """The scores of ``num`` samples of ``model`` and the seconds they took."""

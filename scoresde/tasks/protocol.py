@@ -4,14 +4,10 @@ import json
 import torch
 
 from sde.errors import ConfigError, check_int, config_scope
-from scoresde.evaluation import FID
 from scoresde.pipeline import Clock, instantiate_config
-from scoresde.training import distributed
 from scoresde.training.checkpoint import write_output
 
-from .fid import renamed
-
-SCORES = ("fid", "kid", "precision", "recall", "density", "coverage")
+from .fid import LOGGED, check_images, prepared_fid, renamed
 
 
 class FIDProtocol:
@@ -21,8 +17,8 @@ class FIDProtocol:
     ``features`` (a mapping key → config node: fid for Inception, fd_dinov2, ...), all from one stream of
     samples per set; ``use`` names the keys of ``features`` to score with (None: all). Samples are drawn with
     the run's solver, classes and guidance, ``batch`` at a time (the run's sample.batch), set i from the seed
-    ``protocol`` stream + i. Writes fid_protocol.json and
-    fid_protocol.md (the table, with the solver, its NFE and the counts); metrics {key}_min, {key}_mean and
+    ``protocol`` stream + i. Writes fid_protocol.json and fid_protocol.md (the table, with the solver, its NFE
+    and the counts); metrics {key}_min, {key}_mean and
     {key}_seeds for each key, nfe_sample, protocol_num and protocol_seconds."""
 
     name = "fid_protocol"
@@ -52,20 +48,13 @@ class FIDProtocol:
 
     def setup(self, data, model, context):
         """Every feature network built and its reference statistics read or computed, before training."""
-        if data.levels is None or len(data.shape) != 3:
-            raise ConfigError(f"task=fid_protocol needs 8-bit images; {data!r} holds "
-                              f"{'continuous ' if data.levels is None else ''}points of shape {tuple(data.shape)}")
+        check_images(data, "task=fid_protocol needs 8-bit images")
         self.fids = {}
         for key, node in self.features.items():
             with config_scope(f"features.{key}"):
                 features = instantiate_config("features", node, device=context.device)
-            fid = FID(data, features, cache=self.cache, seed=context.seeds["fid_reference"],
-                      reference_num=self.reference_num, progress=context.progress is True, prdc=self.prdc, k=self.k,
-                      k_density=self.k_density)
-            with distributed.main_first():
-                fid.reference()
-            fid.features = distributed.split_rows(fid.features)
-            self.fids[key] = fid
+            self.fids[key] = prepared_fid(data, features, context, cache=self.cache, reference_num=self.reference_num,
+                                          prdc=self.prdc, k=self.k, k_density=self.k_density)
 
     def draw(self, pipe, context, seed):
         """The scores of one sample set, keyed by each feature network's names, and the NFE per sample."""
@@ -92,7 +81,7 @@ class FIDProtocol:
             for i in range(self.seeds):
                 scores, nfe = self.draw(pipe, context, base + i)
                 rows.append({"seed": base + i, **scores})
-        names = [n for key in self.fids for n in renamed(dict.fromkeys(SCORES), key) if n in rows[0]]
+        names = [n for key in self.fids for n in renamed(dict.fromkeys(LOGGED), key) if n in rows[0]]
         summary = {"solver": repr(context.solver), "nfe_sample": nfe, "num": self.num, "seeds": self.seeds,
                    "reference": {key: fid.reference().num for key, fid in self.fids.items()}, "sets": rows,
                    "mean": {n: sum(r[n] for r in rows) / len(rows) for n in names},
@@ -103,9 +92,8 @@ class FIDProtocol:
             write_output(context.out / "fid_protocol.md", lambda fh: fh.write(table(summary, names).encode()))
         metrics = {"nfe_sample": nfe, "protocol_num": self.num, "protocol_seconds": clock.seconds}
         for key in self.fids:
-            distance = renamed({"fid": 0}, key).popitem()[0]
-            metrics.update({f"{distance}_min": summary["min"][distance], f"{distance}_mean": summary["mean"][distance],
-                            f"{distance}_seeds": [r[distance] for r in rows]})
+            metrics.update({f"{key}_min": summary["min"][key], f"{key}_mean": summary["mean"][key],
+                            f"{key}_seeds": [r[key] for r in rows]})
         return metrics
 
 
