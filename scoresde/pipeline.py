@@ -176,8 +176,7 @@ class Pipeline:
         """The Solver ``solver`` names (see as_solver); None: the one the loaded run sampled with (its
         checkpoint's solver config, ``options`` over it), or DPMSolver's defaults (dpm) without one."""
         recorded = self.config.get("solver")
-        if isinstance(options.get("grid"), str) and options["grid"] == "model":
-            options["grid"] = self.model_grid()
+        options = self.with_model_grid(options)
         if solver is not None or not recorded:
             return as_solver("dpm" if solver is None else solver, options)
         node = OmegaConf.create(recorded)
@@ -189,6 +188,12 @@ class Pipeline:
             raise ConfigError(f"{unknown[0]}={options[unknown[0]]!r} is not an option of the solver this model was "
                               f"trained to sample with ({node._target_}): its options are {keys}", unknown[0])
         return instantiate_config("solver", node, **options)
+
+    def with_model_grid(self, options):
+        """``options`` with grid="model" replaced by model_grid()."""
+        if isinstance(options.get("grid"), str) and options["grid"] == "model":
+            return {**options, "grid": self.model_grid()}
+        return options
 
     def model_grid(self):
         """grid=model: the steps at a pretrained discrete model's own training timesteps, placed as its scheduler
@@ -262,8 +267,7 @@ class Pipeline:
         x = as_points(x, self.data.shape, self.device, model_dtype(self.model), value_range=self.data.value_range)
         num, batch = check_count("completions", completions) * len(x), check_count("batch", batch)
         seed, progress, info = check_seed("seed", seed), check_flag("progress", progress, ("auto",)), check_flag("info", info)
-        if isinstance(options.get("grid"), str) and options["grid"] == "model":
-            options["grid"] = self.model_grid()
+        options = self.with_model_grid(options)
         solver = as_solver(solver, options)
         inpainter = solver if isinstance(solver, Inpainter) else Inpainter(solver, method, jumps)
         fitted, _ = fit_solver(inpainter.solver, self.sde, self.model, self.data.shape, self.device)
