@@ -116,8 +116,7 @@ def test_a_resumed_log_has_no_duplicate_steps_and_no_stale_temporaries(tmp_path)
 @pytest.mark.slow
 def test_a_module_named_like_a_dependency_in_the_working_directory_is_not_imported(tmp_path):
     (tmp_path / "sklearn.py").write_text("raise SystemExit('the working directory shadowed scikit-learn')\n")
-    proc = run(tmp_path / "out", "data=digits", "model=unet", "model.net.channels=8", "model.net.multipliers=[1]",
-               "model.net.attention_resolutions=[]", "model.net.num_res_blocks=1", "model.net.groups=4",
+    proc = run(tmp_path / "out", "data=digits", "model=mlp", "model.net.hidden=16", "model.net.depth=1",
                "train.steps=1", "train.batch_size=4", "train.progress=false", "solver=ddim", "solver.steps=2",
                "sample.num=4", "sample.max_range=0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
