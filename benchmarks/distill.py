@@ -126,11 +126,12 @@ def main(argv=None):
         for sde_name in args.sdes:
             sde = SDES[sde_name]()
             oracle = MixtureScore(sde, mixture)
+            five = summary(evaluate(sde, mixture, oracle, DPMSolver(5, order=3, grid="logsnr"), args.num,
+                                    args.seeds))
             for steps in args.steps:
-                free = summary(evaluate(sde, mixture, oracle, DPMSolver(steps, order=3, grid="logsnr"), args.num,
-                                        args.seeds))
-                five = (summary(evaluate(sde, mixture, oracle, DPMSolver(5, order=3, grid="logsnr"), args.num,
-                                         args.seeds)) if steps < 5 else free)
+                free = five if steps == 5 else summary(evaluate(sde, mixture, oracle,
+                                                                DPMSolver(steps, order=3, grid="logsnr"), args.num,
+                                                                args.seeds))
                 for method in args.methods:
                     if method == "reflow" and sde_name != "rf":
                         continue
@@ -183,9 +184,8 @@ def _five(r):
 
 def _student(r):
     s = r.get("settings", {})
-    return (f"MLP {s.get('hidden', 64)}x{s.get('depth', 4)}, {s.get('grid', 'karras')}, "
-            f"{s.get('substeps')} sub" if r["method"] == "progressive" else f"MLP {s.get('hidden', 64)}x"
-            f"{s.get('depth', 4)}")
+    net = f"MLP {s.get('hidden', 64)}x{s.get('depth', 4)}"
+    return f"{net}, {s.get('grid', 'karras')}, {s.get('substeps')} sub" if r["method"] == "progressive" else net
 
 
 def _argv(args):
