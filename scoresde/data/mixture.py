@@ -29,6 +29,17 @@ def responsibilities(logp):
     return e / e.sum(-1, keepdim=True)
 
 
+def squared_distances(x, means, a):
+    """‖x_n − a_n μ_k‖² for x (N, D), means (K, D), a (N or 1, 1): shape (N, K). From D = 8 on, as
+    ‖x‖² − 2 a x·μ + a² ‖μ‖² in float64 (exact inputs, cancellation at 1e-16 ‖x‖², where float32 differences err
+    at 1e-7 ‖x − aμ‖²), a matrix product instead of an (N, K, D) array of differences."""
+    if x.shape[1] < 8:
+        return (x[:, None, :] - a[:, :, None] * means[None]).pow(2).sum(-1)
+    x64, m64, a64 = x.double(), means.double(), a.double()
+    d2 = x64.pow(2).sum(1, keepdim=True) - 2 * a64 * (x64 @ m64.T) + a64**2 * m64.pow(2).sum(1)
+    return d2.clamp_min(0).to(x.dtype)
+
+
 class GaussianMixture(DataSet):
     """p(x) = Σ_k w_k N(x; μ_k, σ_k² I), with means (K, *shape), stds (K,) and weights (K,); a point's label
     is its component's class: ``classes[k]`` (default: each component its own class, ``classes[k] = k``).
@@ -110,9 +121,8 @@ class GaussianMixture(DataSet):
         a = torch.as_tensor(a, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
         s = torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1, 1)
         var = a[:, :, 0] ** 2 * self.stds.to(x) ** 2 + s**2  # (N or 1, K)
-        diff = x[:, None, :] - a * means[None]  # (N, K, D)
         d = x.shape[1]
-        logn = -0.5 * diff.pow(2).sum(-1) / var - 0.5 * d * torch.log(2 * math.pi * var)
+        logn = -0.5 * squared_distances(x, means, a[:, :, 0]) / var - 0.5 * d * torch.log(2 * math.pi * var)
         return torch.log(self.weights.to(x)) + logn
 
     def log_prob(self, x, a=1.0, s=0.0, labels=None):
