@@ -10,7 +10,7 @@ from models.pretrained import DiffusersModel, import_diffusers  # noqa: E402
 from scoresde.data import DataSpec  # noqa: E402
 from sde import VPSDE  # noqa: E402
 from sde.errors import CheckpointError, ConfigError  # noqa: E402
-from solvers import DDIM  # noqa: E402
+from solvers import DDIM, PredictorCorrector  # noqa: E402
 from solvers.grids import ModelLevels  # noqa: E402
 from solvers.stochastic import ancestral_step  # noqa: E402
 
@@ -49,20 +49,88 @@ def diffusers_ddim(unet, scheduler, x, steps):
     return x
 
 
-@pytest.mark.parametrize("prediction,schedule", [("epsilon", "linear"), ("v_prediction", "linear"),
-                                                 ("epsilon", "squaredcos_cap_v2"),
-                                                 ("v_prediction", "squaredcos_cap_v2")])
-@pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
-def test_ddim_on_the_model_levels_reproduces_diffusers(tmp_path, unet, prediction, schedule, steps):
-    options = dict(beta_schedule=schedule, prediction_type=prediction, clip_sample=False)
+def ddim_on_the_model_levels(model, steps, x_T, **grid):
+    solver = DDIM(steps, grid=ModelLevels(**{**model.grid_options(), **grid}), eps=0.0)
+    return solver(model.sde, model, x_T.clone())
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [10, 7, pytest.param(30, marks=pytest.mark.slow),
+                                   pytest.param(50, marks=pytest.mark.slow)])
+def test_ddim_on_the_model_levels_reproduces_diffusers_at_every_spacing(tmp_path, unet, spacing, prediction, steps):
+    """N = 1000 levels in K = 10, 7, 30, 50 steps: DDIMScheduler steps from each listed timestep i to i − ⌊N/K⌋,
+    which under linspace and trailing spacing with K not dividing N is not the next listed one; stepping to the next
+    listed one instead (stride off) is far off there."""
+    options = dict(prediction_type=prediction, clip_sample=False, timestep_spacing=spacing)
     folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
     model = DiffusersModel(folder)
     x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    solver = DDIM(steps, grid=ModelLevels(**model.grid_options()), eps=0.0)
-    ours, nfe = solver(model.sde, model, x_T.clone())
+    ours, nfe = ddim_on_the_model_levels(model, steps, x_T)
     theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
     assert nfe == steps
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)  # a random ε-net's x̂0 reaches |x/a| ~ 400
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)  # a random ε-net's x̂0 reaches |x/a| ~ 500
+    if spacing != "leading" and 1000 % steps:
+        plain, _ = ddim_on_the_model_levels(model, steps, x_T, stride=False)
+        assert (plain - theirs).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
+def test_ddim_on_the_model_levels_reproduces_diffusers_on_the_cosine_schedule(tmp_path, unet, prediction, steps):
+    options = dict(beta_schedule="squaredcos_cap_v2", prediction_type=prediction, clip_sample=False)
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours, nfe = ddim_on_the_model_levels(model, steps, x_T)
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
+    assert nfe == steps
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_a_first_level_above_the_process_is_refused_in_one_line(tmp_path, unet):
+    """Trailing spacing starts at level N − 1: σ_999 = 157.4 of the linear β lies above σ(T = 1) = 152.2 of
+    VP(0.1, 20) (the default process reaches it: T = 1.0034), and σ_999 = 2.03e4 of the capped cosine β above the
+    cosine VP's σ(T) = 118.8."""
+    x_T = torch.randn(1, 2, 8, 8)
+    model = DiffusersModel(save(tmp_path / "a", unet, diffusers.DDIMScheduler(timestep_spacing="trailing")),
+                           sde=VPSDE())
+    with pytest.raises(ConfigError, match=r"first timestep 999 has sigma = 157\.407, above sigma\(T\) = 152\.167"):
+        ddim_on_the_model_levels(model, 10, x_T)
+    assert model.sde.T == 1.0 and DiffusersModel(tmp_path / "a").sde.T == pytest.approx(1.00338, abs=1e-5)
+    cosine = diffusers.DDIMScheduler(timestep_spacing="trailing", beta_schedule="squaredcos_cap_v2")
+    model = DiffusersModel(save(tmp_path / "b", unet, cosine))
+    with pytest.raises(ConfigError, match=r"first timestep 999 has sigma = 20291\.3, above sigma\(T\) = 118\.8"):
+        ddim_on_the_model_levels(model, 10, x_T)
+
+
+def diffusers_ddpm(unet, scheduler, x, steps, generator):
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            out = unet(x, t).sample
+        x = scheduler.step(out, t, x, generator=generator).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [10, 7])
+def test_ancestral_sampling_on_the_model_levels_reproduces_ddpm_scheduler(tmp_path, unet, spacing, prediction,
+                                                                           steps):
+    """The whole chain on the same x_T and the same generator (one draw per step, the last step's std 0):
+    DDPMScheduler steps to the next listed timestep, so the plain grid of the model's levels is its chain."""
+    options = dict(prediction_type=prediction, clip_sample=False, timestep_spacing=spacing)
+    folder = save(tmp_path, unet, diffusers.DDPMScheduler(**options))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    solver = PredictorCorrector(steps, predictor="ancestral", corrector="none", eps=0.0,
+                                grid=ModelLevels(**model.grid_options()))
+    ours, nfe = solver(model.sde, model, x_T.clone(), torch.Generator().manual_seed(5))
+    theirs = diffusers_ddpm(unet, diffusers.DDPMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps,
+                            torch.Generator().manual_seed(5))
+    assert nfe == steps
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
 def test_ddim_with_clipping_reproduces_clip_sample(tmp_path, unet):
