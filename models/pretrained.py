@@ -129,7 +129,14 @@ class DiffusersModel(nn.Module):
     """A diffusers pipeline folder as a score model of ``sde`` (default: default_sde of its scheduler): a discrete
     U-Net (models.external.DiscreteModel on the scheduler's ᾱ table, prediction_type epsilon | v_prediction | sample)
     or an NCSN++ VE U-Net with a ScoreSdeVeScheduler (models.external.ScoreNetwork at σ; a Fourier-embedding U-Net
-    divides its output by σ itself). Records ``source`` = {path, digest} (the weights are never copied)."""
+    divides its output by σ itself). Records ``source`` = {path, digest} (the weights are never copied).
+
+    Classifier-free guidance of a class-conditional U-Net (``null_class``: its last class embedding is ∅): our
+    scale w (models.GuidedScore, s_w = (1 + w) s(x, t, y) − w s(x, t, ∅)) gives, since ε̂ = −s · score and the
+    output's reading as ε̂ is affine with weights (1 + w) − w = 1 for every prediction type,
+
+        ε̂_w = ε̂_∅ + (1 + w)(ε̂_y − ε̂_∅),   diffusers' guidance_scale w_d = 1 + w   (w = 0: the plain conditional).
+    """
 
     def __init__(self, path, sde=None, null_class=False, data=None):
         super().__init__()

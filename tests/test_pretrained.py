@@ -210,6 +210,39 @@ def test_class_conditional_unet(tmp_path):
     assert DiffusersModel(tmp_path, null_class=True).num_classes == 2
 
 
+def diffusers_guided_ddim(unet, scheduler, x, steps, labels, null, scale):
+    """DDIMScheduler with ε = ε(x, t, ∅) + scale · (ε(x, t, y) − ε(x, t, ∅)), the two passes apart."""
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            cond = unet(x, t, class_labels=labels).sample
+            uncond = unet(x, t, class_labels=torch.full_like(labels, null)).sample
+        x = scheduler.step(uncond + scale * (cond - uncond), t, x, eta=0.0).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_guided_sampling_on_the_model_grid_is_diffusers_classifier_free_guidance(tmp_path, prediction):
+    """A U-Net with 4 class embeddings, the last the null class: our guidance w = 1.5 is diffusers' 2.5."""
+    import scoresde
+
+    unet = tiny_unet(classes=4)
+    scheduler = diffusers.DDIMScheduler(clip_sample=False, prediction_type=prediction, timestep_spacing="trailing")
+    folder = save(tmp_path, unet, scheduler)
+    pipe = scoresde.from_diffusers(folder, device="cpu", null_class=True)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(9))
+    x, stats = pipe.sample(3, solver="ddim", steps=7, grid="model", eps=0.0, x_T=x_T, classes=[0, 1, 2],
+                           guidance=1.5, info=True)
+    labels = torch.tensor([0, 1, 2])
+    theirs = diffusers_guided_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7,
+                                   labels, 3, 2.5)
+    torch.testing.assert_close(x, theirs, rtol=1e-5, atol=1e-4)
+    assert stats["nfe"] == 7 and torch.equal(stats["labels"], labels)
+    plain = diffusers_guided_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7,
+                                  labels, 3, 1.0)
+    assert (plain - theirs).abs().max() > 1e-2
+
+
 def test_bad_folders_and_configs_are_one_line(tmp_path, unet):
     with pytest.raises(ConfigError, match="is not a folder"):
         DiffusersModel(tmp_path / "nothing")
@@ -308,6 +341,42 @@ def test_a_run_of_a_diffusers_model_records_its_weights_and_loads_again(tmp_path
     small.save_pretrained(str(folder / "unet"))
     with pytest.raises(CheckpointError, match="not those run"):
         scoresde.load(run, device="cpu")
+
+
+def test_the_command_line_samples_from_prior_draws_in_a_npy(tmp_path):
+    """run.py model=diffusers ... task.x_T=FILE.npy, in this process: its samples are DDIMScheduler's from those
+    draws; a missing file, a wrong shape and integers are one line each, before anything is sampled."""
+    import numpy as np
+
+    from scoresde.cli.main import run
+
+    torch.manual_seed(0)
+    small = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                  down_block_types=("DownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    folder = save(tmp_path / "pipe", small, diffusers.DDIMScheduler(clip_sample=False))
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    np.save(tmp_path / "x_T.npy", x_T.numpy())
+    np.save(tmp_path / "three.npy", x_T[:3].numpy())
+    np.save(tmp_path / "ints.npy", np.zeros((4, 1, 8, 8), dtype=np.int64))
+    args = ["model=diffusers", f"model.path={folder}", "data=digits", "solver=ddim", "solver.steps=7",
+            "solver.grid=model", "solver.eps=0", "train.steps=0", "sample.num=4", "sample.max_range=0",
+            "sample.plot=false", "eval=[]", f"threads={torch.get_num_threads()}"]
+    threads = torch.get_num_threads()
+    (tmp_path / "run").mkdir()
+    try:
+        metrics = run([*args, f"task.x_T={tmp_path / 'x_T.npy'}"], tmp_path / "run")
+        for name, needle in [("none.npy", "is not a .npy file"), ("three.npy", r"float32 of shape \(3, 1, 8, 8\)"),
+                             ("ints.npy", "holds int64")]:
+            with pytest.raises(ConfigError, match=rf"^task\.x_T='.*{name}'.*{needle}.*\(4, 1, 8, 8\)") as e:
+                run([*args, f"task.x_T={tmp_path / name}"], tmp_path / name)
+            assert "\n" not in str(e.value) and not (tmp_path / name / "samples.npz").exists()
+    finally:
+        torch.set_num_threads(threads)
+    ours = torch.as_tensor(np.load(tmp_path / "run" / "samples.npz")["x"])
+    theirs = diffusers_ddim(small, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7)
+    assert metrics["nfe_sample"] == 7
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
 def test_missing_diffusers_is_one_line_naming_the_extra(monkeypatch):
