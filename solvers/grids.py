@@ -169,8 +169,8 @@ class ModelLevels(Grid):
     next start, or with ``stride`` (DDIMScheduler) at level i_k − ⌊N/K⌋, which the next start i_{k+1} differs from
     under linspace and trailing spacing where K does not divide N: the state is then taken to t_{k+1} as the
     scheduler takes it, at the same x/√(a² + s²) (its own variable). Below level 0 a step lands at σ = 0, t = 0 with
-    ``final_sigma`` = 0 (diffusers' set_alpha_to_one), else at the time of ``final_sigma`` (or the solver's eps
-    where that is the last start's own level). The last landing is the grid's last time. A model exposes this grid's
+    ``final_sigma`` = 0 (diffusers' set_alpha_to_one), else at the time of ``final_sigma`` (without ``stride``, the
+    solver's eps where that is the last start's own level). The last landing is the grid's last time. A model exposes this grid's
     options as ``model.grid_options()`` (models.pretrained)."""
 
     name = "model"
@@ -195,11 +195,12 @@ class ModelLevels(Grid):
         return start, land.clamp_min(-1)
 
     def level_times(self, sde, levels, last_start, eps):
-        """Times of the levels (−1: the final σ's time, 0 for σ = 0, eps where it is the last start's own level)."""
+        """Times of the levels (−1: the final σ's time, 0 for σ = 0; without ``stride``, eps where it is the last
+        start's own level, which a DDIMScheduler lands on: a step of length zero)."""
         final = torch.tensor([self.final_sigma], dtype=torch.float64)
         if self.final_sigma == 0:
             end = torch.zeros(1, dtype=torch.float64)
-        elif self.final_sigma < float(self.sigmas[last_start]):
+        elif self.stride or self.final_sigma < float(self.sigmas[last_start]):
             end = sde.time_at_sigma(final, 1e-9).cpu()
         else:
             end = torch.tensor([eps], dtype=torch.float64)

@@ -75,6 +75,21 @@ def test_ddim_on_the_model_levels_reproduces_diffusers_at_every_spacing(tmp_path
         assert (plain - theirs).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("options", [dict(set_alpha_to_one=False), dict(steps_offset=1),
+                                     dict(set_alpha_to_one=False, timestep_spacing="linspace")])
+def test_ddim_on_the_model_levels_reproduces_diffusers_final_level_and_offset(tmp_path, unet, options):
+    """set_alpha_to_one=False: a step below level 0 lands on ᾱ_0 (from level 0 itself: a step of length zero);
+    steps_offset shifts leading spacing's timesteps."""
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction",
+                                                          **options))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours, nfe = ddim_on_the_model_levels(model, 7, x_T)
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7)
+    assert nfe == 7
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_ddim_on_the_model_levels_reproduces_diffusers_on_the_cosine_schedule(tmp_path, unet, prediction, steps):
