@@ -170,8 +170,8 @@ class ModelLevels(Grid):
     under linspace and trailing spacing where K does not divide N: the state is then taken to t_{k+1} as the
     scheduler takes it, at the same x/√(a² + s²) (its own variable). Below level 0 a step lands at σ = 0, t = 0 with
     ``final_sigma`` = 0 (diffusers' set_alpha_to_one), else at the time of ``final_sigma`` (without ``stride``, the
-    solver's eps where that is the last start's own level). The last landing is the grid's last time. A model exposes this grid's
-    options as ``model.grid_options()`` (models.pretrained)."""
+    solver's eps where that is the last start's own level). The last landing is the grid's last time. A model
+    exposes this grid's options as ``model.grid_options()`` (models.pretrained)."""
 
     name = "model"
 
@@ -195,8 +195,8 @@ class ModelLevels(Grid):
         return start, land.clamp_min(-1)
 
     def level_times(self, sde, levels, last_start, eps):
-        """Times of the levels (−1: the final σ's time, 0 for σ = 0; without ``stride``, eps where it is the last
-        start's own level, which a DDIMScheduler lands on: a step of length zero)."""
+        """Times of the levels (−1: the final σ's time, 0 for σ = 0; where the final σ is the last start's own
+        level, eps without ``stride`` and that level's time with it: DDIMScheduler's step of length zero)."""
         final = torch.tensor([self.final_sigma], dtype=torch.float64)
         if self.final_sigma == 0:
             end = torch.zeros(1, dtype=torch.float64)

@@ -8,7 +8,7 @@ pytest.importorskip("diffusers")
 
 from models.pretrained import DiffusersModel, import_diffusers  # noqa: E402
 from scoresde.data import DataSpec  # noqa: E402
-from sde import VPSDE  # noqa: E402
+from sde import VESDE, VPSDE  # noqa: E402
 from sde.errors import CheckpointError, ConfigError  # noqa: E402
 from solvers import DDIM, PredictorCorrector  # noqa: E402
 from solvers.grids import ModelLevels  # noqa: E402
@@ -101,6 +101,23 @@ def test_ddim_on_the_model_levels_reproduces_diffusers_on_the_cosine_schedule(tm
     theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
     assert nfe == steps
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_ddim_on_the_model_levels_under_another_process_reproduces_diffusers(tmp_path, unet, spacing):
+    """Under VE (a = 1, s = σ) the scheduler's variable is x/√(a² + s²) = x/√(1 + σ²): our x_T is the scheduler's
+    times √(1 + σ²) at the first level, our sample the scheduler's times it at the last landing (level 0 for
+    trailing spacing's 7 steps, σ = 0 for linspace's); each step's landing is carried to the next start in it."""
+    sde = VESDE(0.005, 400.0)
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction",
+                                                          timestep_spacing=spacing))
+    model = DiffusersModel(folder, sde=sde)
+    times = ModelLevels(**model.grid_options())(sde, 7, 0.0)
+    scale = torch.sqrt(sde.a(times) ** 2 + sde.s(times) ** 2).float()
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours, _ = ddim_on_the_model_levels(model, 7, x_T * scale[0])
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7)
+    torch.testing.assert_close(ours / scale[-1], theirs, rtol=1e-5, atol=1e-4)
 
 
 def test_a_first_level_above_the_process_is_refused_in_one_line(tmp_path, unet):
