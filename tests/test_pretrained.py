@@ -376,7 +376,8 @@ def test_a_run_of_a_diffusers_model_records_its_weights_and_loads_again(tmp_path
 
 
 def test_the_command_line_samples_from_prior_draws_in_a_npy(tmp_path):
-    """run.py model=diffusers ... task.x_T=FILE.npy, in this process: its samples are DDIMScheduler's from those
+    """run.py model=diffusers ... task.x_T=FILE.npy, in this process, with trailing spacing (its first level, above
+    sde=vp's σ(T = 1), refused in one line; reached with sde.T=1.0034): its samples are DDIMScheduler's from those
     draws; a missing file, a wrong shape and integers are one line each, before anything is sampled."""
     import numpy as np
 
@@ -386,28 +387,30 @@ def test_the_command_line_samples_from_prior_draws_in_a_npy(tmp_path):
     small = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
                                   down_block_types=("DownBlock2D", "DownBlock2D"),
                                   up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
-    folder = save(tmp_path / "pipe", small, diffusers.DDIMScheduler(clip_sample=False))
+    folder = save(tmp_path / "pipe", small, diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing"))
     x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(10))
     np.save(tmp_path / "x_T.npy", x_T.numpy())
     np.save(tmp_path / "three.npy", x_T[:3].numpy())
     np.save(tmp_path / "ints.npy", np.zeros((4, 1, 8, 8), dtype=np.int64))
     args = ["model=diffusers", f"model.path={folder}", "data=digits", "solver=ddim", "solver.steps=7",
             "solver.grid=model", "solver.eps=0", "train.steps=0", "sample.num=4", "sample.max_range=0",
-            "sample.plot=false", "eval=[]", f"threads={torch.get_num_threads()}"]
+            "sample.plot=false", "eval=[]", f"threads={torch.get_num_threads()}", f"task.x_T={tmp_path / 'x_T.npy'}"]
     threads = torch.get_num_threads()
     (tmp_path / "run").mkdir()
     try:
-        metrics = run([*args, f"task.x_T={tmp_path / 'x_T.npy'}"], tmp_path / "run")
+        with pytest.raises(ConfigError, match=r"^solver\.grid=model: the scheduler's first timestep 999 has sigma"):
+            run(args, tmp_path / "run")
+        metrics = run([*args, "sde.T=1.0034"], tmp_path / "run")
         for name, needle in [("none.npy", "is not a .npy file"), ("three.npy", r"float32 of shape \(3, 1, 8, 8\)"),
                              ("ints.npy", "holds int64")]:
             with pytest.raises(ConfigError, match=rf"^task\.x_T='.*{name}'.*{needle}.*\(4, 1, 8, 8\)") as e:
-                run([*args, f"task.x_T={tmp_path / name}"], tmp_path / name)
+                run([*args[:-1], "sde.T=1.0034", f"task.x_T={tmp_path / name}"], tmp_path / name)
             assert "\n" not in str(e.value) and not (tmp_path / name / "samples.npz").exists()
     finally:
         torch.set_num_threads(threads)
     ours = torch.as_tensor(np.load(tmp_path / "run" / "samples.npz")["x"])
     theirs = diffusers_ddim(small, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7)
-    assert metrics["nfe_sample"] == 7
+    assert metrics["nfe_sample"] == 7 and "stride=True" in metrics["solver"]
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
