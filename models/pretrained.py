@@ -2,6 +2,7 @@
 the hub client downloads it) read from disk, never downloaded. diffusers is imported only here, when asked for."""
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -105,22 +106,37 @@ def discrete_table(cfg):
                           cfg.get("beta_end", 0.02), cfg.get("beta_schedule", "linear"), cfg.get("trained_betas"))
 
 
-def default_sde(cfg):
+def default_sde(cfg, alphas_cumprod=None):
     """Our process closest to the scheduler's: VE with its σ range; the cosine VP for squaredcos_cap_v2; else VP with
-    β(t) = N β_i (the DDPM limit)."""
+    β(t) = N β_i (the DDPM limit) on [0, T], T = max(1, the time of the model's noisiest level σ_{N−1}), where
+
+        ∫_0^T β = β_min T + ½ (β_max − β_min) T² = −log ᾱ_{N−1},
+
+    so that every level of the model (trailing spacing's first step among them) lies within the process."""
     if cfg.get("_class_name") in VE_SCHEDULERS:
         return VESDE(cfg.get("sigma_min", 0.01), cfg.get("sigma_max", 1348.0))
     if cfg.get("beta_schedule") == "squaredcos_cap_v2":
         return CosineVPSDE()
     n = cfg.get("num_train_timesteps", 1000)
-    return VPSDE(cfg.get("beta_start", 1e-4) * n, cfg.get("beta_end", 0.02) * n)
+    lo, hi = cfg.get("beta_start", 1e-4) * n, cfg.get("beta_end", 0.02) * n
+    if alphas_cumprod is None:
+        return VPSDE(lo, hi)
+    total = -math.log(float(alphas_cumprod[-1]))
+    return VPSDE(lo, hi, T=max(1.0, 2 * total / (lo + math.sqrt(lo**2 + 2 * (hi - lo) * total))))
 
 
 class DiffusersModel(nn.Module):
     """A diffusers pipeline folder as a score model of ``sde`` (default: default_sde of its scheduler): a discrete
     U-Net (models.external.DiscreteModel on the scheduler's ᾱ table, prediction_type epsilon | v_prediction | sample)
     or an NCSN++ VE U-Net with a ScoreSdeVeScheduler (models.external.ScoreNetwork at σ; a Fourier-embedding U-Net
-    divides its output by σ itself). Records ``source`` = {path, digest} (the weights are never copied)."""
+    divides its output by σ itself). Records ``source`` = {path, digest} (the weights are never copied).
+
+    Classifier-free guidance of a class-conditional U-Net (``null_class``: its last class embedding is ∅): our
+    scale w (models.GuidedScore, s_w = (1 + w) s(x, t, y) − w s(x, t, ∅)) gives, since ε̂ = −s · score and the
+    output's reading as ε̂ is affine with weights (1 + w) − w = 1 for every prediction type,
+
+        ε̂_w = ε̂_∅ + (1 + w)(ε̂_y − ε̂_∅),   diffusers' guidance_scale w_d = 1 + w   (w = 0: the plain conditional).
+    """
 
     def __init__(self, path, sde=None, null_class=False, data=None):
         super().__init__()
@@ -140,7 +156,7 @@ class DiffusersModel(nn.Module):
         if data is not None and tuple(data.shape)[-2:] != (unet_cfg.get("sample_size"),) * 2:
             raise ConfigError(f"the data's shape {tuple(data.shape)} does not fit the U-Net's images of size "
                               f"{unet_cfg.get('sample_size')} with {unet_cfg.get('in_channels')} channels", "path")
-        sde = default_sde(cfg) if sde is None else sde
+        sde = default_sde(cfg, abar if kind in DISCRETE_SCHEDULERS else None) if sde is None else sde
         net = DiffusersUNet(load_unet(folder), null_class)
         self.source = {"path": str(folder.resolve()), "digest": digest(folder)}
         if kind in VE_SCHEDULERS:
@@ -152,14 +168,16 @@ class DiffusersModel(nn.Module):
 
     def grid_options(self):
         """What solvers.grids.ModelLevels needs to place steps as the scheduler does: the levels' σ_i, the spacing,
-        the offset and the σ of the last step's target."""
+        the offset, the σ of the last step's target, and ``stride`` for a DDIMScheduler (its step from level i goes
+        to i − ⌊N/K⌋, DDPMScheduler's and the others' to the next listed level)."""
         cfg, inner = self.scheduler_config, self.inner
         if not isinstance(inner, DiscreteModel):
             raise ConfigError("grid=model needs a discrete model (a DDPM/DDIM scheduler); this one is "
                               f"{cfg.get('_class_name')}: use grid=karras or logsnr", "grid")
         final = 0.0 if cfg.get("set_alpha_to_one", True) else float(inner.sigmas[0])
         return dict(sigmas=inner.sigmas.cpu(), spacing=cfg.get("timestep_spacing", "leading"),
-                    steps_offset=cfg.get("steps_offset", 0), final_sigma=final)
+                    steps_offset=cfg.get("steps_offset", 0), final_sigma=final,
+                    stride=cfg.get("_class_name") == "DDIMScheduler")
 
     def forward(self, x, t, y=None):
         return self.inner(x, t, y)

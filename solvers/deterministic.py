@@ -22,6 +22,10 @@ class DDIM(SteppingSolver):
     ``grid``: a Grid (default Karras, ρ = 7), a name, a list of times, or solvers.fitting.TuneGrid (fitted to the
     model before sampling). NFE = steps. ``clip`` = c clamps x̂_0 to [−c, c] and keeps ε̂ (diffusers' clip_sample with
     clip_sample_range c); None: no clipping.
+
+    A grid that says where each step lands (``grid.landings(sde, times)`` → ℓ_i, c_i: solvers.grids.ModelLevels of
+    a DDIMScheduler, whose step from level i goes to i − ⌊N/K⌋ whatever level comes next) takes the step there and
+    hands the next step c_i times the result:  x_{i+1} = c_i (a(ℓ_i) x̂_0 + s(ℓ_i) ε̂).
     """
 
     order = 1
@@ -30,13 +34,23 @@ class DDIM(SteppingSolver):
         super().__init__(steps, grid, eps, denoise)
         self.clip = None if clip is None else check_number("clip", clip)
 
+    def start(self, state, x):
+        landings = getattr(self.grid, "landings", None)
+        state.landings = None
+        if landings is not None:
+            ell, c = landings(state.sde, state.times)
+            state.landings = ell.to(state.t), c.to(device=x.device, dtype=x.dtype)
+
     def step(self, state, x, t, t_next):
         sde = state.sde
         e = sde.eps_from_score(state.score(x, t), t)
         x0 = sde.x0_from_eps(x, e, t)
         if self.clip is not None:
             x0 = x0.clamp(-self.clip, self.clip)
-        return sde.marginal_sample(x0, t_next, e)
+        if state.landings is None:
+            return sde.marginal_sample(x0, t_next, e)
+        ell, c = state.landings
+        return c[state.i] * sde.marginal_sample(x0, ell[state.i], e)
 
 
 class Heun(SteppingSolver):

@@ -162,35 +162,82 @@ def scheduler_timesteps(num_train_timesteps, steps, spacing="leading", steps_off
 
 class ModelLevels(Grid):
     """The steps at a discrete model's own training levels, placed as its scheduler places them (scheduler_timesteps:
-    ``timestep_spacing``, ``steps_offset``), as times of our process: t_k with σ(t_k) = σ_{i_k}, the model's
-    σ_i = √((1 − ᾱ_i)/ᾱ_i) given as the value ``sigmas``. The first time is the first level's (below T where the
-    spacing starts below the top level: the sampler's x_T is taken to be there, as the scheduler takes it); the
-    last step goes to σ = 0, t = 0 with ``final_sigma`` = 0 (diffusers' set_alpha_to_one), else to the time of
-    ``final_sigma`` (or the solver's eps where that is the last level itself). A level above σ(T) is clamped to T.
-    A model exposes this grid as ``model.grid()`` (models.external, models.pretrained)."""
+    ``timestep_spacing``, ``steps_offset``), as times of our process: step k starts at t_k with σ(t_k) = σ_{i_k},
+    the model's σ_i = √((1 − ᾱ_i)/ᾱ_i) given as the value ``sigmas``. The first time is the first level's (below T
+    where the spacing starts below the top level: the sampler's x_T is taken to be there, as the scheduler takes
+    it); a first level above σ(T) is refused (no time of the process holds it). Step k lands (``landings``) at the
+    next start, or with ``stride`` (DDIMScheduler) at level i_k − ⌊N/K⌋, which the next start i_{k+1} differs from
+    under linspace and trailing spacing where K does not divide N: the state is then taken to t_{k+1} as the
+    scheduler takes it, at the same x/√(a² + s²) (its own variable). Below level 0 a step lands at σ = 0, t = 0 with
+    ``final_sigma`` = 0 (diffusers' set_alpha_to_one), else at the time of ``final_sigma`` (without ``stride``, the
+    solver's eps where that is the last start's own level). The last landing is the grid's last time. A model
+    exposes this grid's options as ``model.grid_options()`` (models.pretrained)."""
 
     name = "model"
 
-    def __init__(self, sigmas, spacing="leading", steps_offset=0, final_sigma=0.0):
+    def __init__(self, sigmas, spacing="leading", steps_offset=0, final_sigma=0.0, stride=False):
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
         self.spacing = check_choice("timestep_spacing", spacing, SPACINGS)
         self.steps_offset = int(steps_offset)
         self.final_sigma = float(final_sigma)
+        self.stride = bool(stride)
 
-    def times(self, sde, steps, eps):
-        idx = scheduler_timesteps(len(self.sigmas), steps, self.spacing, self.steps_offset)
-        t = sde.time_at_sigma(self.sigmas[idx], 1e-9)
+    def levels(self, steps):
+        """The model levels each step starts from and lands at (−1: the final σ), as integer tensors of length
+        ``steps``: starts i_k = scheduler_timesteps; landings i_{k+1} (−1 after the last), or i_k − ⌊N/K⌋ with
+        ``stride``."""
+        n = len(self.sigmas)
+        start = scheduler_timesteps(n, steps, self.spacing, self.steps_offset)
+        if self.stride:
+            land = start - n // steps
+        else:
+            land = torch.cat([start[1:], torch.tensor([-1])])
+        return start, land.clamp_min(-1)
+
+    def level_times(self, sde, levels, last_start, eps):
+        """Times of the levels (−1: the final σ's time, 0 for σ = 0; where the final σ is the last start's own
+        level, eps without ``stride`` and that level's time with it: DDIMScheduler's step of length zero)."""
+        final = torch.tensor([self.final_sigma], dtype=torch.float64)
         if self.final_sigma == 0:
             end = torch.zeros(1, dtype=torch.float64)
-        elif self.final_sigma < float(self.sigmas[idx[-1]]):
-            end = sde.time_at_sigma(torch.tensor([self.final_sigma], dtype=torch.float64), 1e-9)
+        elif self.stride or self.final_sigma < float(self.sigmas[last_start]):
+            end = sde.time_at_sigma(final, 1e-9).cpu()
         else:
             end = torch.tensor([eps], dtype=torch.float64)
-        return torch.cat([t.cpu(), end])
+        t = sde.time_at_sigma(self.sigmas[levels.clamp_min(0)], 1e-9).cpu()
+        return torch.where(levels >= 0, t, end)
+
+    def check_top(self, sde, level):
+        """The first level must lie within the process: σ_{i_0} <= σ(T) (to float32 rounding)."""
+        top = float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64)))
+        sigma = float(self.sigmas[level])
+        if sigma > top * (1 + 1e-6):
+            raise ConfigError(f"grid=model: the scheduler's first timestep {int(level)} has sigma = {sigma:.6g}, above "
+                              f"sigma(T) = {top:.6g} of {sde!r}: sample under a process that reaches it (a larger T) "
+                              "or with timestep_spacing='leading'", "grid")
+
+    def times(self, sde, steps, eps):
+        start, land = self.levels(steps)
+        self.check_top(sde, start[0])
+        t = self.level_times(sde, start, start[-1], eps)
+        return torch.cat([t, self.level_times(sde, land[-1:], start[-1], eps)])
+
+    def landings(self, sde, times):
+        """For a solve on ``times`` (this grid's): the time ℓ_k each step lands at, and the factor
+        c_k = √(a² + s²)(t_{k+1}) / √(a² + s²)(ℓ_k) that takes the landed state to the next start at the same
+        x/√(a² + s²) (1 under a variance-preserving process, and wherever ℓ_k = t_{k+1})."""
+        start, land = self.levels(len(times) - 1)
+        ell = self.level_times(sde, land, start[-1], float(times[-1]))
+        ell[-1] = times[-1]
+        ell = torch.where(land == torch.cat([start[1:], torch.tensor([-1])]), times[1:], ell)
+
+        def scale(t):
+            return torch.sqrt(sde.a(t) ** 2 + sde.s(t) ** 2).double()
+        return ell, scale(times[1:]) / scale(ell)
 
     def __repr__(self):
         return (f"ModelLevels(levels={len(self.sigmas)}, spacing={self.spacing!r}, steps_offset={self.steps_offset}, "
-                f"final_sigma={self.final_sigma:g})")
+                f"final_sigma={self.final_sigma:g}{', stride=True' if self.stride else ''})")
 
 
 def read_times(path):

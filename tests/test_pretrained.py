@@ -8,9 +8,9 @@ pytest.importorskip("diffusers")
 
 from models.pretrained import DiffusersModel, import_diffusers  # noqa: E402
 from scoresde.data import DataSpec  # noqa: E402
-from sde import VPSDE  # noqa: E402
+from sde import VESDE, VPSDE  # noqa: E402
 from sde.errors import CheckpointError, ConfigError  # noqa: E402
-from solvers import DDIM  # noqa: E402
+from solvers import DDIM, PredictorCorrector  # noqa: E402
 from solvers.grids import ModelLevels  # noqa: E402
 from solvers.stochastic import ancestral_step  # noqa: E402
 
@@ -49,20 +49,120 @@ def diffusers_ddim(unet, scheduler, x, steps):
     return x
 
 
-@pytest.mark.parametrize("prediction,schedule", [("epsilon", "linear"), ("v_prediction", "linear"),
-                                                 ("epsilon", "squaredcos_cap_v2"),
-                                                 ("v_prediction", "squaredcos_cap_v2")])
-@pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
-def test_ddim_on_the_model_levels_reproduces_diffusers(tmp_path, unet, prediction, schedule, steps):
-    options = dict(beta_schedule=schedule, prediction_type=prediction, clip_sample=False)
+def ddim_on_the_model_levels(model, steps, x_T, **grid):
+    solver = DDIM(steps, grid=ModelLevels(**{**model.grid_options(), **grid}), eps=0.0)
+    return solver(model.sde, model, x_T.clone())
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [10, 7, pytest.param(30, marks=pytest.mark.slow),
+                                   pytest.param(50, marks=pytest.mark.slow)])
+def test_ddim_on_the_model_levels_reproduces_diffusers_at_every_spacing(tmp_path, unet, spacing, prediction, steps):
+    """N = 1000 levels in K = 10, 7, 30, 50 steps: DDIMScheduler steps from each listed timestep i to i − ⌊N/K⌋,
+    which under linspace and trailing spacing with K not dividing N is not the next listed one; stepping to the next
+    listed one instead (stride off) is far off there."""
+    options = dict(prediction_type=prediction, clip_sample=False, timestep_spacing=spacing)
     folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
     model = DiffusersModel(folder)
     x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    solver = DDIM(steps, grid=ModelLevels(**model.grid_options()), eps=0.0)
-    ours, nfe = solver(model.sde, model, x_T.clone())
+    ours, nfe = ddim_on_the_model_levels(model, steps, x_T)
     theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
     assert nfe == steps
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)  # a random ε-net's x̂0 reaches |x/a| ~ 400
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)  # a random ε-net's x̂0 reaches |x/a| ~ 500
+    if spacing != "leading" and 1000 % steps:
+        plain, _ = ddim_on_the_model_levels(model, steps, x_T, stride=False)
+        assert (plain - theirs).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("options", [dict(set_alpha_to_one=False), dict(steps_offset=1),
+                                     dict(set_alpha_to_one=False, timestep_spacing="linspace")])
+def test_ddim_on_the_model_levels_reproduces_diffusers_final_level_and_offset(tmp_path, unet, options):
+    """set_alpha_to_one=False: a step below level 0 lands on ᾱ_0 (from level 0 itself: a step of length zero);
+    steps_offset shifts leading spacing's timesteps."""
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction",
+                                                          **options))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours, nfe = ddim_on_the_model_levels(model, 7, x_T)
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7)
+    assert nfe == 7
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
+def test_ddim_on_the_model_levels_reproduces_diffusers_on_the_cosine_schedule(tmp_path, unet, prediction, steps):
+    options = dict(beta_schedule="squaredcos_cap_v2", prediction_type=prediction, clip_sample=False)
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours, nfe = ddim_on_the_model_levels(model, steps, x_T)
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
+    assert nfe == steps
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_ddim_on_the_model_levels_under_another_process_reproduces_diffusers(tmp_path, unet, spacing):
+    """Under VE (a = 1, s = σ) the scheduler's variable is x/√(a² + s²) = x/√(1 + σ²): our x_T is the scheduler's
+    times √(1 + σ²) at the first level, our sample the scheduler's times it at the last landing (level 0 for
+    trailing spacing's 7 steps, σ = 0 for linspace's); each step's landing is carried to the next start in it."""
+    sde = VESDE(0.005, 400.0)
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction",
+                                                          timestep_spacing=spacing))
+    model = DiffusersModel(folder, sde=sde)
+    times = ModelLevels(**model.grid_options())(sde, 7, 0.0)
+    scale = torch.sqrt(sde.a(times) ** 2 + sde.s(times) ** 2).float()
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours, _ = ddim_on_the_model_levels(model, 7, x_T * scale[0])
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7)
+    torch.testing.assert_close(ours / scale[-1], theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_a_first_level_above_the_process_is_refused_in_one_line(tmp_path, unet):
+    """Trailing spacing starts at level N − 1: σ_999 = 157.4 of the linear β lies above σ(T = 1) = 152.2 of
+    VP(0.1, 20) (the default process reaches it: T = 1.0034), and σ_999 = 2.03e4 of the capped cosine β above the
+    cosine VP's σ(T) = 118.8."""
+    x_T = torch.randn(1, 2, 8, 8)
+    model = DiffusersModel(save(tmp_path / "a", unet, diffusers.DDIMScheduler(timestep_spacing="trailing")),
+                           sde=VPSDE())
+    with pytest.raises(ConfigError, match=r"first timestep 999 has sigma = 157\.407, above sigma\(T\) = 152\.167"):
+        ddim_on_the_model_levels(model, 10, x_T)
+    assert model.sde.T == 1.0 and DiffusersModel(tmp_path / "a").sde.T == pytest.approx(1.00338, abs=1e-5)
+    cosine = diffusers.DDIMScheduler(timestep_spacing="trailing", beta_schedule="squaredcos_cap_v2")
+    model = DiffusersModel(save(tmp_path / "b", unet, cosine))
+    with pytest.raises(ConfigError, match=r"first timestep 999 has sigma = 20291\.3, above sigma\(T\) = 118\.8"):
+        ddim_on_the_model_levels(model, 10, x_T)
+
+
+def diffusers_ddpm(unet, scheduler, x, steps, generator):
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            out = unet(x, t).sample
+        x = scheduler.step(out, t, x, generator=generator).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [10, 7])
+def test_ancestral_sampling_on_the_model_levels_reproduces_ddpm_scheduler(tmp_path, unet, spacing, prediction,
+                                                                           steps):
+    """The whole chain on the same x_T and the same generator (one draw per step, the last step's std 0):
+    DDPMScheduler steps to the next listed timestep, so the plain grid of the model's levels is its chain."""
+    options = dict(prediction_type=prediction, clip_sample=False, timestep_spacing=spacing)
+    folder = save(tmp_path, unet, diffusers.DDPMScheduler(**options))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    solver = PredictorCorrector(steps, predictor="ancestral", corrector="none", eps=0.0,
+                                grid=ModelLevels(**model.grid_options()))
+    ours, nfe = solver(model.sde, model, x_T.clone(), torch.Generator().manual_seed(5))
+    theirs = diffusers_ddpm(unet, diffusers.DDPMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps,
+                            torch.Generator().manual_seed(5))
+    assert nfe == steps
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
 def test_ddim_with_clipping_reproduces_clip_sample(tmp_path, unet):
@@ -140,6 +240,39 @@ def test_class_conditional_unet(tmp_path):
     with pytest.raises(ConfigError, match="null class"):
         model(x, t)
     assert DiffusersModel(tmp_path, null_class=True).num_classes == 2
+
+
+def diffusers_guided_ddim(unet, scheduler, x, steps, labels, null, scale):
+    """DDIMScheduler with ε = ε(x, t, ∅) + scale · (ε(x, t, y) − ε(x, t, ∅)), the two passes apart."""
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            cond = unet(x, t, class_labels=labels).sample
+            uncond = unet(x, t, class_labels=torch.full_like(labels, null)).sample
+        x = scheduler.step(uncond + scale * (cond - uncond), t, x, eta=0.0).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_guided_sampling_on_the_model_grid_is_diffusers_classifier_free_guidance(tmp_path, prediction):
+    """A U-Net with 4 class embeddings, the last the null class: our guidance w = 1.5 is diffusers' 2.5."""
+    import scoresde
+
+    unet = tiny_unet(classes=4)
+    scheduler = diffusers.DDIMScheduler(clip_sample=False, prediction_type=prediction, timestep_spacing="trailing")
+    folder = save(tmp_path, unet, scheduler)
+    pipe = scoresde.from_diffusers(folder, device="cpu", null_class=True)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(9))
+    x, stats = pipe.sample(3, solver="ddim", steps=7, grid="model", eps=0.0, x_T=x_T, classes=[0, 1, 2],
+                           guidance=1.5, info=True)
+    labels = torch.tensor([0, 1, 2])
+    theirs = diffusers_guided_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7,
+                                   labels, 3, 2.5)
+    torch.testing.assert_close(x, theirs, rtol=1e-5, atol=1e-4)
+    assert stats["nfe"] == 7 and torch.equal(stats["labels"], labels)
+    plain = diffusers_guided_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7,
+                                  labels, 3, 1.0)
+    assert (plain - theirs).abs().max() > 1e-2
 
 
 def test_bad_folders_and_configs_are_one_line(tmp_path, unet):
@@ -240,6 +373,45 @@ def test_a_run_of_a_diffusers_model_records_its_weights_and_loads_again(tmp_path
     small.save_pretrained(str(folder / "unet"))
     with pytest.raises(CheckpointError, match="not those run"):
         scoresde.load(run, device="cpu")
+
+
+def test_the_command_line_samples_from_prior_draws_in_a_npy(tmp_path):
+    """run.py model=diffusers ... task.x_T=FILE.npy, in this process, with trailing spacing (its first level, above
+    sde=vp's σ(T = 1), refused in one line; reached with sde.T=1.0034): its samples are DDIMScheduler's from those
+    draws; a missing file, a wrong shape and integers are one line each, before anything is sampled."""
+    import numpy as np
+
+    from scoresde.cli.main import run
+
+    torch.manual_seed(0)
+    small = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                  down_block_types=("DownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    folder = save(tmp_path / "pipe", small, diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing"))
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    np.save(tmp_path / "x_T.npy", x_T.numpy())
+    np.save(tmp_path / "three.npy", x_T[:3].numpy())
+    np.save(tmp_path / "ints.npy", np.zeros((4, 1, 8, 8), dtype=np.int64))
+    args = ["model=diffusers", f"model.path={folder}", "data=digits", "solver=ddim", "solver.steps=7",
+            "solver.grid=model", "solver.eps=0", "train.steps=0", "sample.num=4", "sample.max_range=0",
+            "sample.plot=false", "eval=[]", f"threads={torch.get_num_threads()}", f"task.x_T={tmp_path / 'x_T.npy'}"]
+    threads = torch.get_num_threads()
+    (tmp_path / "run").mkdir()
+    try:
+        with pytest.raises(ConfigError, match=r"^solver\.grid=model: the scheduler's first timestep 999 has sigma"):
+            run(args, tmp_path / "run")
+        metrics = run([*args, "sde.T=1.0034"], tmp_path / "run")
+        for name, needle in [("none.npy", "is not a .npy file"), ("three.npy", r"float32 of shape \(3, 1, 8, 8\)"),
+                             ("ints.npy", "holds int64")]:
+            with pytest.raises(ConfigError, match=rf"^task\.x_T='.*{name}'.*{needle}.*\(4, 1, 8, 8\)") as e:
+                run([*args[:-1], "sde.T=1.0034", f"task.x_T={tmp_path / name}"], tmp_path / name)
+            assert "\n" not in str(e.value) and not (tmp_path / name / "samples.npz").exists()
+    finally:
+        torch.set_num_threads(threads)
+    ours = torch.as_tensor(np.load(tmp_path / "run" / "samples.npz")["x"])
+    theirs = diffusers_ddim(small, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7)
+    assert metrics["nfe_sample"] == 7 and "stride=True" in metrics["solver"]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
 def test_missing_diffusers_is_one_line_naming_the_extra(monkeypatch):

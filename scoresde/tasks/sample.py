@@ -1,9 +1,10 @@
 """task=sample: draw samples of the model, save and picture them."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 
-from sde.errors import ConfigWarning, NonFiniteError, config_scope
+from sde.errors import ConfigError, ConfigWarning, NonFiniteError, config_scope
 from scoresde.evaluation import plot_samples
 from scoresde.training.checkpoint import write_output
 from solvers.fitting import save_grid
@@ -31,26 +32,52 @@ def check_sample_range(x, data, generator, factor=10.0):
     return {"samples_out_of_range": int(far.sum()), "samples_out_of_range_ratio": ratio}
 
 
+def read_prior_draws(path, shape):
+    """The prior draws a .npy file holds: floats of ``shape`` (num, *event shape), or one line naming the file and
+    what was expected."""
+    expected = f"a .npy of floats of shape {tuple(shape)}, one prior draw per sample"
+    path = Path(str(path)).expanduser()
+    if path.suffix != ".npy" or not path.is_file():
+        raise ConfigError(f"x_T={str(path)!r} is not a .npy file: expected {expected}", "x_T")
+    try:
+        x_T = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"x_T={str(path)!r} cannot be read: {e}".splitlines()[0] + f"; expected {expected}",
+                          "x_T") from None
+    if x_T.shape != tuple(shape) or x_T.dtype.kind != "f":
+        raise ConfigError(f"x_T={str(path)!r} holds {x_T.dtype} of shape {x_T.shape}: expected {expected}", "x_T")
+    return x_T
+
+
 class Sample:
     """Draws ``sampling.num`` samples with the run's solver (for ``sampling.classes``, with guidance) from the
     run's "solver" stream into samples.npz (x, and y for labelled samples) and samples.png beside data drawn
     from the "reference_plot" stream; metrics nfe_sample, sample_seconds (without a grid fit's seconds) and
     grid_fit, when the draw fitted the solver's grid (also written to grid.json); samples_out_of_range and
     samples_out_of_range_ratio, with a one-line warning, when some lie beyond ``sampling.max_range`` times the
-    data's largest magnitude (check_sample_range).
+    data's largest magnitude (check_sample_range). ``x_T``: a .npy of the prior draws to start from, of shape
+    (sampling.num, *data shape) (read_prior_draws; None: drawn from the prior).
     Sets the context's samples and labels for the evaluations."""
 
     name = "sample"
 
+    def __init__(self, x_T=None):
+        self.x_T = None if x_T is None else str(x_T)
+        self.prior = None
+
     def setup(self, data, model, context):
-        """Nothing to prepare: the sampling options are checked where they are built."""
+        """The prior draws of ``x_T`` read and checked against sampling.num and the data's shape."""
+        if self.x_T is not None:
+            with config_scope("task"):
+                self.prior = read_prior_draws(self.x_T, (context.sampling.num, *data.shape))
 
     def __call__(self, pipe, context):
         s = context.sampling
         try:
             with config_scope("solver"):
                 x, stats = pipe.sample(s.num, context.solver, batch=s.batch, generator=context.generator, info=True,
-                                       progress=context.progress, classes=s.classes, guidance=s.guidance)
+                                       progress=context.progress, classes=s.classes, guidance=s.guidance,
+                                       x_T=self.prior)
         except NonFiniteError as e:
             if not s.guidance:
                 raise
