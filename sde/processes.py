@@ -8,6 +8,9 @@ from .base import SDE
 from .errors import ConfigError, ConfigWarning, check_number
 
 
+def _horizon(T):
+    """A repr's T, where it is not the usual T = 1 (so that processes that differ print differently)."""
+    return "" if T == 1 else f", T={T}"
 
 
 class VPSDE(SDE):
@@ -42,7 +45,7 @@ class VPSDE(SDE):
         return torch.sqrt(-torch.expm1(-self.int_beta(t)))
 
     def __repr__(self):
-        return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max})"
+        return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}{_horizon(self.T)})"
 
 
 class SubVPSDE(VPSDE):
@@ -55,7 +58,7 @@ class SubVPSDE(VPSDE):
         return -torch.expm1(-self.int_beta(t))
 
     def __repr__(self):
-        return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max})"
+        return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}{_horizon(self.T)})"
 
 
 class VESDE(SDE):
@@ -88,7 +91,7 @@ class VESDE(SDE):
         return self.sigma_min * torch.sqrt(torch.expm1(2 * math.log(self.sigma_max / self.sigma_min) * t / self.T))
 
     def __repr__(self):
-        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}{_horizon(self.T)})"
 
 
 class CosineVPSDE(SDE):
