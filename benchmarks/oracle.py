@@ -62,7 +62,7 @@ def run_one(sde, mixture, solver, num, seed):
     x_T = sde.prior_sample((num, *mixture.shape), gen)
     eps = check_eps(sde, solver.eps)
     solver, fit = fit_solver(solver, sde, oracle, mixture.shape, dtype=x_T.dtype)
-    tune = None if fit is None else {k: fit[k] for k in ("solves", "nfe", "pilots", "start", "loss_start", "loss",
+    tune = None if fit is None else {k: fit.get(k) for k in ("solves", "nfe", "pilots", "start", "loss_start", "loss",
                                                          "seconds")}
     start = time.perf_counter()
     x, nfe = solver(sde, oracle, x_T, gen)
