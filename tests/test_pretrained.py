@@ -439,3 +439,71 @@ def test_fast_solver_fits_a_grid_and_inpainting_runs_on_a_wrapped_unet(tmp_path,
     mask[:, :4] = True
     out = pipe.inpaint(data, mask, solver="ddim", steps=10, grid="model", eps=0.0)
     assert torch.equal(out[:, :, :4], data[:, :, :4])
+
+
+@pytest.fixture(scope="module")
+def rgb(tmp_path_factory):
+    """A 3-channel 8×8 U-Net with a DDIMScheduler as a pipeline folder, and 20 random 8-bit RGB images in a .npy."""
+    import numpy as np
+
+    tmp = tmp_path_factory.mktemp("rgb")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    folder = save(tmp / "pipe", unet, diffusers.DDIMScheduler(clip_sample=False))
+    np.save(tmp / "rgb.npy", np.random.default_rng(0).integers(0, 256, size=(20, 3, 8, 8)).astype(np.uint8))
+    return folder, tmp / "rgb.npy"
+
+
+def run_here(out, *args):
+    """run.py ARGS in this process into ``out``, the run's metrics.json read back."""
+    import json
+
+    from scoresde.cli.main import run
+
+    threads = torch.get_num_threads()
+    out.mkdir(parents=True)
+    try:
+        run([*args, "sample.plot=false", f"threads={threads}"], out)
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_the_command_line_colorizes_with_a_wrapped_unet(tmp_path, rgb):
+    """task=colorize on a diffusers model: the held-out images in the model's range [−1, 1] (bin centres
+    (2k + 1)/256 − 1 of the 8-bit data), their gray (1, 1, 1)ᵀx/√3 kept in every completion to float32 rounding
+    of a random ε-net's |x| ~ 200. A U-Net predicting the sample with its output layer's weights zeroed, its
+    biases b, has x̂0 ≡ b: the exact colorization of x is then the gray of x with the chroma of b,
+
+        x̂_c = x̄ + b_c − b̄   (x̄, b̄ the means over the channels),
+
+    which the run gives to 1e-5."""
+    import numpy as np
+
+    folder, images = rgb
+    args = ["model=diffusers", "data=array", f"data.path={images}", "task=colorize", "task.num=2",
+            "task.completions=2", "solver=ddim", "solver.steps=10", "solver.grid=model", "solver.eps=0",
+            "train.steps=0", "eval=[]"]
+    metrics = run_here(tmp_path / "eps", *args, f"model.path={folder}")
+    saved = np.load(tmp_path / "eps" / "inpaint.npz")
+    x, out = saved["x"].astype(np.float64), saved["completions"].astype(np.float64)
+    assert metrics["nfe_inpaint"] == 10 and x.shape == (2, 3, 8, 8) and out.shape == (4, 3, 8, 8)
+    k = (x + 1) * 128 - 0.5
+    assert np.allclose(k, np.round(k), atol=1e-4) and k.min() >= 0 and k.max() <= 255
+    gray = lambda v: v.sum(1) / np.sqrt(3)  # noqa: E731
+    assert np.abs(gray(out) - np.repeat(gray(x), 2, 0)).max() < 1e-4 and np.isfinite(out).all()
+    assert np.abs(out - np.repeat(x, 2, 0)).max() > 1
+
+    unet = diffusers.UNet2DModel.from_pretrained(str(folder / "unet"))
+    b = torch.tensor([0.3, -0.05, -0.1])
+    with torch.no_grad():
+        unet.conv_out.weight.zero_()
+        unet.conv_out.bias.copy_(b)
+    sample = save(tmp_path / "sample", unet, diffusers.DDIMScheduler(clip_sample=False, prediction_type="sample"))
+    run_here(tmp_path / "x0", *args, f"model.path={sample}")
+    saved = np.load(tmp_path / "x0" / "inpaint.npz")
+    x, out = saved["x"], saved["completions"]
+    exact = np.repeat(x.mean(1, keepdims=True) + (b - b.mean()).numpy()[:, None, None], 2, 0)
+    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5)
