@@ -507,3 +507,80 @@ def test_the_command_line_colorizes_with_a_wrapped_unet(tmp_path, rgb):
     x, out = saved["x"], saved["completions"]
     exact = np.repeat(x.mean(1, keepdims=True) + (b - b.mean()).numpy()[:, None, None], 2, 0)
     np.testing.assert_allclose(out, exact, rtol=0, atol=1e-5)
+
+
+def test_fid_and_kid_of_a_wrapped_unet_in_pixel_features_and_against_its_own_samples(tmp_path, rgb):
+    """eval=[fid] with scoresde.evaluation.PixelFeatures (nothing downloaded) on a diffusers model with x̂0-clipping
+    (solver.clip=1, so its samples lie in [−1, 1]): against the 18 training images, finite FID and KID in
+    metrics.json. Against a data file holding the run's own FID samples (the "fid" stream's draws, made again here)
+    as its training split: FID 0 to rounding of the singular covariances (16 points in 192 features) and KID the
+    unbiased estimate's value on two copies of one set of m rows, 2 (W − D)/m, W the mean kernel over distinct
+    rows, D over each row with itself."""
+    import numpy as np
+
+    import scoresde
+    from scoresde.data import TensorData
+    from scoresde.evaluation.fid import to_uint8
+    from scoresde.seeds import Seeds
+
+    folder, images = rgb
+    num = 16
+    args = ["model=diffusers", f"model.path={folder}", "data=array", "solver=ddim", "solver.steps=10",
+            "solver.grid=model", "solver.eps=0", "solver.clip=1", "train.steps=0", "sample.num=2", "eval=[fid]",
+            "eval.fid.features._target_=scoresde.evaluation.PixelFeatures", f"eval.fid.cache={tmp_path / 'cache'}",
+            f"eval.fid.num={num}"]
+    metrics = run_here(tmp_path / "data", *args, f"data.path={images}")
+    assert metrics["fid_num"] == num and 1 < metrics["fid"] < 1e3 and np.isfinite(metrics["kid"])
+    assert metrics["kid_std"] > 0 and 0 <= metrics["precision"] <= 1
+
+    pipe = scoresde.from_diffusers(folder, device="cpu")
+    x = pipe.sample(num, solver="ddim", steps=10, grid="model", eps=0.0, clip=1.0, generator=Seeds(0).generator("fid"))
+    assert x.abs().max() <= 1
+    own = to_uint8(x, pipe.data).numpy()
+    split = TensorData(np.zeros((num + 1, 1)), test_fraction=0.05)
+    rows = np.zeros((num + 1, *own.shape[1:]), np.uint8)
+    rows[split.train_index] = own
+    np.save(tmp_path / "own.npy", rows)
+    metrics = run_here(tmp_path / "own", *args, f"data.path={tmp_path / 'own.npy'}", "data.test_fraction=0.05")
+    f = torch.from_numpy(own.reshape(num, -1)).double() / 255
+    k = (f @ f.T / f.shape[1] + 1) ** 3
+    w, d = (k.sum() - k.trace()) / (num * (num - 1)), k.trace() / num
+    assert metrics["fid"] < 1e-4
+    assert metrics["kid"] == pytest.approx(2 * (w - d).item() / num, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_sweep_over_two_solvers_on_a_wrapped_unet(tmp_path, rgb, monkeypatch):
+    """run.py -m solver=ddim,dpm solver.grid=model on a diffusers model, in this process: both runs on the model's
+    own levels, each loading the U-Net once from the same folder, and summary.md lists both. A bad solver value
+    is still refused for the whole sweep before any run (its grid=model checked as the time grid there)."""
+    import json
+
+    import numpy as np
+
+    import models.pretrained as pretrained
+    from test_run import run_main
+
+    folder, images = rgb
+    loads, load = [], pretrained.load_unet
+    monkeypatch.setattr(pretrained, "load_unet", lambda path, *a, **k: loads.append(str(path)) or load(path, *a, **k))
+    sweep = tmp_path / "sweep"
+    proc = run_main(tmp_path / "run", "-m", f"hydra.sweep.dir={sweep}", "model=diffusers", f"model.path={folder}",
+                    "data=array", f"data.path={images}", "solver=ddim,dpm", "solver.steps=10", "solver.grid=model",
+                    "solver.eps=0", "train.steps=0", "sample.num=4", "sample.plot=false", "sample.max_range=0",
+                    "eval=[]")
+    assert proc.returncode == 0, proc.stderr
+    assert loads == [str(folder)] * 2
+    metrics = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert [m["solver"].split("(")[0] for m in metrics] == ["DDIM", "DPMSolver"]
+    assert all("grid=ModelLevels(levels=1000" in m["solver"] and m["nfe_sample"] == 10 for m in metrics)
+    assert metrics[0]["weights"] == metrics[1]["weights"] and metrics[0]["weights"]["path"] == str(folder.resolve())
+    rows = [line for line in (sweep / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 3 and "solver=ddim" in rows[1] and "solver=dpm" in rows[2] and "nfe_sample" in rows[0]
+    assert all(np.load(sweep / str(i) / "samples.npz")["x"].shape == (4, 3, 8, 8) for i in range(2))
+    proc = run_main(tmp_path / "bad", "-m", f"hydra.sweep.dir={tmp_path / 'bad'}", "model=diffusers",
+                    f"model.path={folder}", "data=array", f"data.path={images}", "solver=ddim,dpm", "solver.steps=0",
+                    "solver.grid=model", "train.steps=0", "eval=[]")
+    assert proc.returncode == 2 and len(loads) == 2 and not (tmp_path / "bad" / "0").exists()
+    assert proc.stderr.strip() == ("error: solver.steps=0 is invalid: expected an integer >= 1 (run 0 of the sweep: "
+                                   "solver=ddim; no run was started)")
