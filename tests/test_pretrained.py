@@ -353,13 +353,12 @@ def test_likelihood_of_a_wrapped_unet_agrees_between_solvers_and_the_elbo_is_fin
 
 @pytest.mark.slow
 def test_a_run_of_a_diffusers_model_records_its_weights_and_loads_again(tmp_path):
-    """run.py model=diffusers (the process is the subject: training skipped, weights recorded, never copied), then
+    """run.py model=diffusers, in this process (the process is the subject: training skipped, weights recorded, never copied), then
     scoresde.load on its run directory rebuilds it with the run's solver on the model's own levels."""
     import json
-    import subprocess
-    import sys
 
     import scoresde
+    from test_run import run_main
 
     torch.manual_seed(0)
     small = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
@@ -367,10 +366,9 @@ def test_a_run_of_a_diffusers_model_records_its_weights_and_loads_again(tmp_path
                                   up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
     folder = save(tmp_path / "pipe", small, diffusers.DDIMScheduler(clip_sample=False))
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "run.py", "model=diffusers", f"model.path={folder}", "data=digits",
-                           "solver=ddim", "solver.steps=10", "solver.grid=model", "solver.eps=0", "train.steps=0",
-                           "sample.num=4", "sample.max_range=0", f"hydra.run.dir={run}"],
-                          capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    done = run_main(run, "model=diffusers", f"model.path={folder}", "data=digits", "solver=ddim", "solver.steps=10",
+                    "solver.grid=model", "solver.eps=0", "train.steps=0", "sample.num=4", "sample.max_range=0",
+                    "sample.plot=false", "eval=[]")
     assert done.returncode == 0, done.stderr[-2000:]
     weights = json.loads((run / "metrics.json").read_text())["weights"]
     assert weights["path"] == str(folder.resolve()) and not list(run.rglob("*.safetensors"))
