@@ -116,8 +116,11 @@ def check_values(argv, conf_dir, sweep=False):
 
 def check_parts(cfg, overrides):
     """The parts of a run that are cheap to build (process, solver, training, loss) built and the solver checked
-    against the process, so that a bad value in a later run of a sweep is refused before the first run trains."""
-    parts = {key: build(key, cfg[key]) for key in ("sde", "solver", "train", "loss")
+    against the process, so that a bad value in a later run of a sweep is refused before the first run trains. A
+    solver on the model's own levels (grid=model, known once the model is built) is checked on the time grid."""
+    levels = OmegaConf.is_dict(cfg.get("solver")) and cfg.solver.get("grid") == "model"
+    parts = {key: build(key, cfg[key], **({"grid": "time"} if key == "solver" and levels else {}))
+             for key in ("sde", "solver", "train", "loss")
              if OmegaConf.is_dict(cfg.get(key)) and "_target_" in cfg[key]}
     if "sde" in parts and "solver" in parts:
         check_solver_fits(cfg, overrides, parts["sde"], parts["solver"])
