@@ -91,8 +91,8 @@ class ConsistencyDistillation:
 
     method = "consistency"
 
-    def __init__(self, teacher, intervals=40, teacher_step="heun", distance="pseudo_huber", weighting="inverse",
-                 grid="karras", eps=None, target_ema=0.0):
+    def __init__(self, teacher, intervals=40, teacher_step="heun", distance="pseudo_huber", weighting="output",
+                 grid="karras", eps=None, target_ema=0.95):
         self.teacher = teacher
         self.intervals = check_int("intervals", intervals)
         self.teacher_step = check_choice("teacher_step", teacher_step, TEACHER_STEPS)
@@ -317,8 +317,8 @@ class Reflow:
 
 
 def distillation(method, teacher, steps, intervals=40, teacher_step="heun", distance="pseudo_huber",
-                 weighting="inverse", substeps=2, pairs=20000, teacher_solver=None, teacher_sde=None, grid="karras",
-                 seed=0, target_ema=0.0):
+                 weighting="output", substeps=2, pairs=20000, teacher_solver=None, teacher_sde=None, grid="karras",
+                 seed=0, target_ema=0.95):
     """The loss of ``method`` ('consistency', 'progressive', 'reflow') with its own options (the others are
     ignored): consistency takes intervals, teacher_step, distance, weighting, grid, target_ema; progressive steps, substeps,
     teacher_step, grid; reflow pairs, teacher_solver, teacher_sde, seed. ``steps`` is the student's step count: for
