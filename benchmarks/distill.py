@@ -8,7 +8,8 @@ trained by the ordinary Trainer on the method's loss (scoresde.training.distill)
 and the gap of the mean exact log-density per dimension against exact samples (benchmarks.oracle's measures),
 beside the exact-sample floor and beside the training-free DPM-Solver++(3M) (uniform-λ grid) on the oracle at the
 same NFE; and the student's cost: optimizer steps, teacher evaluations (network calls on batches), seconds on this
-CPU. Targets: at 4 NFE |gap| <= 0.01 and TV <= 0.015; at 2 NFE 0.03 and 0.02. Writes <out>.md and <out>.json.
+CPU (a consistency student is one model for every step count: trained once per process, its rows share that
+cost). Targets: at 4 NFE |gap| <= 0.01 and TV <= 0.015; at 2 NFE 0.03 and 0.02. Writes <out>.md and <out>.json.
 """
 import argparse
 import json
@@ -125,6 +126,7 @@ def main(argv=None):
     out = Path(args.out)
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     rows, floors = previous.get("rows", []), previous.get("floors", {})
+    students = {}  # a consistency student is one model for every step count: trained once, sampled at each
     for mix_name in args.mixtures:
         mixture = MIXTURES[mix_name]()
         floors[mix_name] = noise_floor(mixture, args.num, args.seeds[0])
@@ -140,7 +142,10 @@ def main(argv=None):
                 for method in args.methods:
                     if method == "reflow" and sde_name != "rf":
                         continue
-                    student, cost = distill_one(sde, mixture, method, steps, args)
+                    key = (mix_name, sde_name, method)
+                    if method != "consistency" or key not in students:
+                        students[key] = distill_one(sde, mixture, method, steps, args)
+                    student, cost = students[key]
                     row = summary(evaluate(sde, mixture, student, sampler(method, steps, args.grid), args.num,
                                           args.seeds))
                     row.update(cost, mixture=mix_name, sde=sde_name, method=method, steps=steps,
