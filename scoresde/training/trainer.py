@@ -152,7 +152,9 @@ class Trainer:
       ``tensorboard`` the same scalars go to ``tensorboard/`` beside it.
     - Every ``ckpt_every`` steps and at the end, ``checkpoint.pt`` in the output folder is replaced atomically;
       it holds the TrainState, so a resumed run continues exactly where it stopped, and ``meta`` (what the
-      caller says about the model).
+      caller says about the model). A loss that carries state of its own (a consistency loss's target network)
+      has ``before_step(model)``, called before every optimizer step, and ``state_dict()`` /
+      ``load_state_dict(state, model, path)``, kept in the checkpoint as ``loss``.
     - Every ``sample_every`` steps (0: never) ``fit``'s ``on_sample(step, ema_model)`` is called on every
       process (collective_callback), with the random states restored afterwards, so pictures do not change the
       run.
