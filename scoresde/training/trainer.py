@@ -153,8 +153,8 @@ class Trainer:
     - Every ``ckpt_every`` steps and at the end, ``checkpoint.pt`` in the output folder is replaced atomically;
       it holds the TrainState, so a resumed run continues exactly where it stopped, and ``meta`` (what the
       caller says about the model). A loss that carries state of its own (a consistency loss's target network)
-      has ``before_step(model)``, called before every optimizer step, and ``state_dict()`` /
-      ``load_state_dict(state, model, path)``, kept in the checkpoint as ``loss``.
+      has ``before_step(model)``, called before every optimizer step, and with it ``state_dict()`` and
+      ``load_state_dict(state, model, path)``: that state is kept in the checkpoint as ``loss``.
     - Every ``sample_every`` steps (0: never) ``fit``'s ``on_sample(step, ema_model)`` is called on every
       process (collective_callback), with the random states restored afterwards, so pictures do not change the
       run.
@@ -253,7 +253,7 @@ class Trainer:
         if resume is not None:
             saved = load_checkpoint(resume, model)
             state.load_state_dict(saved)
-            if hasattr(loss, "load_state_dict"):
+            if hasattr(loss, "before_step"):
                 loss.load_state_dict(saved.get("loss"), model, resume)
             if state.step > self.steps:
                 raise ConfigError(f"steps={self.steps} is below the step {state.step} that the checkpoint {resume} has "
@@ -329,7 +329,7 @@ class Trainer:
                     log.flush()
                     ranks = distributed.gather_objects(state.rank_states())
                     pending = copy.deepcopy(state.state_dict(ranks))
-                    if hasattr(loss, "state_dict"):
+                    if hasattr(loss, "before_step"):
                         pending["loss"] = loss.state_dict()
                 for call in due:
                     collective_callback(call, step, state.ema_model(), device)
