@@ -14,7 +14,9 @@ class ConsistencySampler(Solver):
 
     returns x̂₀. The times τ_i are those where σ = s/a equals ``sigmas`` (steps − 1 of them, decreasing, between
     σ(eps) and σ(T)), or by default the first ``steps`` points of ``grid`` (a fixed grid of ``steps`` intervals from
-    T to eps, default ρ-spaced in σ). NFE = steps."""
+    T to eps, default ρ-spaced in σ; it nests in a consistency student's grid of N intervals when steps divides
+    N). A distilled student is trained at its grid's times alone: sigmas between them may be far off (on VP's
+    40-interval grid σ = 0.8 gave a log-density gap of −1.5 nats/dim where the grid's 0.87 gave −0.06). NFE = steps."""
 
     deterministic = False
 
