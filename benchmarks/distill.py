@@ -8,7 +8,8 @@ trained by the ordinary Trainer on the method's loss (scoresde.training.distill)
 and the gap of the mean exact log-density per dimension against exact samples (benchmarks.oracle's measures),
 beside the exact-sample floor and beside the training-free DPM-Solver++(3M) (uniform-λ grid) on the oracle at the
 same NFE; and the student's cost: optimizer steps, teacher evaluations (network calls on batches), seconds on this
-CPU. Targets: at 4 NFE |gap| <= 0.01 and TV <= 0.015; at 2 NFE 0.03 and 0.02. Writes <out>.md and <out>.json.
+CPU (a consistency student is one model for every step count: trained once per process, its rows share that
+cost). Targets: at 4 NFE |gap| <= 0.01 and TV <= 0.015; at 2 NFE 0.03 and 0.02. Writes <out>.md and <out>.json.
 """
 import argparse
 import json
@@ -72,7 +73,7 @@ def evaluate(sde, mixture, model, solver, num, seeds):
 def distill_one(sde, mixture, method, steps, args):
     teacher = Counted(MixtureScore(sde, mixture))
     loss = distillation(method, teacher, steps, intervals=args.intervals, substeps=args.substeps, seed=args.seed,
-                        grid=args.grid)
+                        grid=args.grid, weighting=args.weighting, target_ema=args.target_ema)
     torch.manual_seed(args.seed)
     model = ScoreModel(MLP(mixture.shape, hidden=args.hidden, depth=args.depth, embed_dim=64), sde,
                        parameterization=PARAMETERIZATION[method])
@@ -110,7 +111,12 @@ def main(argv=None):
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--grid", default="karras", choices=["karras", "logsnr", "time"],
                    help="the distillation grid and the student's sampler's")
-    p.add_argument("--intervals", type=int, default=40)
+    p.add_argument("--intervals", type=int, default=40, help="consistency: N intervals of the grid")
+    p.add_argument("--weighting", default="output", choices=["output", "inverse", "uniform"],
+                   help="consistency: the loss weighting ('uniform', the paper's, leaves small sigma untrained: gap -2)")
+    p.add_argument("--target-ema", type=float, default=0.95,
+                   help="consistency: the target network's decay mu (0: stop-gradient; 0.95 the paper's, 4-8x smaller "
+                        "gap than 0)")
     p.add_argument("--substeps", type=int, default=32)
     p.add_argument("--out", default="benchmarks/results/distill")
     p.add_argument("--note", default="", help="what else ran on the machine")
@@ -120,6 +126,7 @@ def main(argv=None):
     out = Path(args.out)
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     rows, floors = previous.get("rows", []), previous.get("floors", {})
+    students = {}  # a consistency student is one model for every step count: trained once, sampled at each
     for mix_name in args.mixtures:
         mixture = MIXTURES[mix_name]()
         floors[mix_name] = noise_floor(mixture, args.num, args.seeds[0])
@@ -135,7 +142,10 @@ def main(argv=None):
                 for method in args.methods:
                     if method == "reflow" and sde_name != "rf":
                         continue
-                    student, cost = distill_one(sde, mixture, method, steps, args)
+                    key = (mix_name, sde_name, method)
+                    if method != "consistency" or key not in students:
+                        students[key] = distill_one(sde, mixture, method, steps, args)
+                    student, cost = students[key]
                     row = summary(evaluate(sde, mixture, student, sampler(method, steps, args.grid), args.num,
                                           args.seeds))
                     row.update(cost, mixture=mix_name, sde=sde_name, method=method, steps=steps,
@@ -143,7 +153,7 @@ def main(argv=None):
                                free5_tv=five["weights_tv"], free5_gap=five["logp_gap_per_dim"],
                                settings={k: getattr(args, k) for k in ("train_steps", "batch", "lr", "ema", "hidden",
                                                                        "depth", "grid", "intervals", "substeps",
-                                                                       "seed")})
+                                                                       "seed", "weighting", "target_ema")})
                     rows = [r for r in rows if (r["mixture"], r["sde"], r["method"], r["steps"])
                             != (mix_name, sde_name, method, steps)] + [row]
                     print(f"{mix_name} {sde_name} {method} {steps}: TV {row['weights_tv']:.4f} gap "
@@ -185,6 +195,9 @@ def _five(r):
 def _student(r):
     s = r.get("settings", {})
     net = f"MLP {s.get('hidden', 64)}x{s.get('depth', 4)}"
+    if r["method"] == "consistency":
+        return (f"{net}, {s.get('grid', 'karras')}, N={s.get('intervals')}, {s.get('weighting', 'uniform')}, "
+                f"target EMA {s.get('target_ema', 0)}")
     return f"{net}, {s.get('grid', 'karras')}, {s.get('substeps')} sub" if r["method"] == "progressive" else net
 
 
@@ -192,7 +205,8 @@ def _argv(args):
     parts = []
     for key in ("mixtures", "sdes", "methods", "steps", "seeds"):
         parts.append(f"--{key} {' '.join(map(str, getattr(args, key)))}")
-    for key in ("num", "train_steps", "lr", "ema", "hidden", "depth", "grid", "intervals", "substeps"):
+    for key in ("num", "train_steps", "lr", "ema", "hidden", "depth", "grid", "intervals", "substeps", "weighting",
+                "target_ema"):
         parts.append(f"--{key.replace('_', '-')} {getattr(args, key)}")
     return parts
 

@@ -4,12 +4,13 @@ resume and DDP are those of any run.
 
 In the scaled variable y = x/a against σ = s/a the probability-flow ODE is dy/dσ = (y − x̂₀(y, σ))/σ = ε̂, and a
 DDIM step from σ to σ' is its exact Euler step, y' = x̂₀ + (σ'/σ)(y − x̂₀)."""
+import copy
 import math
 
 import torch
 
 from sde import expand
-from sde.errors import ConfigError, check_choice, check_int, check_number, invalid
+from sde.errors import CheckpointError, ConfigError, check_choice, check_int, check_number, invalid
 from solvers.base import Solver
 from solvers.deterministic import DPMSolver
 from solvers.grids import as_grid
@@ -17,6 +18,7 @@ from solvers.grids import as_grid
 METHODS = ("consistency", "progressive", "reflow")
 TEACHER_STEPS = ("euler", "heun")
 DISTANCES = ("l2", "pseudo_huber")
+WEIGHTINGS = ("output", "inverse", "uniform")
 
 
 def denoised(score_fn, sde, x, t):
@@ -73,23 +75,68 @@ class ConsistencyDistillation:
         L(θ) = E_{n, x_0, z} [ λ_n d( f_θ(x_{t_n}, t_n),  f_{θ⁻}(x̂_{t_{n+1}}, t_{n+1}) ) ],
         x_{t_n} = a(t_n) x_0 + s(t_n) z,   x̂_{t_{n+1}} = one teacher ODE step (ode_step: 'euler' or 'heun') t_n → t_{n+1},
 
-    n uniform on {0, ..., N − 1}; θ⁻ = stop-gradient(θ) (the target is the student's own output without gradient,
-    as in improved consistency training; the run's EMA is what is sampled); d = ‖·‖² averaged over dimensions
-    ('l2') or the pseudo-Huber distance √(‖·‖² + c²) − c with c = 0.00054 √D ('pseudo_huber', Song & Dhariwal 2023);
-    λ_n = 1 ('uniform') or 1/(σ_n − σ_{n+1}) ('inverse', improved consistency training's weighting).
+    n uniform on {0, ..., N − 1}; d = ‖·‖² averaged over dimensions ('l2') or the pseudo-Huber distance
+    √(‖·‖² + c²) − c with c = 0.00054 √D ('pseudo_huber', Song & Dhariwal 2023).
+    Weighting: with f_θ = c_skip y + c_out F_θ (c_out = (σ − σ_min)/√(σ² + 1) for σ_data = 1, σ_min = σ(t_N)), 'output'
+    takes d on (f_θ − f_θ⁻)/c_out(σ_n), the gap in units of the network output F; 'inverse' is λ_n = 1/(σ_n − σ_{n+1})
+    (improved consistency training's); 'uniform' λ_n = 1 (the paper's). Under 'uniform' the small-σ links, where
+    c_out → 0, pass almost no gradient to F: f_θ is left wrong there by ~c_out·|F|, far more than the ODE moves, and
+    every larger σ inherits the error through its target; 'inverse' repairs the small σ but starves the large
+    (1/Δσ ≈ 1/20 at σ = 150), 'output' gives every link an F-gradient of order one.
+    θ⁻ = stop-gradient(θ) (``target_ema`` = 0, improved consistency training) or the paper's target network,
+    θ⁻ ← μ θ⁻ + (1 − μ) θ after every optimizer step (μ = ``target_ema``, θ⁻ = θ at the start; ``before_step``, kept in
+    the checkpoint by ``state_dict``); the run's EMA is what is sampled.
     The student samples by multistep consistency sampling (solvers.distilled.ConsistencySampler).
     """
 
     method = "consistency"
 
-    def __init__(self, teacher, intervals=40, teacher_step="heun", distance="pseudo_huber", weighting="uniform",
-                 grid="karras", eps=None):
+    def __init__(self, teacher, intervals=40, teacher_step="heun", distance="pseudo_huber", weighting="output",
+                 grid="karras", eps=None, target_ema=0.95):
         self.teacher = teacher
         self.intervals = check_int("intervals", intervals)
         self.teacher_step = check_choice("teacher_step", teacher_step, TEACHER_STEPS)
         self.distance = check_choice("distance", distance, DISTANCES)
-        self.weighting = check_choice("weighting", weighting, ("uniform", "inverse"))
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        self.target_ema = check_number("target_ema", target_ema, strict=False, maximum=1.0, strict_max=True)
         self._grid = _Grid(grid, eps)
+        self._target = None
+
+    @torch.no_grad()
+    def before_step(self, model):
+        """θ⁻ brought up to the weights θ of ``model`` before an optimizer step: θ⁻ = θ at the first,
+        θ⁻ ← μ θ⁻ + (1 − μ) θ after; nothing with target_ema = 0 (θ⁻ = θ)."""
+        if not self.target_ema:
+            return
+        if self._target is None:
+            self._target = copy.deepcopy(model).requires_grad_(False)
+            return
+        mine = self._target.state_dict()
+        pairs = [(mine[k], v.detach()) for k, v in model.state_dict().items() if mine[k].is_floating_point()]
+        torch._foreach_lerp_([p for p, _ in pairs], [v.to(p) for p, v in pairs], 1.0 - self.target_ema)
+
+    def state_dict(self):
+        """The target network's weights θ⁻ (None before the first step or with target_ema = 0)."""
+        return {"target": None if self._target is None else copy.deepcopy(self._target.state_dict())}
+
+    def load_state_dict(self, state, model, path="?"):
+        """θ⁻ from ``state_dict`` (of the checkpoint ``path``) into a copy of ``model``."""
+        weights = (state or {}).get("target")
+        if weights is None:
+            if self.target_ema:
+                raise CheckpointError(f"ckpt={str(path)!r} holds no consistency target network: it cannot resume "
+                                      f"distillation with target_ema={self.target_ema}", "ckpt")
+            self._target = None
+            return
+        self._target = copy.deepcopy(model).requires_grad_(False)
+        self._target.load_state_dict(weights)
+
+    def target_model(self, model):
+        """f_θ⁻: the target network (its labels those of ``model``, a conditional batch's), or ``model``."""
+        if self._target is None:
+            return model
+        labels = getattr(model, "labels", None)
+        return self._target if labels is None else type(model)(self._target, labels)
 
     def times(self, sde, device):
         return self._grid.times(sde, self.intervals, device)
@@ -100,7 +147,8 @@ class ConsistencyDistillation:
     @torch.no_grad()
     def target(self, model, sde, x_t, t, t_next):
         """f_{θ⁻}(x̂_{t_{n+1}}, t_{n+1}), x̂ one teacher step from (x_t, t)."""
-        return denoised(model, sde, ode_step(self.teacher, sde, x_t, t, t_next, self.teacher_step), t_next)
+        return denoised(self.target_model(model), sde, ode_step(self.teacher, sde, x_t, t, t_next, self.teacher_step),
+                        t_next)
 
     def per_sample(self, model, sde, x0, generator=None):
         n = x0.shape[0]
@@ -110,19 +158,23 @@ class ConsistencyDistillation:
         z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = sde.marginal_sample(x0, t, z)
         diff = (denoised(model, sde, x_t, t) - self.target(model, sde, x_t, t, t_next)).reshape(n, -1)
+        sigma = sde.sigma(times.double())
+        if self.weighting == "output":
+            c_out = (sigma - sigma[-1]) * torch.rsqrt(sigma**2 + 1)
+            diff = diff / c_out[idx].to(diff.dtype)[:, None]
         if self.distance == "l2":
             loss = diff.pow(2).mean(1)
         else:
             c = 0.00054 * math.sqrt(diff.shape[1])
             loss = torch.sqrt(diff.pow(2).sum(1) + c * c) - c
         if self.weighting == "inverse":
-            sigma = sde.sigma(times.double())
             loss = loss / (sigma[idx] - sigma[idx + 1]).to(loss.dtype)
         return loss
 
     def __repr__(self):
         return (f"ConsistencyDistillation(intervals={self.intervals}, teacher_step={self.teacher_step!r}, "
-                f"distance={self.distance!r}, weighting={self.weighting!r}, grid={self._grid.grid!r})")
+                f"distance={self.distance!r}, weighting={self.weighting!r}, grid={self._grid.grid!r}, "
+                f"target_ema={self.target_ema})")
 
 
 class ProgressiveDistillation:
@@ -265,10 +317,10 @@ class Reflow:
 
 
 def distillation(method, teacher, steps, intervals=40, teacher_step="heun", distance="pseudo_huber",
-                 weighting="uniform", substeps=2, pairs=20000, teacher_solver=None, teacher_sde=None, grid="karras",
-                 seed=0):
+                 weighting="output", substeps=2, pairs=20000, teacher_solver=None, teacher_sde=None, grid="karras",
+                 seed=0, target_ema=0.95):
     """The loss of ``method`` ('consistency', 'progressive', 'reflow') with its own options (the others are
-    ignored): consistency takes intervals, teacher_step, distance, weighting, grid; progressive steps, substeps,
+    ignored): consistency takes intervals, teacher_step, distance, weighting, grid, target_ema; progressive steps, substeps,
     teacher_step, grid; reflow pairs, teacher_solver, teacher_sde, seed. ``steps`` is the student's step count: for
     consistency it must not exceed ``intervals``."""
     check_choice("method", method, METHODS)
@@ -278,7 +330,8 @@ def distillation(method, teacher, steps, intervals=40, teacher_step="heun", dist
             raise ConfigError(f"steps={steps} is invalid for consistency distillation on intervals={intervals}: "
                               f"multistep sampling visits at most one time per interval (give steps <= {intervals})",
                               ("steps", "intervals"))
-        return ConsistencyDistillation(teacher, intervals, teacher_step, distance, weighting, grid)
+        return ConsistencyDistillation(teacher, intervals, teacher_step, distance, weighting, grid,
+                                       target_ema=target_ema)
     if method == "progressive":
         return ProgressiveDistillation(teacher, steps, substeps, grid, teacher_step=teacher_step)
     return Reflow(teacher, pairs, teacher_solver, teacher_sde, seed)

@@ -92,6 +92,8 @@ def train_step(state, loss, sde, x0, lr, grad_clip=0.0, autocast=False, labels=N
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.zero_grad(set_to_none=True)
+    if hasattr(loss, "before_step"):
+        loss.before_step(state.model)
     model = state.train_model
     value = accumulate_gradients(model, loss, sde, x0, state.noise_generator,
                                  None if labels is None else labels.to(x0.device), accumulate, autocast)
@@ -150,7 +152,9 @@ class Trainer:
       ``tensorboard`` the same scalars go to ``tensorboard/`` beside it.
     - Every ``ckpt_every`` steps and at the end, ``checkpoint.pt`` in the output folder is replaced atomically;
       it holds the TrainState, so a resumed run continues exactly where it stopped, and ``meta`` (what the
-      caller says about the model).
+      caller says about the model). A loss that carries state of its own (a consistency loss's target network)
+      has ``before_step(model)``, called before every optimizer step, and with it ``state_dict()`` and
+      ``load_state_dict(state, model, path)``: that state is kept in the checkpoint as ``loss``.
     - Every ``sample_every`` steps (0: never) ``fit``'s ``on_sample(step, ema_model)`` is called on every
       process (collective_callback), with the random states restored afterwards, so pictures do not change the
       run.
@@ -247,7 +251,10 @@ class Trainer:
                            self.ema_warmup, rank)
         state.train_model = wrapped
         if resume is not None:
-            state.load_state_dict(load_checkpoint(resume, model))
+            saved = load_checkpoint(resume, model)
+            state.load_state_dict(saved)
+            if hasattr(loss, "before_step"):
+                loss.load_state_dict(saved.get("loss"), model, resume)
             if state.step > self.steps:
                 raise ConfigError(f"steps={self.steps} is below the step {state.step} that the checkpoint {resume} has "
                                   "reached: nothing would be trained", "steps")
@@ -322,6 +329,8 @@ class Trainer:
                     log.flush()
                     ranks = distributed.gather_objects(state.rank_states())
                     pending = copy.deepcopy(state.state_dict(ranks))
+                    if hasattr(loss, "before_step"):
+                        pending["loss"] = loss.state_dict()
                 for call in due:
                     collective_callback(call, step, state.ema_model(), device)
             if pending is not None:
