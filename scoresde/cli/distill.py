@@ -39,6 +39,13 @@ def prepare(cfg, overrides):
     with config_scope("distill"):
         method = check_choice("method", node.method, METHODS)
         steps = check_int("steps", node.steps)
+    conditional = bool(cfg.model.get("conditional")) or bool(cfg.train.get("cond_drop"))
+    if node.get("guidance") and not conditional:
+        raise ConfigError(f"distill.guidance={node.guidance} bakes classifier-free guidance into a conditional "
+                          "student: add model.conditional=true (labelled data)", "distill.guidance")
+    if method == "reflow" and conditional:
+        raise ConfigError("distill.method=reflow trains an unconditional flow on its pairs: a conditional student "
+                          "is distilled by consistency or progressive", "distill.method")
     choice, keys = override_keys(overrides, "solver")
     if not choice and not keys:
         cfg.solver = OmegaConf.create(student_sampler(method, steps, OmegaConf.to_container(node.grid)
@@ -93,6 +100,9 @@ def load_teacher(cfg, sde, data, device):
                               f"distill.steps={previous.get('steps') // substeps} (or distill.substeps so that "
                               f"steps x substeps = {previous.get('steps')})", "distill.steps")
     model = pipe.model.requires_grad_(False).eval()
+    if cfg.model.get("conditional") and getattr(model, "num_classes", None) is None:
+        raise ConfigError(f"teacher={str(spec)!r} is unconditional; a conditional student (model.conditional=true) "
+                          "needs a teacher trained on labels (train.cond_drop > 0)", "teacher")
     if method == "reflow":
         return {"teacher": model, "teacher_sde": pipe.sde, "teacher_solver": pipe.solver()}
     return {"teacher": model, **({"substeps": 2} if cfg.distill.substeps is None else {})}
