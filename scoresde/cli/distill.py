@@ -2,9 +2,9 @@
 and the checks of a teacher against the student, each refused in one line before any training."""
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from models import MixtureScore
+from models import MixtureScore, ScoreModel
 from scoresde.data import GaussianMixture
 from scoresde.pipeline import load
 from scoresde.training.distill import METHODS, check_rectified_flow
@@ -106,3 +106,40 @@ def load_teacher(cfg, sde, data, device):
     if method == "reflow":
         return {"teacher": model, "teacher_sde": pipe.sde, "teacher_solver": pipe.solver()}
     return {"teacher": model, **({"substeps": 2} if cfg.distill.substeps is None else {})}
+
+
+INITS = ("auto", "teacher", "none")
+
+
+def loss_node(node):
+    """The distill node as the loss is built from it: without ``init``, which init_student reads."""
+    node = node.copy()
+    with open_dict(node):
+        node.pop("init", None)
+    return node
+
+
+def init_student(student, teacher, how):
+    """The student's weights at the start of distillation, as the papers start it (Salimans & Ho 2022, Song et al.
+    2023: a copy of the teacher): 'teacher' copies the teacher's network weights (the same network; under another
+    parameterization its output is read differently, a start from the teacher's features), 'none' keeps the fresh
+    ones, 'auto' copies where the teacher is a run of the same network and parameterization (a round of progressive
+    distillation from the previous round's student). Returns whether it copied."""
+    how = check_choice("distill.init", how, INITS)
+    if how == "none":
+        return False
+    fits = isinstance(teacher, ScoreModel) and isinstance(student, ScoreModel) and _same_tensors(student, teacher)
+    if how == "auto":
+        if not (fits and teacher.parameterization == student.parameterization):
+            return False
+    elif not fits:
+        raise ConfigError("distill.init=teacher copies the teacher's weights into the student: the teacher "
+                          f"{type(teacher).__name__} is not a network of the student's shape (give the teacher's "
+                          "model.net settings, or distill.init=none)", "distill.init")
+    student.load_state_dict(teacher.state_dict())
+    return True
+
+
+def _same_tensors(a, b):
+    ours, theirs = a.state_dict(), b.state_dict()
+    return ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)

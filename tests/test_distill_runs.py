@@ -1,5 +1,6 @@
-"""Distillation killed with SIGKILL through run.py (the process is the subject): the run from its last checkpoint
-continues exactly, its weights and EMA after S + 20 steps bit-equal to an uninterrupted run's."""
+"""Distillation runs: killed with SIGKILL through run.py (the process is the subject), the run from its last
+checkpoint continues exactly, its weights and EMA after S + 20 steps bit-equal to an uninterrupted run's; the
+student starts as a copy of a teacher run of its own network (distill.init)."""
 import signal
 import subprocess
 import time
@@ -7,6 +8,8 @@ import time
 import pytest
 import torch
 
+from sde.errors import ConfigError
+from test_distill import build_distill, progressive_run  # noqa: F401 (a fixture)
 from test_run import command, environment, run_main
 
 ARGS = ["experiment=distill", "distill.method=consistency", "distill.steps=2", "distill.intervals=8",
@@ -46,3 +49,22 @@ def test_killed_distillation_resumes_exactly(tmp_path):
     assert logged == [str(step + 10), str(step + 20)]  # the resumed run took only the last 20 steps
     for mine, theirs in ((model1, model2), (ema1, ema2)):
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_the_student_starts_as_a_copy_of_a_teacher_run_of_its_network(progressive_run, tmp_path):
+    """distill.init=auto: the next round of progressive distillation (the same 8-wide network, x0) starts from the
+    teacher's weights; from the oracle, or with init=none, the student is fresh; init=teacher on another network is
+    one line."""
+    import scoresde
+
+    teacher = scoresde.load(progressive_run).model.state_dict()
+    common = [f"teacher={progressive_run}", "distill.method=progressive", "distill.steps=2", "model.net.hidden=8"]
+    copied = build_distill(tmp_path / "auto", *common).model.state_dict()
+    assert copied.keys() == teacher.keys() and all(torch.equal(copied[k], teacher[k]) for k in teacher)
+    fresh = build_distill(tmp_path / "none", *common, "distill.init=none").model.state_dict()
+    assert not all(torch.equal(fresh[k], teacher[k]) for k in teacher)
+    oracle = build_distill(tmp_path / "oracle", "model.net.hidden=8", "distill.init=auto").model.state_dict()
+    assert not all(torch.equal(oracle[k], teacher[k]) for k in teacher)
+    with pytest.raises(ConfigError) as e:
+        build_distill(tmp_path / "bad", *common[:-1], "model.net.hidden=16", "distill.init=teacher")
+    assert "distill.init=teacher copies the teacher's weights" in str(e.value) and "\n" not in str(e.value)
