@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sde.errors import ConfigError
-from test_distill import build_distill, progressive_run  # noqa: F401 (a fixture)
+from test_distill import build_distill
 from test_run import command, environment, run_main
 
 ARGS = ["experiment=distill", "distill.method=consistency", "distill.steps=2", "distill.intervals=8",
@@ -51,20 +51,25 @@ def test_killed_distillation_resumes_exactly(tmp_path):
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-def test_the_student_starts_as_a_copy_of_a_teacher_run_of_its_network(progressive_run, tmp_path):
+def test_the_student_starts_as_a_copy_of_a_teacher_run_of_its_network(tmp_path):
     """distill.init=auto: the next round of progressive distillation (the same 8-wide network, x0) starts from the
     teacher's weights; from the oracle, or with init=none, the student is fresh; init=teacher on another network is
     one line."""
     import scoresde
 
+    progressive_run = tmp_path / "round1"
+    done = run_main(progressive_run, *ARGS, "distill.method=progressive", "distill.steps=4", "distill.substeps=2",
+                    "model.net.hidden=8", "train.steps=2")
+    assert done.returncode == 0, done.stderr
     teacher = scoresde.load(progressive_run).model.state_dict()
-    common = [f"teacher={progressive_run}", "distill.method=progressive", "distill.steps=2", "model.net.hidden=8"]
+    common = [f"teacher={progressive_run}", "distill.method=progressive", "distill.steps=2", "model.net.hidden=8",
+              "model.net.depth=1", "model.net.embed_dim=8"]
     copied = build_distill(tmp_path / "auto", *common).model.state_dict()
     assert copied.keys() == teacher.keys() and all(torch.equal(copied[k], teacher[k]) for k in teacher)
     fresh = build_distill(tmp_path / "none", *common, "distill.init=none").model.state_dict()
     assert not all(torch.equal(fresh[k], teacher[k]) for k in teacher)
-    oracle = build_distill(tmp_path / "oracle", "model.net.hidden=8", "distill.init=auto").model.state_dict()
+    oracle = build_distill(tmp_path / "oracle", *common[3:], "distill.init=auto").model.state_dict()
     assert not all(torch.equal(oracle[k], teacher[k]) for k in teacher)
     with pytest.raises(ConfigError) as e:
-        build_distill(tmp_path / "bad", *common[:-1], "model.net.hidden=16", "distill.init=teacher")
+        build_distill(tmp_path / "bad", *common[:3], "model.net.hidden=16", *common[4:], "distill.init=teacher")
     assert "distill.init=teacher copies the teacher's weights" in str(e.value) and "\n" not in str(e.value)
