@@ -241,8 +241,10 @@ def compose(overrides=()):
 
 
 def run(overrides, out):
-    """``python run.py OVERRIDES`` in this process, into the directory ``out``; returns the metrics."""
+    """``python run.py OVERRIDES`` in this process, into the directory ``out`` (made if missing, as Hydra makes a
+    run directory); returns the metrics."""
     cfg, overrides = compose(overrides)
+    Path(out).mkdir(parents=True, exist_ok=True)
     return job(cfg, out, overrides)
 
 
