@@ -2,9 +2,9 @@
 and the checks of a teacher against the student, each refused in one line before any training."""
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from models import MixtureScore
+from models import MixtureScore, ScoreModel
 from scoresde.data import GaussianMixture
 from scoresde.pipeline import load
 from scoresde.training.distill import METHODS, check_rectified_flow
@@ -39,6 +39,13 @@ def prepare(cfg, overrides):
     with config_scope("distill"):
         method = check_choice("method", node.method, METHODS)
         steps = check_int("steps", node.steps)
+    conditional = bool(cfg.model.get("conditional")) or bool(cfg.train.get("cond_drop"))
+    if node.get("guidance") and not conditional:
+        raise ConfigError(f"distill.guidance={node.guidance} bakes classifier-free guidance into a conditional "
+                          "student: add model.conditional=true (labelled data)", "distill.guidance")
+    if method == "reflow" and conditional:
+        raise ConfigError("distill.method=reflow trains an unconditional flow on its pairs: a conditional student "
+                          "is distilled by consistency or progressive", "distill.method")
     choice, keys = override_keys(overrides, "solver")
     if not choice and not keys:
         cfg.solver = OmegaConf.create(student_sampler(method, steps, OmegaConf.to_container(node.grid)
@@ -93,6 +100,46 @@ def load_teacher(cfg, sde, data, device):
                               f"distill.steps={previous.get('steps') // substeps} (or distill.substeps so that "
                               f"steps x substeps = {previous.get('steps')})", "distill.steps")
     model = pipe.model.requires_grad_(False).eval()
+    if cfg.model.get("conditional") and getattr(model, "num_classes", None) is None:
+        raise ConfigError(f"teacher={str(spec)!r} is unconditional; a conditional student (model.conditional=true) "
+                          "needs a teacher trained on labels (train.cond_drop > 0)", "teacher")
     if method == "reflow":
         return {"teacher": model, "teacher_sde": pipe.sde, "teacher_solver": pipe.solver()}
     return {"teacher": model, **({"substeps": 2} if cfg.distill.substeps is None else {})}
+
+
+INITS = ("auto", "teacher", "none")
+
+
+def loss_node(node):
+    """The distill node as the loss is built from it: without ``init``, which init_student reads."""
+    node = node.copy()
+    with open_dict(node):
+        node.pop("init", None)
+    return node
+
+
+def init_student(student, teacher, how):
+    """The student's weights at the start of distillation, as the papers start it (Salimans & Ho 2022, Song et al.
+    2023: a copy of the teacher): 'teacher' copies the teacher's network weights (the same network; under another
+    parameterization its output is read differently, a start from the teacher's features), 'none' keeps the fresh
+    ones, 'auto' copies where the teacher is a run of the same network and parameterization (a round of progressive
+    distillation from the previous round's student). Returns whether it copied."""
+    how = check_choice("distill.init", how, INITS)
+    if how == "none":
+        return False
+    fits = isinstance(teacher, ScoreModel) and isinstance(student, ScoreModel) and _same_tensors(student, teacher)
+    if how == "auto":
+        if not (fits and teacher.parameterization == student.parameterization):
+            return False
+    elif not fits:
+        raise ConfigError("distill.init=teacher copies the teacher's weights into the student: the teacher "
+                          f"{type(teacher).__name__} is not a network of the student's shape (give the teacher's "
+                          "model.net settings, or distill.init=none)", "distill.init")
+    student.load_state_dict(teacher.state_dict())
+    return True
+
+
+def _same_tensors(a, b):
+    ours, theirs = a.state_dict(), b.state_dict()
+    return ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)

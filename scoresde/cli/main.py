@@ -32,7 +32,7 @@ from .args import help_text
 from .build import build, named_by_source, takes
 from .checkpoint import CHECKPOINT_GROUPS, SAMPLING_GROUPS, check_steps, checkpoint_meta, held_by
 from .checks import check_data_fits, check_solver_fits, fit_model_to_data, warn_about_scale
-from .distill import load_teacher, prepare as prepare_distillation
+from .distill import init_student, load_teacher, loss_node, prepare as prepare_distillation
 from .errors import one_line_errors, show_warnings_in_one_line
 from .launch import as_torchrun
 from .legacy import translate
@@ -124,8 +124,11 @@ def build_parts(cfg, out, overrides, meta, main_process):
         fit_model_to_data(cfg, data, overrides)
     loss = None
     if distills:
-        loss = build("distill", cfg.distill, **load_teacher(cfg, sde, data, device))
+        teacher = load_teacher(cfg, sde, data, device)
+        loss = build("distill", loss_node(cfg.distill), **teacher)
     model = build("model", cfg.model, sde=sde, data=data).to(device)
+    if distills and init_student(model, teacher["teacher"], cfg.distill.get("init", "auto")) and main_process:
+        print(f"student  a copy of the teacher {cfg.teacher}", flush=True)
     s = cfg.sample
     sampling = Sampling(num=s.num, classes=to_plain(s.classes), batch=s.batch, plot=s.plot, max_range=s.max_range,
                         guidance=cfg.guidance.scale)
@@ -238,8 +241,10 @@ def compose(overrides=()):
 
 
 def run(overrides, out):
-    """``python run.py OVERRIDES`` in this process, into the directory ``out``; returns the metrics."""
+    """``python run.py OVERRIDES`` in this process, into the directory ``out`` (made if missing, as Hydra makes a
+    run directory); returns the metrics."""
     cfg, overrides = compose(overrides)
+    Path(out).mkdir(parents=True, exist_ok=True)
     return job(cfg, out, overrides)
 
 

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from models.guidance import GuidedScore
 from sde import expand
 from sde.errors import CheckpointError, ConfigError, check_choice, check_int, check_number, invalid
 from solvers.base import Solver
@@ -40,6 +41,31 @@ def ode_step(score_fn, sde, x, t, t_next, method="euler"):
         corrected = sde.marginal_sample(sde.x0_from_eps(x, 0.5 * (e + e2), t), t_next, 0.5 * (e + e2))
         x_next = torch.where(expand(sde.s(t_next), x) > 0, corrected, x_next)
     return x_next
+
+
+def labelled_teacher(teacher, student, guidance=0.0):
+    """The teacher as a loss calls it on a batch. For an unconditional student, teacher(x, t); for a student
+    given the batch's labels y (the trainer's WithLabels; the null label where cond_drop dropped one), the teacher's
+    score of the same labels, guided at scale w (models.GuidedScore):
+
+        s_w(x, t) = (1 + w) s(x, t, y) − w s(x, t, ∅),
+
+    so that the student learns the teacher's map for each class, with guidance w baked in (w = 0: the plain
+    class-conditional map, guidance then applied to the student as to any conditional model)."""
+    labels = getattr(student, "labels", None)
+    if labels is None:
+        if guidance:
+            raise ConfigError(f"guidance={guidance:g} bakes classifier-free guidance into a conditional student: "
+                              "train a conditional student (labelled data)", "guidance")
+        return teacher
+    if getattr(teacher, "num_classes", None) is None:
+        raise ConfigError("a conditional student needs a conditional teacher (one that takes labels): the teacher "
+                          f"{type(teacher).__name__} has no classes", "teacher")
+    return GuidedScore(teacher, labels, guidance)
+
+
+def _guided(w):
+    return f", guidance={w:g}" if w else ""
 
 
 def _reduce(per_dim, n):
@@ -92,8 +118,9 @@ class ConsistencyDistillation:
     method = "consistency"
 
     def __init__(self, teacher, intervals=40, teacher_step="heun", distance="pseudo_huber", weighting="output",
-                 grid="karras", eps=None, target_ema=0.95):
+                 grid="karras", eps=None, target_ema=0.95, guidance=0.0):
         self.teacher = teacher
+        self.guidance = check_number("guidance", guidance, strict=False)
         self.intervals = check_int("intervals", intervals)
         self.teacher_step = check_choice("teacher_step", teacher_step, TEACHER_STEPS)
         self.distance = check_choice("distance", distance, DISTANCES)
@@ -145,9 +172,10 @@ class ConsistencyDistillation:
         return self.per_sample(model, sde, x0, generator).mean()
 
     @torch.no_grad()
-    def target(self, model, sde, x_t, t, t_next):
-        """f_{θ⁻}(x̂_{t_{n+1}}, t_{n+1}), x̂ one teacher step from (x_t, t)."""
-        return denoised(self.target_model(model), sde, ode_step(self.teacher, sde, x_t, t, t_next, self.teacher_step),
+    def target(self, model, sde, x_t, t, t_next, teacher=None):
+        """f_{θ⁻}(x̂_{t_{n+1}}, t_{n+1}), x̂ one step of ``teacher`` (default: the teacher) from (x_t, t)."""
+        teacher = self.teacher if teacher is None else teacher
+        return denoised(self.target_model(model), sde, ode_step(teacher, sde, x_t, t, t_next, self.teacher_step),
                         t_next)
 
     def per_sample(self, model, sde, x0, generator=None):
@@ -157,7 +185,8 @@ class ConsistencyDistillation:
         t, t_next = times[idx].to(x0.dtype), times[idx + 1].to(x0.dtype)
         z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = sde.marginal_sample(x0, t, z)
-        diff = (denoised(model, sde, x_t, t) - self.target(model, sde, x_t, t, t_next)).reshape(n, -1)
+        teacher = labelled_teacher(self.teacher, model, self.guidance)
+        diff = (denoised(model, sde, x_t, t) - self.target(model, sde, x_t, t, t_next, teacher)).reshape(n, -1)
         sigma = sde.sigma(times.double())
         if self.weighting == "output":
             c_out = (sigma - sigma[-1]) * torch.rsqrt(sigma**2 + 1)
@@ -174,7 +203,7 @@ class ConsistencyDistillation:
     def __repr__(self):
         return (f"ConsistencyDistillation(intervals={self.intervals}, teacher_step={self.teacher_step!r}, "
                 f"distance={self.distance!r}, weighting={self.weighting!r}, grid={self._grid.grid!r}, "
-                f"target_ema={self.target_ema})")
+                f"target_ema={self.target_ema}{_guided(self.guidance)})")
 
 
 class ProgressiveDistillation:
@@ -194,8 +223,9 @@ class ProgressiveDistillation:
 
     method = "progressive"
 
-    def __init__(self, teacher, steps=4, substeps=2, grid="karras", eps=None, teacher_step="euler"):
+    def __init__(self, teacher, steps=4, substeps=2, grid="karras", eps=None, teacher_step="euler", guidance=0.0):
         self.teacher = teacher
+        self.guidance = check_number("guidance", guidance, strict=False)
         self.steps = check_int("steps", steps)
         self.substeps = check_int("substeps", substeps)
         self.teacher_step = check_choice("teacher_step", teacher_step, TEACHER_STEPS)
@@ -215,12 +245,12 @@ class ProgressiveDistillation:
         return self.per_sample(model, sde, x0, generator).mean()
 
     @torch.no_grad()
-    def target(self, sde, x_t, idx, teacher_times):
-        """x̃₀ from ``substeps`` teacher DDIM steps from student interval ``idx``'s start."""
-        k = self.substeps
+    def target(self, sde, x_t, idx, teacher_times, teacher=None):
+        """x̃₀ from ``substeps`` steps of ``teacher`` (default: the teacher) from student interval ``idx``'s start."""
+        k, teacher = self.substeps, self.teacher if teacher is None else teacher
         x = x_t
         for j in range(k):
-            x = ode_step(self.teacher, sde, x, teacher_times[idx * k + j].to(x.dtype),
+            x = ode_step(teacher, sde, x, teacher_times[idx * k + j].to(x.dtype),
                          teacher_times[idx * k + j + 1].to(x.dtype), self.teacher_step)
         t, t_end = teacher_times[idx * k], teacher_times[(idx + 1) * k]
         sigma, sigma_end = sde.sigma(t), sde.sigma(t_end)
@@ -235,13 +265,13 @@ class ProgressiveDistillation:
         t = student[idx].to(x0.dtype)
         z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = sde.marginal_sample(x0, t, z)
-        target = self.target(sde, x_t, idx, teacher)
+        target = self.target(sde, x_t, idx, teacher, labelled_teacher(self.teacher, model, self.guidance))
         weight = expand(torch.clamp(sde.sigma(student[idx]) ** -2, min=1.0).to(x0.dtype), x0)
         return _reduce(weight * (denoised(model, sde, x_t, t) - target) ** 2, n)
 
     def __repr__(self):
         return (f"ProgressiveDistillation(steps={self.steps}, substeps={self.substeps}, "
-                f"teacher_step={self.teacher_step!r}, grid={self._grid.grid!r})")
+                f"teacher_step={self.teacher_step!r}, grid={self._grid.grid!r}{_guided(self.guidance)})")
 
 
 def check_rectified_flow(sde):
@@ -303,6 +333,9 @@ class Reflow:
 
     def per_sample(self, model, sde, x0, generator=None):
         check_rectified_flow(sde)
+        if getattr(model, "labels", None) is not None:
+            raise ConfigError("reflow trains an unconditional flow on its pairs: a conditional student is "
+                              "distilled by consistency or progressive", "method")
         n = x0.shape[0]
         noise, ends = self.pairs(sde, tuple(x0.shape[1:]), x0.device)
         idx = torch.randint(self.num_pairs, (n,), generator=generator, device=x0.device)
@@ -318,10 +351,12 @@ class Reflow:
 
 def distillation(method, teacher, steps, intervals=40, teacher_step="heun", distance="pseudo_huber",
                  weighting="output", substeps=2, pairs=20000, teacher_solver=None, teacher_sde=None, grid="karras",
-                 seed=0, target_ema=0.95):
+                 seed=0, target_ema=0.95, guidance=0.0):
     """The loss of ``method`` ('consistency', 'progressive', 'reflow') with its own options (the others are
-    ignored): consistency takes intervals, teacher_step, distance, weighting, grid, target_ema; progressive steps, substeps,
-    teacher_step, grid; reflow pairs, teacher_solver, teacher_sde, seed. ``steps`` is the student's step count: for
+    ignored): consistency takes intervals, teacher_step, distance, weighting, grid, target_ema, guidance;
+    progressive steps, substeps, teacher_step, grid, guidance; reflow pairs, teacher_solver, teacher_sde, seed.
+    ``guidance`` is the classifier-free guidance baked into a conditional student (labelled_teacher). ``steps`` is
+    the student's step count: for
     consistency it must not exceed ``intervals``."""
     check_choice("method", method, METHODS)
     steps = check_int("steps", steps)
@@ -331,7 +366,7 @@ def distillation(method, teacher, steps, intervals=40, teacher_step="heun", dist
                               f"multistep sampling visits at most one time per interval (give steps <= {intervals})",
                               ("steps", "intervals"))
         return ConsistencyDistillation(teacher, intervals, teacher_step, distance, weighting, grid,
-                                       target_ema=target_ema)
+                                       target_ema=target_ema, guidance=guidance)
     if method == "progressive":
-        return ProgressiveDistillation(teacher, steps, substeps, grid, teacher_step=teacher_step)
+        return ProgressiveDistillation(teacher, steps, substeps, grid, teacher_step=teacher_step, guidance=guidance)
     return Reflow(teacher, pairs, teacher_solver, teacher_sde, seed)
