@@ -12,7 +12,9 @@ from scoresde.training.distill import (ConsistencyDistillation, ProgressiveDisti
                                        ode_step, reflow_pairs)
 from sde import RectifiedFlow, VPSDE
 from sde.errors import CheckpointError, ConfigError
-from solvers import DDIM, ConsistencySampler, DPMSolver
+from solvers import DDIM, ConsistencySampler, DPMSolver, ProbabilityFlowODE
+from solvers.inpaint import Inpainter
+from solvers.observe import Observation
 
 MU, C = (1.5, -0.5), 0.7
 
@@ -258,7 +260,8 @@ def test_consistency_sampler_renoises_at_the_given_sigmas():
     solver = ConsistencySampler(3, sigmas=[2.0, 0.5])
     times = solver.times(sde, sde.sampling_eps)
     assert float(times[0]) == sde.T
-    torch.testing.assert_close(sde.sigma(times[1:]), torch.tensor([2.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(sde.sigma(times[1:-1]), torch.tensor([2.0, 0.5], dtype=torch.float64))
+    assert float(times[-1]) == sde.sampling_eps
     x, nfe = solver(sde, ExactConsistency(sde), sde.prior_sample((4000, 2), torch.Generator().manual_seed(0)).double(),
                     torch.Generator().manual_seed(1))
     assert nfe == 3
@@ -314,7 +317,12 @@ def test_the_run_builds_the_students_sampler_and_parameterization(tmp_path):
         assert type(run.context.solver).__name__ == sampler and run.context.solver.steps == 2
         assert run.model.parameterization == parameterization and run.loss.method == method
     run = build_distill(tmp_path / "reflow", "distill.method=reflow", "distill.steps=2", "sde=rf")
-    assert run.context.solver.method == "euler" and run.context.solver.steps == 2 and run.model.parameterization == "v"
+    solver = run.context.solver  # Euler in t: on the rectified flow, DDIM's step on the uniform-time grid
+    assert isinstance(solver, DDIM) and solver.steps == 2 and run.model.parameterization == "v"
+    x_T = run.sde.prior_sample((64, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
+    oracle = MixtureScore(run.sde, gaussian())
+    euler = ProbabilityFlowODE(method="euler", steps=2, grid="time")(run.sde, oracle, x_T.clone())[0]
+    torch.testing.assert_close(solver(run.sde, oracle, x_T.clone())[0], euler, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -359,6 +367,29 @@ def test_a_student_checkpoint_samples_with_its_own_sampler(progressive_run, tmp_
     finally:
         torch.set_num_threads(threads)
     assert metrics["nfe_sample"] == 4
+    try:
+        metrics = run([f"ckpt={progressive_run / 'checkpoint.pt'}", "train.steps=0", "task=inpaint",
+                       "mask=coordinates", "mask.coordinates=[0]", "task.num=8", "task.completions=1",
+                       "progress=false", f"threads={threads}"], tmp_path / "inpaint")
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["solver"].startswith("DDIM(") and metrics["nfe_inpaint"] == 4  # the student's own sampler
+
+
+def test_a_consistency_student_inpaints_in_its_own_steps():
+    """Multistep consistency sampling under solvers.Inpainter with the exact consistency function of N(μ, c² I):
+    the known coordinate comes back as observed, the unknown one is drawn from its exact conditional N(μ₁, c²)
+    (the coordinates of an isotropic Gaussian are independent), at the sampler's 3 evaluations."""
+    sde = VPSDE()
+    n = 4000
+    observed = torch.zeros(n, 2, dtype=torch.float64)
+    observed[:, 0] = torch.linspace(-2, 3, n, dtype=torch.float64)
+    observation = Observation(observed, torch.tensor([True, False]))
+    x_T = sde.prior_sample((n, 2), torch.Generator().manual_seed(0)).double()
+    x, nfe = Inpainter(ConsistencySampler(3))(sde, ExactConsistency(sde), x_T, observation,
+                                              torch.Generator().manual_seed(1))
+    assert nfe == 3 and torch.equal(x[:, 0], observed[:, 0])
+    assert abs(x[:, 1].mean().item() - MU[1]) < 0.05 and abs(x[:, 1].std().item() / C - 1) < 0.05
 
 
 @pytest.mark.parametrize("method, options", [("consistency", {"target_ema": 0.0}), ("consistency", {"target_ema": 0.9}),

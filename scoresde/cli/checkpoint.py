@@ -26,7 +26,8 @@ def reconcile(cfg, meta, overrides, override=False):
     same_task = meta.get("task") in (None, cfg.task.get("_target_"))  # None: a checkpoint from before it was kept
     for group in CHECKPOINT_GROUPS + SAMPLING_GROUPS:
         theirs = meta.get(group)
-        if theirs is None or (group in SAMPLING_GROUPS and not same_task):
+        serves = same_task or (group == "solver" and meta.get("distill") is not None)  # a student's own sampler
+        if theirs is None or (group in SAMPLING_GROUPS and not serves):
             continue
         choice, keys = override_keys(overrides, group)
         if not choice:

@@ -17,14 +17,15 @@ PARAMETERIZATION = {"consistency": "consistency", "progressive": "x0", "reflow":
 
 def student_sampler(method, steps, grid):
     """The solver config a student of ``method`` samples with at ``steps`` evaluations: multistep consistency
-    sampling, DDIM on the distillation grid, or Euler in t (reflow)."""
+    sampling, DDIM on the distillation grid, or Euler in t (reflow: on the rectified flow a DDIM step from t to t'
+    is x' = (1 − t') x̂₀ + t' ε̂ = x + (t' − t)(ε̂ − x̂₀), Euler's step of dx/dt = ε̂ − x̂₀). Each is a stepping
+    solver, so the student inpaints in its own steps."""
     grid = {"_target_": "solvers.grids.Karras", "rho": 7.0} if grid == "karras" else grid
     if method == "consistency":
         return {"_target_": "solvers.distilled.ConsistencySampler", "steps": steps, "grid": grid, "eps": None}
     if method == "progressive":
         return {"_target_": "solvers.deterministic.DDIM", "steps": steps, "grid": grid, "eps": None, "denoise": False}
-    return {"_target_": "solvers.ProbabilityFlowODE", "method": "euler", "steps": steps, "grid": "time", "eps": None,
-            "denoise": False}
+    return {"_target_": "solvers.deterministic.DDIM", "steps": steps, "grid": "time", "eps": None, "denoise": False}
 
 
 def prepare(cfg, overrides):

@@ -304,7 +304,7 @@ class Reflow:
         L(θ) = E_{t ~ U(t_min, T), (z, x̂₀)} ‖ v_θ(x_t, t) − (z − x̂₀) ‖²,   v_θ = f x − ½ g² s_θ (the student's
         probability-flow velocity), averaged over dimensions.
 
-    Its paths are straighter than the teacher's, so a few Euler steps in t sample it (solver=ode method=euler).
+    Its paths are straighter than the teacher's, so a few Euler steps in t sample it (DDIM on the uniform-time grid).
     ``teacher_sde`` is the teacher's process (default: the student's)."""
 
     method = "reflow"
