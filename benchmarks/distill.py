@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import training_free
 from benchmarks.oracle import MIXTURES, noise_floor
+from benchmarks.peers import error
 from models import MLP, MixtureScore, ScoreModel
 from scoresde.cli.distill import PARAMETERIZATION
 from scoresde.evaluation import mixture_report
@@ -121,11 +123,16 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results/distill")
     p.add_argument("--note", default="", help="what else ran on the machine")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: small ops on a shared machine)")
+    p.add_argument("--table-only", action="store_true",
+                   help="rewrite <out>.md from <out>.json (and benchmarks/results/training_free.json), run nothing")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     rows, floors = previous.get("rows", []), previous.get("floors", {})
+    if args.table_only:
+        out.with_suffix(".md").write_text(table(rows, floors, args, previous.get("command")))
+        return
     students = {}  # a consistency student is one model for every step count: trained once, sampled at each
     for mix_name in args.mixtures:
         mixture = MIXTURES[mix_name]()
@@ -161,31 +168,48 @@ def main(argv=None):
                           f"DPM-Solver++ {free['weights_tv']:.4f} {free['logp_gap_per_dim']:+.4f}; "
                           f"{cost['train_seconds']:.0f} s", flush=True)
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "floors": floors}, indent=1))
-                    out.with_suffix(".md").write_text(table(rows, floors, args))
+                    command = " ".join(_argv(args))
+                    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "floors": floors,
+                                                                    "command": command}, indent=1))
+                    out.with_suffix(".md").write_text(table(rows, floors, args, command))
 
 
-def table(rows, floors, args):
-    lines = [f"Command: `python -m benchmarks.distill {' '.join(_argv(args))}` (rows of earlier commands kept, each "
-             "with its settings in distill.json)", "",
+def table(rows, floors, args, command):
+    lines = [(f"Command: `python -m benchmarks.distill {command}`" if command else
+              "Command: `python -m benchmarks.distill` with each row's settings (distill.json)")
+             + " (rows of earlier commands kept, each with its settings in distill.json)", "",
              f"Teacher: the exact mixture score (teacher=oracle). {args.num} samples per seed, seeds "
              f"{' '.join(map(str, args.seeds))}; TV and gap for seed 0, 'worst' over the seeds. Machine: "
              f"{platform.machine()}, {torch.get_num_threads()} torch thread(s) on a 2-core machine"
              f"{'; ' + args.note if args.note else ''}; torch {torch.__version__}. Exact samples: "
              + "; ".join(f"{m} TV {f['weights_tv']:.4f}, gap {f['logp_gap_per_dim']:+.4f}" for m, f in floors.items())
-             + ". Training-free: DPM-Solver++(3M) on the uniform-λ grid with the oracle at the same NFE.", "",
+             + ". Training-free: DPM-Solver++(3M) on the uniform-λ grid with the oracle at the same NFE, and the best "
+             "of every training-free setting, ours and the diffusers peers "
+             "([training_free.md](training_free.md), its error max(|gap|/0.01, TV/0.015) over the student's).", "",
              "| mixture | process | method | NFE | TV | gap/dim | worst TV | worst gap | target met | DPM-Solver++ TV "
-             "| DPM-Solver++ gap | DPM-Solver++ 5 NFE TV, gap | student | student steps | teacher calls | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| DPM-Solver++ gap | DPM-Solver++ 5 NFE TV, gap | best training-free: gap, TV | its error / student's "
+             "| student | student steps | teacher calls | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gap_t, tv_t = TARGETS.get(r["steps"], (None, None))
         met = "–" if gap_t is None else ("yes" if abs(r["worst_gap"]) <= gap_t and r["worst_tv"] <= tv_t else "no")
         lines.append(f"| {r['mixture']} | {r['sde']} | {r['method']} | {r['nfe']} | {r['weights_tv']:.4f} | "
                      f"{r['logp_gap_per_dim']:+.4f} | {r['worst_tv']:.4f} | {r['worst_gap']:+.4f} | {met} | "
-                     f"{r['free_tv']:.4f} | {r['free_gap']:+.4f} | {_five(r)} | {_student(r)} | {r['train_steps']} | "
+                     f"{r['free_tv']:.4f} | {r['free_gap']:+.4f} | {_five(r)} | {_best_free(r)} | {_student(r)} | "
+                     f"{r['train_steps']} | "
                      f"{r['teacher_calls']} | "
                      f"{r['train_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _best_free(r):
+    """The best training-free setting at the row's NFE (benchmarks.training_free) and its error over the row's."""
+    best = training_free.best(r["mixture"], r["sde"], r["nfe"])
+    if best is None:
+        return "not measured | –"
+    mine = max(error({"logp_gap_per_dim": r["worst_gap"], "weights_tv": r["worst_tv"]}), 1e-9)
+    return (f"{best['solver']}: {best['worst_gap']:+.3f}, {best['worst_tv']:.3f} | "
+            f"{best['error'] / mine:.0f}")
 
 
 def _five(r):
