@@ -2,8 +2,6 @@
 two Gaussians, the pipeline end to end (8-bit rounding, reference cache, run.py) with a stand-in feature network,
 and the one-line errors. Nothing here needs torch-fidelity or downloads anything."""
 import json
-import os
-import subprocess
 import sys
 import textwrap
 import types
@@ -353,16 +351,11 @@ def test_the_trainer_calls_on_eval_every_eval_every_steps_without_changing_the_r
 
 # --- run.py ------------------------------------------------------------------------------------------------------
 
-def run(out, *overrides, pythonpath=()):
-    """run.py in this process (run_main), or in a new one where ``pythonpath`` puts stand-in packages first."""
-    if not pythonpath:
-        from test_run import run_main
+def run(out, *overrides):
+    """run.py in this process (run_main)."""
+    from test_run import run_main
 
-        return run_main(out, *overrides)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT), str(ROOT / "tests")])}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={out}", *overrides],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    return run_main(out, *overrides)
 
 
 TINY_UNET = ["data=digits", "model=unet", "model.net.channels=16", "model.net.multipliers=[1,2]",
@@ -405,7 +398,7 @@ def test_run_refuses_fid_on_data_that_are_not_images(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_names_missing_inception_weights(tmp_path):
+def test_run_names_missing_inception_weights(tmp_path, monkeypatch):
     """With a (fake) torch-fidelity and no weight file: one line naming the key and the download, before training."""
     package = tmp_path / "fake" / "torch_fidelity"
     package.mkdir(parents=True)
@@ -417,8 +410,16 @@ def test_run_names_missing_inception_weights(tmp_path):
             def __init__(self, *args, **kwargs):
                 raise AssertionError("not to be reached")
     """))
-    proc = run(tmp_path / "out", *TINY_UNET, "+eval=fid", "eval.fid.features.weights=/nowhere/inception.pth",
-               pythonpath=[tmp_path / "fake"])
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    fidelity = [m for m in sys.modules if m == "torch_fidelity" or m.startswith("torch_fidelity.")]
+    for name in fidelity:
+        monkeypatch.delitem(sys.modules, name)  # restored afterwards
+    try:
+        proc = run(tmp_path / "out", *TINY_UNET, "+eval=fid", "eval.fid.features.weights=/nowhere/inception.pth")
+    finally:
+        for name in [m for m in sys.modules if m == "torch_fidelity" or m.startswith("torch_fidelity.")]:
+            if name not in fidelity:
+                del sys.modules[name]  # the stand-in, loaded by this test alone
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "eval.fid.features.weights='/nowhere/inception.pth' is not a file" in lines[0]
