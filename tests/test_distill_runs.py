@@ -1,16 +1,12 @@
 """Distillation runs: killed with SIGKILL through run.py (the process is the subject), the run from its last
 checkpoint continues exactly, its weights and EMA after S + 20 steps bit-equal to an uninterrupted run's; the
 student starts as a copy of a teacher run of its own network (distill.init)."""
-import signal
-import subprocess
-import time
-
 import pytest
 import torch
 
 from sde.errors import ConfigError
 from test_distill import build_distill
-from test_run import command, environment, run_main
+from test_run import command, kill_after_first_checkpoint, run_main
 
 ARGS = ["experiment=distill", "distill.method=consistency", "distill.steps=2", "distill.intervals=8",
         "train.batch_size=64", "train.warmup=2", "train.schedule=constant", "train.ckpt_every=20",
@@ -26,18 +22,7 @@ def weights(path):
 @pytest.mark.slow
 def test_killed_distillation_resumes_exactly(tmp_path):
     first = tmp_path / "first"
-    proc = subprocess.Popen(command(first, *ARGS, "train.steps=100000"), env=environment(), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ckpt = first / "checkpoint.pt"
-    try:
-        deadline = time.time() + 240
-        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert proc.poll() is None, proc.stderr.read()
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    ckpt = kill_after_first_checkpoint(command(first, *ARGS, "train.steps=100000"), first, tmp_path)
     step, _, _ = weights(ckpt)
     assert step >= 20 and step % 20 == 0
     resumed = run_main(tmp_path / "resumed", *ARGS, f"ckpt={ckpt}", f"train.steps={step + 20}")

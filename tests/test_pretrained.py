@@ -54,6 +54,18 @@ def ddim_on_the_model_levels(model, steps, x_T, **grid):
     return solver(model.sde, model, x_T.clone())
 
 
+def ours_and_diffusers(tmp_path, unet, steps, **options):
+    """DDIM on the model levels of a folder saved with DDIMScheduler(**options), and DDIMScheduler itself, from
+    the same x_T: (the model, x_T, ours, theirs), the NFE checked."""
+    folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
+    model = DiffusersModel(folder)
+    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours, nfe = ddim_on_the_model_levels(model, steps, x_T)
+    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
+    assert nfe == steps
+    return model, x_T, ours, theirs
+
+
 @pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("steps", [10, 7, pytest.param(30, marks=pytest.mark.slow),
@@ -63,12 +75,7 @@ def test_ddim_on_the_model_levels_reproduces_diffusers_at_every_spacing(tmp_path
     which under linspace and trailing spacing with K not dividing N is not the next listed one; stepping to the next
     listed one instead (stride off) is far off there."""
     options = dict(prediction_type=prediction, clip_sample=False, timestep_spacing=spacing)
-    folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
-    model = DiffusersModel(folder)
-    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    ours, nfe = ddim_on_the_model_levels(model, steps, x_T)
-    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
-    assert nfe == steps
+    model, x_T, ours, theirs = ours_and_diffusers(tmp_path, unet, steps, **options)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)  # a random ε-net's x̂0 reaches |x/a| ~ 500
     if spacing != "leading" and 1000 % steps:
         plain, _ = ddim_on_the_model_levels(model, steps, x_T, stride=False)
@@ -80,13 +87,8 @@ def test_ddim_on_the_model_levels_reproduces_diffusers_at_every_spacing(tmp_path
 def test_ddim_on_the_model_levels_reproduces_diffusers_final_level_and_offset(tmp_path, unet, options):
     """set_alpha_to_one=False: a step below level 0 lands on ᾱ_0 (from level 0 itself: a step of length zero);
     steps_offset shifts leading spacing's timesteps."""
-    folder = save(tmp_path, unet, diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction",
-                                                          **options))
-    model = DiffusersModel(folder)
-    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    ours, nfe = ddim_on_the_model_levels(model, 7, x_T)
-    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, 7)
-    assert nfe == 7
+    _, _, ours, theirs = ours_and_diffusers(tmp_path, unet, 7, clip_sample=False, prediction_type="v_prediction",
+                                            **options)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
@@ -94,12 +96,7 @@ def test_ddim_on_the_model_levels_reproduces_diffusers_final_level_and_offset(tm
 @pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_ddim_on_the_model_levels_reproduces_diffusers_on_the_cosine_schedule(tmp_path, unet, prediction, steps):
     options = dict(beta_schedule="squaredcos_cap_v2", prediction_type=prediction, clip_sample=False)
-    folder = save(tmp_path, unet, diffusers.DDIMScheduler(**options))
-    model = DiffusersModel(folder)
-    x_T = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    ours, nfe = ddim_on_the_model_levels(model, steps, x_T)
-    theirs = diffusers_ddim(unet, diffusers.DDIMScheduler.from_pretrained(str(folder / "scheduler")), x_T, steps)
-    assert nfe == steps
+    model, x_T, ours, theirs = ours_and_diffusers(tmp_path, unet, steps, **options)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
 
 

@@ -238,24 +238,32 @@ def test_unet_on_digits(tmp_path):
     assert lik["x"].shape == (4, 1, 8, 8) and lik["nll"].shape == (4,)
 
 
+def kill_after_first_checkpoint(argv, out, cwd):
+    """Start ``argv`` (a run into ``out``), SIGKILL it once its first checkpoint is written, and return that
+    checkpoint's path; the run must still be going when it is killed."""
+    errors = Path(out).parent / f"{Path(out).name}.stderr"
+    with open(errors, "w") as fh:
+        proc = subprocess.Popen(argv, cwd=cwd, env=environment(), stdout=subprocess.DEVNULL, stderr=fh)
+    ckpt = Path(out) / "checkpoint.pt"
+    try:
+        deadline = time.time() + 240
+        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before it could be killed: {errors.read_text()[-2000:]}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return ckpt
+
+
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     """SIGKILL mid-run (of 1200 steps), then ckpt=... continues from the last checkpoint to the step count asked
     (400)."""
     first = tmp_path / "first"
     args = ["train.ckpt_every=100", "train.batch_size=64", "solver=ode", "sample.num=100", *SMALL_MLP]
-    proc = subprocess.Popen(command(first, "train.steps=1200", *args, "threads=1"), cwd=ROOT, env=environment(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = first / "checkpoint.pt"
-    try:
-        deadline = time.time() + 240
-        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        time.sleep(0.2)
-        assert proc.poll() is None, "training finished before it could be killed"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    ckpt = kill_after_first_checkpoint(command(first, "train.steps=1200", *args, "threads=1"), first, ROOT)
     import torch
 
     step = torch.load(ckpt, weights_only=True)["step"]

@@ -244,7 +244,8 @@ def run(overrides, out):
     """``python run.py OVERRIDES`` in this process, into the directory ``out`` (made if missing, as Hydra makes a
     run directory); returns the metrics."""
     cfg, overrides = compose(overrides)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    if not Path(out).exists():
+        Path(out).mkdir(parents=True)
     return job(cfg, out, overrides)
 
 
