@@ -7,6 +7,7 @@ from omegaconf import OmegaConf, open_dict
 from models import MixtureScore, ScoreModel
 from scoresde.data import GaussianMixture
 from scoresde.pipeline import load
+from scoresde.training.checkpoint import signature
 from scoresde.training.distill import METHODS, check_rectified_flow
 from sde.errors import ConfigError, check_choice, check_int, config_scope
 
@@ -129,7 +130,8 @@ def init_student(student, teacher, how):
     how = check_choice("distill.init", how, INITS)
     if how == "none":
         return False
-    fits = isinstance(teacher, ScoreModel) and isinstance(student, ScoreModel) and _same_tensors(student, teacher)
+    fits = (isinstance(teacher, ScoreModel) and isinstance(student, ScoreModel)
+            and signature(student) == signature(teacher))
     if how == "auto":
         if not (fits and teacher.parameterization == student.parameterization):
             return False
@@ -139,8 +141,3 @@ def init_student(student, teacher, how):
                           "model.net settings, or distill.init=none)", "distill.init")
     student.load_state_dict(teacher.state_dict())
     return True
-
-
-def _same_tensors(a, b):
-    ours, theirs = a.state_dict(), b.state_dict()
-    return ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
