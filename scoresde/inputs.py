@@ -1,7 +1,8 @@
-"""The front door's checks of what a Python caller hands it: points, labels, counts, seeds and flags, each refused
-in one ConfigError that names the argument, the value and what would be accepted, before any work."""
+"""The front door's checks of what a Python caller hands it: points, labels, prior draws, counts, seeds and flags,
+each refused in one ConfigError that names the argument, the value and what would be accepted, before any work."""
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,3 +115,20 @@ def check_fits_in_memory(num, shape, device, name="num"):
         raise ConfigError(f"{name}={num} points of shape {tuple(shape)} need {need / 2**30:.3g} GiB, more than the "
                           f"{have / 2**30:.3g} GiB of {device.type} memory here: at most "
                           f"{have // (4 * math.prod(shape)):,} fit (sample in several calls)", name)
+
+
+def read_prior_draws(path, shape):
+    """The prior draws a .npy file holds: floats of ``shape`` (num, *event shape), or one line naming the file and
+    what was expected."""
+    expected = f"a .npy of floats of shape {tuple(shape)}, one prior draw per sample"
+    path = Path(str(path)).expanduser()
+    if path.suffix != ".npy" or not path.is_file():
+        raise ConfigError(f"x_T={str(path)!r} is not a .npy file: expected {expected}", "x_T")
+    try:
+        x_T = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"x_T={str(path)!r} cannot be read: {e}".splitlines()[0] + f"; expected {expected}",
+                          "x_T") from None
+    if x_T.shape != tuple(shape) or x_T.dtype.kind != "f":
+        raise ConfigError(f"x_T={str(path)!r} holds {x_T.dtype} of shape {x_T.shape}: expected {expected}", "x_T")
+    return x_T

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from models.guidance import GuidedScore, class_labels
 from scoresde.data import DataSpec
-from scoresde.inputs import as_labels, as_points, check_count, check_fits_in_memory, check_flag, check_seed
+from scoresde.inputs import (as_labels, as_points, check_count, check_fits_in_memory, check_flag, check_seed,
+                             read_prior_draws)
 from sde.errors import CheckpointError, ConfigError, NonFiniteError, config_scope
 from solvers import (DDIM, ELBO, AdaptiveSDE, DPMSolver, EulerMaruyama, FitGrid, Heun, Karras, ODELikelihood,
                      PredictorCorrector, ProbabilityFlowODE, SDEDPMSolver, UniformLogSNR, UniformTime)
@@ -246,9 +247,10 @@ class Pipeline:
         return x, stats
 
     def _prior_draws(self, x_T, num):
-        """Given prior draws: a tensor or array (or a .npy path) of shape (num, *shape), on this device."""
-        if isinstance(x_T, str):
-            x_T = np.load(x_T, allow_pickle=False)
+        """Given prior draws: a tensor or array (or a .npy path: inputs.read_prior_draws) of shape (num, *shape),
+        on this device."""
+        if isinstance(x_T, (str, Path)):
+            x_T = read_prior_draws(x_T, (num, *self.data.shape))
         x_T = torch.as_tensor(np.asarray(x_T) if not torch.is_tensor(x_T) else x_T)
         if tuple(x_T.shape) != (num, *self.data.shape) or not x_T.is_floating_point():
             raise ConfigError(f"x_T has shape {tuple(x_T.shape)} ({x_T.dtype}): expected floats of shape "

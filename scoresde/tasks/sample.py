@@ -1,11 +1,11 @@
 """task=sample: draw samples of the model, save and picture them."""
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from sde.errors import ConfigError, ConfigWarning, NonFiniteError, config_scope
+from sde.errors import ConfigWarning, NonFiniteError, config_scope
 from scoresde.evaluation import plot_samples
+from scoresde.inputs import read_prior_draws
 from scoresde.training.checkpoint import write_output
 from solvers.fitting import save_grid
 
@@ -30,23 +30,6 @@ def check_sample_range(x, data, generator, factor=10.0):
         "the solver diverged; they are kept in samples.npz and counted in metrics.json (samples_out_of_range; "
         "sample.max_range=0 skips this check)"), stacklevel=2)
     return {"samples_out_of_range": int(far.sum()), "samples_out_of_range_ratio": ratio}
-
-
-def read_prior_draws(path, shape):
-    """The prior draws a .npy file holds: floats of ``shape`` (num, *event shape), or one line naming the file and
-    what was expected."""
-    expected = f"a .npy of floats of shape {tuple(shape)}, one prior draw per sample"
-    path = Path(str(path)).expanduser()
-    if path.suffix != ".npy" or not path.is_file():
-        raise ConfigError(f"x_T={str(path)!r} is not a .npy file: expected {expected}", "x_T")
-    try:
-        x_T = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"x_T={str(path)!r} cannot be read: {e}".splitlines()[0] + f"; expected {expected}",
-                          "x_T") from None
-    if x_T.shape != tuple(shape) or x_T.dtype.kind != "f":
-        raise ConfigError(f"x_T={str(path)!r} holds {x_T.dtype} of shape {x_T.shape}: expected {expected}", "x_T")
-    return x_T
 
 
 class Sample:
