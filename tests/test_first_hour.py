@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from scoresde.cli.main import compose, main
 from scoresde.paths import config_dir
 from sde.errors import ConfigError, ConfigWarning
-from test_run import ROOT, SMALL_MLP, environment, run_job, run_job_with_edited_samples, run_main
+from test_run import SMALL_MLP, run_job, run_job_with_edited_samples, run_main
 
 ORACLE = ["model=oracle", "data=gmm", "solver=ddim", "solver.steps=5", "sample.num=50"]
 
@@ -149,9 +149,8 @@ def test_image_grid_puts_a_row_of_real_images_above_the_samples(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_over_solvers_trains_once_and_writes_a_summary(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", f"hydra.sweep.dir={tmp_path}",
-                           "solver=em,ddim,dpm", "solver.steps=10", "train.steps=30", "sample.num=100", "threads=1", *SMALL_MLP],
-                          capture_output=True, text=True, cwd=ROOT, env=environment(), timeout=600)
+    proc = run_main(tmp_path / "run", "-m", f"hydra.sweep.dir={tmp_path}", "solver=em,ddim,dpm", "solver.steps=10",
+                    "train.steps=30", "sample.num=100", "threads=1", *SMALL_MLP)
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / ".trained").glob("*/checkpoint.pt"))) == 1
     metrics = [json.loads((tmp_path / str(i) / "metrics.json").read_text()) for i in range(3)]

@@ -15,7 +15,7 @@ from sde import ConfigError, VPSDE
 from solvers import DDIM, DPMSolver, EulerMaruyama, PredictorCorrector, ProbabilityFlowODE
 from solvers.inpaint import Inpainter
 from solvers.observe import Observation, box_mask, coordinate_mask, file_mask, gray_chroma, random_mask
-from test_run import run, run_job, run_main
+from test_run import run_job, run_main
 
 
 def ambiguous_2d():
@@ -187,8 +187,8 @@ def test_an_unknown_task_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_the_old_inpaint_options_are_translated_in_one_notice_line(tmp_path):
-    proc = run(tmp_path, "model=oracle", "data=gmm", "task=inpaint", "solver.steps=5", "inpaint.num=2",
-               "inpaint.completions=1", "sample.plot=false")
+    proc = run_main(tmp_path, "model=oracle", "data=gmm", "task=inpaint", "solver.steps=5", "inpaint.num=2",
+                    "inpaint.completions=1", "sample.plot=false")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "note: old spellings translated: inpaint.num=2 -> task.num=2; inpaint.completions=1 -> task.completions=1"]
