@@ -1,7 +1,8 @@
 """DistributedDataParallel on the CPU with gloo and two processes (torch.multiprocessing, a free port): the same
 steps as one process at the same global batch, checkpoints that move between one process and two, files from
 rank 0 alone, and sampling and likelihoods split across the ranks and gathered in order. The tests on two
-processes share one start of them (the fixture ``two``, about 25 s on a busy 2-core machine) and are slow.
+processes share one start of them (the fixture ``two``, forked from this process so that neither imports torch
+again: about 7 s of CPU) and are slow.
 Under torchrun an error is printed once and every process leaves with it; DDP's gradients arrive in their
 buckets' layout."""
 import datetime
@@ -192,12 +193,13 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    """The folder the jobs ran in, on two gloo processes, after what they need was made in this one."""
+    """The folder the jobs ran in, on two gloo processes forked from this one (which has joined no process group),
+    after what they need was made in this one."""
     tmp = tmp_path_factory.mktemp("ddp")
     pixels_file(tmp)
     np.save(tmp / "digits.npy", np.random.default_rng(0).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8))
     fit("generated", 2, tmp / "one_half")
-    mp.spawn(worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
+    mp.start_processes(worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True, start_method="fork")
     return tmp
 
 
