@@ -77,12 +77,8 @@ def test_the_install_adds_exactly_four_packages(venv):
     assert tops == PACKAGES
 
 
-def test_the_packages_import_from_the_install_not_the_checkout(venv):
-    files = json.loads(python(venv, """
-        import json, models, scoresde, sde, solvers
-        print(json.dumps([m.__file__ for m in (sde, solvers, models, scoresde)]))
-    """))
-    for file in files:
+def test_the_packages_import_from_the_install_not_the_checkout(venv, installed):
+    for file in installed:
         assert Path(file).resolve().is_relative_to(venv["site"].resolve()), file
 
 
@@ -121,14 +117,21 @@ def test_the_console_command_trains_a_run(venv, trained):
     assert json.loads((out / "metrics.json").read_text())["train_steps"] == 20
 
 
-def test_the_installed_front_door_samples_a_run(venv, trained):
+@pytest.fixture(scope="module")
+def installed(venv, trained):
+    """One process of the environment's interpreter, outside the checkout (each start imports torch): it imports
+    the four packages, then samples 100 points of the command's run through the installed front door; the
+    packages' files."""
     out, _ = trained
-    proc = subprocess.run([venv["python"], "-c", textwrap.dedent(f"""
-        import torch, scoresde
+    return json.loads(python(venv, f"""
+        import json, models, scoresde, sde, solvers
+        import torch
         pipe = scoresde.load({str(out)!r})
         x = pipe.sample(100, solver="dpm", steps=20)
         assert x.shape == (100, 2) and torch.isfinite(x).all(), x
-        print(scoresde.__file__)
-    """)], capture_output=True, text=True, cwd=venv["cwd"], env=environment(), timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert Path(proc.stdout.strip()).resolve().is_relative_to(venv["site"].resolve())
+        print(json.dumps([m.__file__ for m in (sde, solvers, models, scoresde)]))
+    """))
+
+
+def test_the_installed_front_door_samples_a_run(venv, installed):
+    assert Path(installed[3]).resolve().is_relative_to(venv["site"].resolve())
