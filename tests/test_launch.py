@@ -1,9 +1,6 @@
 """Tasks that SLURM or submitit start get torchrun's environment (scoresde.cli.launch); Hydra's submitit
 launchers compose with run.py, and submitit's local executor runs a sweep of run.py (slow)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -78,19 +75,20 @@ def test_the_slurm_launcher_composes_with_run_py():
 
 
 @pytest.mark.slow
-def test_submitit_local_runs_a_sweep_of_two_jobs(tmp_path):
+def test_submitit_local_runs_a_sweep_of_two_jobs(tmp_path, monkeypatch):
     """python run.py -m hydra/launcher=submitit_local over two solver step counts of the exact mixture score: two
     jobs, each run in its own process by submitit, each its run directory with metrics.json (its NFE the run's
-    steps), and the sweep's summary.md with a row for each."""
+    steps), and the sweep's summary.md with a row for each. The command line runs in this process (run_main):
+    the jobs' processes are the subject."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from test_run import run_main
+
     sweep = tmp_path / "sweep"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_local",
-                           "hydra.launcher.timeout_min=2", "model=oracle", "data=gmm", "solver=em",
-                           "solver.steps=5,6", "sample.num=50", "eval=[quality]", "device=cpu", "threads=1",
-                           "progress=false", f"hydra.sweep.dir={sweep}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    done = run_main(tmp_path / "run", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=2",
+                    "model=oracle", "data=gmm", "solver=em", "solver.steps=5,6", "sample.num=50", "eval=[quality]",
+                    "device=cpu", "threads=1", "progress=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     for job, steps in (("0", 5), ("1", 6)):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
