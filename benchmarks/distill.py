@@ -68,10 +68,12 @@ def exact_map(sde, mixture, x_T, eps):
         return solver(sde, MixtureScore(sde, mixture), x_T, None)[0]
 
 
-def evaluate(sde, mixture, model, solver, num, seeds):
+def evaluate(sde, mixture, model, solver, num, seeds, ends=None):
     """Per seed: weights TV and log-density gap of the samples against exact samples (mixture_report), and the
     paired gap, mean over the same prior draws x_T of [log p(x̂(x_T)) − log p(Φ(x_T))] per dim with Φ the exact
-    probability-flow map (exact_map): the sampler's own error, free of the ±0.006 sampling noise of the gap."""
+    probability-flow map (exact_map): the sampler's own error, free of the ±0.006 sampling noise of the gap.
+    ``ends``: a dict that keeps Φ(x_T) by (seed, eps) for the next call on the same process and mixture."""
+    ends = {} if ends is None else ends
     eps = check_eps(sde, solver.eps)
     e = torch.tensor(eps, dtype=torch.float64)
     truth = mixture.perturbed(sde.a(e).item(), sde.s(e).item())
@@ -82,7 +84,9 @@ def evaluate(sde, mixture, model, solver, num, seeds):
         with torch.no_grad():
             x, nfe = solver(sde, model, x_T, gen)
         report = mixture_report(truth, x)
-        exact = exact_map(sde, mixture, x_T, eps)
+        if (seed, eps) not in ends:
+            ends[seed, eps] = exact_map(sde, mixture, x_T, eps)
+        exact = ends[seed, eps]
         paired = (truth.log_prob(x.double().reshape(num, -1)) - truth.log_prob(exact.double().reshape(num, -1)))
         out.append({"seed": seed, "nfe": nfe, "weights_tv": report["weights_tv"],
                     "logp_gap_per_dim": report["logp_gap_per_dim"],
@@ -90,26 +94,35 @@ def evaluate(sde, mixture, model, solver, num, seeds):
     return out
 
 
-def substeps(args, steps):
-    """Teacher steps per student step: ``--substeps``, or 128 teacher intervals in all (Heun's, whose own paired gap
-    at 128 is −0.001 on the 2-D VP mixture)."""
-    return args.substeps or max(1, 128 // steps)
+SETTINGS = ("train_steps", "batch", "lr", "ema", "hidden", "depth", "grid", "intervals", "substeps", "seed",
+            "weighting", "target_ema")
 
 
-def distill_one(sde, mixture, method, steps, args):
+def settings(args, mixture, steps):
+    """The student's settings for ``mixture`` at ``steps``, the defaults resolved: ``--train-steps`` or
+    TRAIN_STEPS[mixture]; ``--substeps`` or 128 teacher intervals in all (Heun's, whose own paired gap at 128 is
+    −0.001 on the 2-D VP mixture)."""
+    out = {k: getattr(args, k) for k in SETTINGS}
+    out["train_steps"] = args.train_steps or TRAIN_STEPS[mixture]
+    out["substeps"] = args.substeps or max(1, 128 // steps)
+    return out
+
+
+def distill_one(sde, mixture, method, steps, s):
+    """A student of ``method`` at ``steps`` trained with the settings ``s`` (settings), and its cost."""
     teacher = Counted(MixtureScore(sde, mixture))
-    loss = distillation(method, teacher, steps, intervals=args.intervals, substeps=substeps(args, steps),
-                        seed=args.seed, grid=args.grid, weighting=args.weighting, target_ema=args.target_ema)
-    torch.manual_seed(args.seed)
-    model = ScoreModel(MLP(mixture.shape, hidden=args.hidden, depth=args.depth, embed_dim=64), sde,
+    loss = distillation(method, teacher, steps, intervals=s["intervals"], substeps=s["substeps"], seed=s["seed"],
+                        grid=s["grid"], weighting=s["weighting"], target_ema=s["target_ema"])
+    torch.manual_seed(s["seed"])
+    model = ScoreModel(MLP(mixture.shape, hidden=s["hidden"], depth=s["depth"], embed_dim=64), sde,
                        parameterization=PARAMETERIZATION[method])
-    trainer = Trainer(steps=args.train_steps, batch_size=args.batch, lr=args.lr, warmup=100, ema_decay=args.ema,
-                      progress=False, ckpt_every=10**6, schedule="cosine", seed=args.seed)
+    trainer = Trainer(steps=s["train_steps"], batch_size=s["batch"], lr=s["lr"], warmup=100, ema_decay=s["ema"],
+                      progress=False, ckpt_every=10**6, schedule="cosine", seed=s["seed"])
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         student, _ = trainer.fit(model, loss, sde, mixture, out, "cpu")
         seconds = time.perf_counter() - start
-    return student, {"train_steps": args.train_steps, "teacher_calls": teacher.calls, "train_seconds": seconds}
+    return student, {"train_steps": s["train_steps"], "teacher_calls": teacher.calls, "train_seconds": seconds}
 
 
 def summary(runs):
@@ -161,36 +174,31 @@ def main(argv=None):
         out.with_suffix(".md").write_text(table(rows, floors, args, previous.get("command")))
         return
     students = {}  # a consistency student is one model for every step count: trained once, sampled at each
-    given = args.train_steps
     for mix_name in args.mixtures:
-        args.train_steps = given or TRAIN_STEPS[mix_name]
         mixture = MIXTURES[mix_name]()
         floors[mix_name] = noise_floor(mixture, args.num, args.seeds[0])
         for sde_name in args.sdes:
             sde = SDES[sde_name]()
-            oracle = MixtureScore(sde, mixture)
+            oracle, ends = MixtureScore(sde, mixture), {}
             five = summary(evaluate(sde, mixture, oracle, DPMSolver(5, order=3, grid="logsnr"), args.num,
-                                    args.seeds))
+                                    args.seeds, ends))
             for steps in args.steps:
                 free = five if steps == 5 else summary(evaluate(sde, mixture, oracle,
                                                                 DPMSolver(steps, order=3, grid="logsnr"), args.num,
-                                                                args.seeds))
+                                                                args.seeds, ends))
                 for method in args.methods:
                     if method == "reflow" and sde_name != "rf":
                         continue
                     key = (mix_name, sde_name, method)
                     if method != "consistency" or key not in students:
-                        students[key] = distill_one(sde, mixture, method, steps, args)
+                        students[key] = distill_one(sde, mixture, method, steps, settings(args, mix_name, steps))
                     student, cost = students[key]
                     row = summary(evaluate(sde, mixture, student, sampler(method, steps, args.grid), args.num,
-                                          args.seeds))
+                                          args.seeds, ends))
                     row.update(cost, mixture=mix_name, sde=sde_name, method=method, steps=steps,
                                free_tv=free["weights_tv"], free_gap=free["logp_gap_per_dim"],
                                free5_tv=five["weights_tv"], free5_gap=five["logp_gap_per_dim"],
-                               settings={k: getattr(args, k) for k in ("train_steps", "batch", "lr", "ema", "hidden",
-                                                                       "depth", "grid", "intervals", "substeps",
-                                                                       "seed", "weighting", "target_ema")})
-                    row["settings"]["substeps"] = substeps(args, steps)
+                               settings=settings(args, mix_name, steps))
                     rows = [r for r in rows if (r["mixture"], r["sde"], r["method"], r["steps"])
                             != (mix_name, sde_name, method, steps)] + [row]
                     print(f"{mix_name} {sde_name} {method} {steps}: TV {row['weights_tv']:.4f} gap "
